@@ -1,0 +1,54 @@
+"""Shared benchmark utilities: device description, timing with compile time apart."""
+
+import platform
+import time
+from collections.abc import Callable
+
+import jax
+
+
+def device_name() -> str:
+    """A short description of the default JAX device, e.g. `cpu-2core` or `NVIDIA H100`."""
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        import os
+
+        return f"cpu-{os.cpu_count()}core-{platform.machine()}"
+    return getattr(dev, "device_kind", dev.platform)
+
+
+def time_call(fn: Callable, *args, repeats: int = 5, min_time: float = 0.2):
+    """Time `fn(*args)` (a jitted function): returns `(compile_s, run_s)`.
+
+    `compile_s` is the first call (trace + compile + one run) minus one run; `run_s` is
+    the median of `repeats` timed calls (more when they are fast), each synchronised
+    with `jax.block_until_ready`.
+    """
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    times = []
+    total = 0.0
+    while len(times) < repeats or (total < min_time and len(times) < 1000):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        total += dt
+    times.sort()
+    run = times[len(times) // 2]
+    return max(first - run, 0.0), run
+
+
+def record(problem: str, method: str, **fields) -> dict:
+    """One benchmark record with the fields every record carries."""
+    base = {
+        "problem": problem,
+        "method": method,
+        "device": device_name(),
+        "backend": jax.default_backend(),
+        "dtype": "float64" if jax.config.read("jax_enable_x64") else "float32",
+        "jax_version": jax.__version__,
+    }
+    base.update(fields)
+    return base

@@ -1,0 +1,73 @@
+"""Run the jaxda benchmark suite and write JSON records.
+
+    python benchmarks/run.py --suite quick --out results.json [--only PATTERN]
+
+Each `benchmarks/bench_*.py` module exposes `records(suite: str) -> Iterator[dict]`;
+records carry `problem`, `method`, `device`, `batch`, accuracy fields,
+`time_per_window_s`, `compile_s` and `iterations` where relevant. The output file is
+written atomically (temporary file, then rename) after every module, so an interrupted
+run keeps what it measured.
+"""
+
+import argparse
+import fnmatch
+import importlib
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def write_json_atomic(path: pathlib.Path, obj) -> None:
+    """Write `obj` as JSON to `path` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=("quick", "full"), default="quick")
+    parser.add_argument("--only", default="*", help="glob on module or problem names")
+    parser.add_argument("--out", default="results.json", type=pathlib.Path)
+    parser.add_argument("--x64", action="store_true", help="run in float64")
+    args = parser.parse_args(argv)
+
+    import jax
+
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+
+    modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    results = []
+    for name in modules:
+        module = importlib.import_module(name)
+        t0 = time.perf_counter()
+        print(f"[{name}]", flush=True)
+        for rec in module.records(args.suite):
+            if not (
+                fnmatch.fnmatch(name, args.only)
+                or fnmatch.fnmatch(rec["problem"], args.only)
+            ):
+                continue
+            rec.setdefault("suite", args.suite)
+            results.append(rec)
+            shown = {k: v for k, v in rec.items() if k not in ("device", "jax_version")}
+            print("  " + json.dumps(shown), flush=True)
+        write_json_atomic(args.out, results)
+        print(f"[{name}] {time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"wrote {len(results)} records to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

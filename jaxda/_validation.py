@@ -1,0 +1,81 @@
+"""Argument checks used at the public API boundary.
+
+Every public function validates its inputs *before* tracing, with messages that name the
+argument, what was given and what was expected. Checks on traced values (inside `jit`) are
+skipped silently: only concrete values can be inspected in Python.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    """Whether `x` holds a value Python can look at (not a tracer)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_positive(name: str, value, *, allow_zero: bool = False) -> None:
+    """Raise `ValueError` unless every entry of `value` is finite and > 0 (>= 0)."""
+    if not is_concrete(value):
+        return
+    arr = np.asarray(value)
+    bad = ~np.isfinite(arr) | ((arr < 0) if allow_zero else (arr <= 0))
+    if np.any(bad):
+        want = "finite and >= 0" if allow_zero else "finite and > 0"
+        shown = arr if arr.size <= 6 else f"array with {int(bad.sum())} bad entries"
+        raise ValueError(f"`{name}` must be {want}; got {shown}.")
+
+
+def check_finite(name: str, value) -> None:
+    """Raise `ValueError` if a concrete array has NaN or infinite entries."""
+    if not is_concrete(value):
+        return
+    arr = np.asarray(value)
+    if not np.all(np.isfinite(arr)):
+        n_bad = int(np.size(arr) - np.isfinite(arr).sum())
+        raise ValueError(
+            f"`{name}` must be finite; got {n_bad} non-finite entries "
+            f"(shape {arr.shape})."
+        )
+
+
+def check_int(name: str, value, *, minimum: int | None = None) -> int:
+    """Return `value` as an `int`, raising `TypeError`/`ValueError` when it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(
+            f"`{name}` must be an int; got {type(value).__name__} ({value!r})."
+        )
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
+    return int(value)
+
+
+def check_shape(name: str, x, expected: Sequence[int | None]) -> None:
+    """Raise `ValueError` unless `x.shape` matches `expected` (None = any size)."""
+    shape = tuple(jnp.shape(x))
+    ok = len(shape) == len(expected) and all(
+        e is None or s == e for s, e in zip(shape, expected)
+    )
+    if not ok:
+        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(f"`{name}` must have shape {want}; got {shape}.")
+
+
+def check_same_shape(name_a: str, a, name_b: str, b) -> None:
+    """Raise `ValueError` unless `a` and `b` have the same shape."""
+    if jnp.shape(a) != jnp.shape(b):
+        raise ValueError(
+            f"`{name_a}` and `{name_b}` must have the same shape; got "
+            f"{tuple(jnp.shape(a))} and {tuple(jnp.shape(b))}."
+        )
+
+
+def check_choice(name: str, value, choices: Sequence) -> None:
+    """Raise `ValueError` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(map(repr, choices))}; got {value!r}."
+        )

@@ -1,0 +1,14 @@
+"""Dynamical systems, their integration (`simulate`) and one-step flow maps."""
+
+from ._base import AbstractDynamics as AbstractDynamics
+from ._flow import (
+    AbstractFlowMap as AbstractFlowMap,
+    DiffraxStep as DiffraxStep,
+    Euler as Euler,
+    RK4 as RK4,
+    flow_map as flow_map,
+    rollout as rollout,
+)
+from .lorenz63 import Lorenz63 as Lorenz63
+from .lorenz96 import Lorenz96 as Lorenz96
+from .pendulum import Pendulum as Pendulum

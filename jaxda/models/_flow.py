@@ -1,0 +1,151 @@
+"""One-step flow maps `Phi: x(t) -> x(t + dt)` for use inside cost functions.
+
+A flow map is evaluated thousands of times inside a 4DVar cost, so it is a plain JAX
+function of the state (a fixed-step Runge-Kutta step, optionally with substeps), not a
+`diffrax.diffeqsolve` per step, which costs ~50x more (DESIGN.md). `DiffraxStep` gives
+any diffrax solver's single `.step` when a particular scheme is wanted.
+"""
+
+import abc
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._custom_types import Array, Float
+from .._validation import check_int, check_positive
+from ._base import AbstractDynamics
+
+
+class AbstractFlowMap(eqx.Module):
+    """Maps a state at time `t` to the state at `t + dt`: `x[t+1] = Phi(x[t])`."""
+
+    model: eqx.AbstractVar[AbstractDynamics]
+    dt: eqx.AbstractVar[float]
+    substeps: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def _step(self, x, t, h):
+        """One step of size `h` from `(t, x)`."""
+
+    def __call__(
+        self, x: Float[Array, "*state"], t: Float[Array, ""] | float = 0.0
+    ) -> Float[Array, "*state"]:
+        h = self.dt / self.substeps
+        if self.substeps == 1:
+            return self._step(x, t, h)
+
+        def body(i, x):
+            return self._step(x, t + i * h, h)
+
+        return jax.lax.fori_loop(0, self.substeps, body, x)
+
+    def __check_init__(self):
+        check_positive("dt", self.dt)
+        check_int("substeps", self.substeps, minimum=1)
+
+    @property
+    def order(self) -> int:
+        """Global order of accuracy of the scheme."""
+        return 1
+
+
+class Euler(AbstractFlowMap):
+    r"""Explicit Euler: $x \mapsto x + h f(t, x)$, `substeps` steps of $h = dt / substeps$."""
+
+    model: AbstractDynamics
+    dt: float
+    substeps: int = eqx.field(static=True, default=1)
+
+    def _step(self, x, t, h):
+        return x + h * self.model.vector_field(t, x)
+
+
+class RK4(AbstractFlowMap):
+    r"""Classical fourth-order Runge-Kutta, `substeps` steps of $h = dt / substeps$.
+
+    $$k_1 = f(t, x),\ k_2 = f(t + h/2, x + h k_1/2),\ k_3 = f(t + h/2, x + h k_2/2),\
+    k_4 = f(t + h, x + h k_3),\quad x \mapsto x + h (k_1 + 2k_2 + 2k_3 + k_4)/6.$$
+    """
+
+    model: AbstractDynamics
+    dt: float
+    substeps: int = eqx.field(static=True, default=1)
+
+    def _step(self, x, t, h):
+        f = self.model.vector_field
+        k1 = f(t, x)
+        k2 = f(t + h / 2, x + (h / 2) * k1)
+        k3 = f(t + h / 2, x + (h / 2) * k2)
+        k4 = f(t + h, x + h * k3)
+        return x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    @property
+    def order(self) -> int:
+        return 4
+
+
+class DiffraxStep(AbstractFlowMap):
+    """One `.step` of any fixed-step-capable diffrax solver (default `Tsit5`) per substep.
+
+    No step-size control and no `diffeqsolve` overhead: the same cost class as `RK4`.
+    """
+
+    model: AbstractDynamics
+    dt: float
+    substeps: int = eqx.field(static=True, default=1)
+    solver: diffrax.AbstractSolver = diffrax.Tsit5()
+
+    def _step(self, x, t, h):
+        term = diffrax.ODETerm(lambda t, y, args: self.model.vector_field(t, y))
+        t0 = jnp.asarray(t, dtype=jnp.result_type(x))
+        t1 = t0 + h
+        state = self.solver.init(term, t0, t1, x, None)
+        x1, _, _, _, _ = self.solver.step(term, t0, t1, x, None, state, made_jump=False)
+        return x1
+
+    @property
+    def order(self) -> int:
+        return self.solver.order(diffrax.ODETerm(lambda t, y, a: y))
+
+
+def flow_map(
+    model: AbstractDynamics, dt: float, method: str = "rk4", substeps: int = 1
+) -> AbstractFlowMap:
+    """Build the one-step flow map of `model` over `dt`.
+
+    **Arguments:** `model`; `dt` > 0; `method` in `"rk4"`, `"euler"`, `"tsit5"`;
+    `substeps` >= 1 internal steps per `dt`.
+
+    **Returns:** a callable `Phi(x, t=0.0) -> x(t + dt)`.
+    """
+    if not isinstance(model, AbstractDynamics):
+        raise TypeError(
+            f"`model` must be a jaxda.models.AbstractDynamics; got {type(model).__name__}."
+        )
+    methods = {"rk4": RK4, "euler": Euler}
+    if method == "tsit5":
+        return DiffraxStep(model, dt, substeps, diffrax.Tsit5())
+    if method not in methods:
+        raise ValueError(
+            f"`method` must be one of 'rk4', 'euler', 'tsit5'; got {method!r}."
+        )
+    return methods[method](model, dt, substeps)
+
+
+def rollout(
+    flow: AbstractFlowMap, x0: Float[Array, "*state"], n_steps: int, t0: float = 0.0
+) -> Float[Array, "n_steps+1 *state"]:
+    """Iterate a flow map: `[x0, Phi(x0), Phi(Phi(x0)), ...]`, `n_steps + 1` states.
+
+    A `lax.scan`, so cost is linear in `n_steps` and compile time constant.
+    """
+    n_steps = check_int("n_steps", n_steps, minimum=0)
+
+    def body(x, i):
+        x_next = flow(x, t0 + i * flow.dt)
+        return x_next, x_next
+
+    _, xs = jax.lax.scan(body, x0, jnp.arange(n_steps))
+    return jnp.concatenate([x0[None], xs], axis=0)

@@ -1,0 +1,38 @@
+"""The Lorenz (1963) convection model."""
+
+import jax.numpy as jnp
+
+from .._custom_types import Array, Float
+from ._base import AbstractDynamics
+
+
+class Lorenz63(AbstractDynamics):
+    r"""Lorenz-63: a three-variable model of atmospheric convection.
+
+    $$\dot u_1 = \sigma (u_2 - u_1),\quad \dot u_2 = \rho u_1 - u_2 - u_1 u_3,\quad
+    \dot u_3 = u_1 u_2 - \beta u_3.$$
+
+    **Arguments:** `sigma`, `rho`, `beta` (defaults 10, 28, 8/3: the chaotic regime).
+    """
+
+    sigma: Float[Array, ""] | float = 10.0
+    rho: Float[Array, ""] | float = 28.0
+    beta: Float[Array, ""] | float = 8.0 / 3.0
+
+    def vector_field(self, t, x: Float[Array, "3"]) -> Float[Array, "3"]:
+        u1, u2, u3 = x[0], x[1], x[2]
+        return jnp.stack(
+            [
+                self.sigma * (u2 - u1),
+                self.rho * u1 - u2 - u1 * u3,
+                u1 * u2 - self.beta * u3,
+            ]
+        )
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (3,)
+
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        return ("u1", "u2", "u3")

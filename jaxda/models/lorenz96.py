@@ -1,0 +1,31 @@
+"""The Lorenz (1996) periodic model."""
+
+import equinox as eqx
+import jax.numpy as jnp
+
+from .._custom_types import Array, Float
+from .._validation import check_int
+from ._base import AbstractDynamics
+
+
+class Lorenz96(AbstractDynamics):
+    r"""Lorenz-96 on a periodic ring of `n` sites.
+
+    $$\dot x_i = (x_{i+1} - x_{i-2})\, x_{i-1} - x_i + F,\qquad x_{i+n} = x_i.$$
+
+    `x = F` (all sites) is a fixed point. **Arguments:** `n` (>= 4, static, default 40),
+    `forcing` F (default 8: chaotic).
+    """
+
+    n: int = eqx.field(static=True, default=40)
+    forcing: Float[Array, ""] | float = 8.0
+
+    def __check_init__(self):
+        check_int("n", self.n, minimum=4)
+
+    def vector_field(self, t, x: Float[Array, " n"]) -> Float[Array, " n"]:
+        return (jnp.roll(x, -1) - jnp.roll(x, 2)) * jnp.roll(x, 1) - x + self.forcing
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.n,)

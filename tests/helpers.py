@@ -1,0 +1,33 @@
+"""Shared test utilities: tolerant tree comparison and float64 finite differences."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8) -> bool:
+    """Whether two pytrees have the same structure and close leaves."""
+    return eqx.tree_equal(x, y, typematch=True, rtol=rtol, atol=atol) is True
+
+
+def finite_difference_grad(f, x, eps=1e-6):
+    """Central finite-difference gradient of scalar `f` at float64 array `x`."""
+    x = np.asarray(x, dtype=np.float64)
+    g = np.zeros_like(x)
+    flat = x.reshape(-1)
+    gflat = g.reshape(-1)
+    for i in range(flat.size):
+        e = np.zeros_like(flat)
+        e[i] = eps
+        fp = float(f(jnp.asarray((flat + e).reshape(x.shape))))
+        fm = float(f(jnp.asarray((flat - e).reshape(x.shape))))
+        gflat[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def finite_difference_jvp(f, x, v, eps=1e-6):
+    """Central finite-difference directional derivative `(f(x + eps v) - f(x - eps v))/2eps`."""
+    return jax.tree_util.tree_map(
+        lambda a, b: (a - b) / (2 * eps), f(x + eps * v), f(x - eps * v)
+    )
