@@ -1,0 +1,22 @@
+"""Twin-experiment datasets, presets, first guesses, normalisation, netCDF I/O."""
+
+from ._dataset import (
+    Dataset as Dataset,
+    GaussianInitialState as GaussianInitialState,
+    UniformInitialState as UniformInitialState,
+    make_dataset as make_dataset,
+)
+from ._first_guess import (
+    empirical_moments as empirical_moments,
+    gaussian_first_guess as gaussian_first_guess,
+    interpolate_observations as interpolate_observations,
+)
+from ._netcdf import load_dataset as load_dataset, save_dataset as save_dataset
+from ._normalise import Normalisation as Normalisation
+from ._presets import (
+    PRESET_NAMES as PRESET_NAMES,
+    Preset as Preset,
+    get_preset as get_preset,
+    make_preset_dataset as make_preset_dataset,
+    make_preset_splits as make_preset_splits,
+)

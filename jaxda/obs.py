@@ -1,0 +1,604 @@
+r"""Observations: the `(values, mask)` pytree, sampling patterns, noise and linear
+operators.
+
+A trajectory has shape `(T, *state)`. Its observations have the same shape: `values`
+holds the observed numbers (zero where nothing is observed) and `mask` is `True` where
+an observation exists. At file and user boundaries missing values may be NaN
+(`Observations.from_nan`, `Observations.to_nan`); inside the library they never are.
+
+Patterns return boolean masks of shape `(T, *state)`; `observe` adds Gaussian noise,
+$y = m \odot (x + \sigma \varepsilon)$, $\varepsilon \sim \mathcal N(0, I)$. A linear
+operator $H$ acting on the flattened trajectory (`DenseOperator`, `SelectionOperator`)
+is available for the methods that need one.
+
+Components of a state with several axes are numbered in flattened (C) order.
+"""
+
+import abc
+import math
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._custom_types import Array, ArrayLike, Bool, Float, Int, Key
+from ._validation import check_int, check_positive, is_concrete
+
+
+# ------------------------------------------------------------------------------
+# The observation pytree
+# ------------------------------------------------------------------------------
+
+
+class Observations(eqx.Module):
+    r"""Observations of a trajectory: zero-filled `values` and a boolean `mask`.
+
+    Both have the shape of the trajectory, `(T, *state)` for one window or
+    `(N, T, *state)` for a batch. The constructor zero-fills `values` where `mask` is
+    `False`, so $y = m \odot y$ always holds.
+
+    **Arguments:**
+
+    - `values`: floating array of observed values (anything where `mask` is `False`).
+    - `mask`: boolean array of the same shape, `True` where observed.
+    """
+
+    values: Float[Array, " T *state"]
+    mask: Bool[Array, " T *state"]
+
+    def __init__(
+        self, values: Float[ArrayLike, " T *state"], mask: Bool[ArrayLike, " T *state"]
+    ):
+        values = jnp.asarray(values)
+        mask = jnp.asarray(mask)
+        if mask.dtype != jnp.bool_:
+            raise TypeError(
+                f"`mask` must be a boolean array; got dtype {mask.dtype}. "
+                "Use `mask != 0` to convert."
+            )
+        if not jnp.issubdtype(values.dtype, jnp.floating):
+            raise TypeError(
+                f"`values` must be a floating array; got dtype {values.dtype}."
+            )
+        if values.shape != mask.shape:
+            raise ValueError(
+                "`values` and `mask` must have the same shape; got "
+                f"{values.shape} and {mask.shape}."
+            )
+        if is_concrete(values) and is_concrete(mask):
+            v, m = np.asarray(values), np.asarray(mask)
+            bad = m & ~np.isfinite(v)
+            if bad.any():
+                raise ValueError(
+                    "`values` must be finite where `mask` is True; got "
+                    f"{int(bad.sum())} "
+                    "non-finite observed entries (use `Observations.from_nan` for "
+                    "NaN-coded "
+                    "missing values)."
+                )
+        self.values = jnp.where(mask, values, jnp.zeros((), values.dtype))
+        self.mask = mask
+
+    @classmethod
+    def from_nan(cls, y: Float[ArrayLike, " T *state"]) -> "Observations":
+        """Build from an array with NaN where nothing is observed.
+
+        **Returns:** `Observations(values=nan_to_zero(y), mask=~isnan(y))`. Infinite
+        entries are rejected (`ValueError`).
+        """
+        y = jnp.asarray(y)
+        if not jnp.issubdtype(y.dtype, jnp.floating):
+            raise TypeError(f"`y` must be a floating array; got dtype {y.dtype}.")
+        mask = ~jnp.isnan(y)
+        if is_concrete(y) and np.isinf(np.asarray(y)).any():
+            raise ValueError(
+                "`y` must hold finite values or NaN; got infinite entries."
+            )
+        return cls(jnp.where(mask, y, jnp.zeros((), y.dtype)), mask)
+
+    def to_nan(self) -> Float[Array, " T *state"]:
+        """The values with NaN where nothing is observed (the inverse of `from_nan`)."""
+        return jnp.where(self.mask, self.values, jnp.array(jnp.nan, self.values.dtype))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of `values` and `mask`."""
+        return self.values.shape
+
+    @property
+    def dtype(self):
+        """Floating dtype of `values`."""
+        return self.values.dtype
+
+    @property
+    def n_observed(self) -> Int[Array, ""]:
+        """Number of observed entries, $\\sum m$ (over every axis)."""
+        return jnp.sum(self.mask)
+
+    def __getitem__(self, index) -> "Observations":
+        """Index the leading axes of `values` and `mask` (e.g. one window of a batch)"""
+        return Observations(self.values[index], self.mask[index])
+
+    def astype(self, dtype) -> "Observations":
+        """The same observations with `values` cast to `dtype`."""
+        return Observations(self.values.astype(dtype), self.mask)
+
+
+# ------------------------------------------------------------------------------
+# Sampling patterns (masks)
+# ------------------------------------------------------------------------------
+
+
+def _state_shape(state_shape) -> tuple[int, ...]:
+    if isinstance(state_shape, int | np.integer):
+        state_shape = (int(state_shape),)
+    try:
+        shape = tuple(int(s) for s in state_shape)
+    except TypeError:
+        raise TypeError(
+            f"`state_shape` must be a tuple of ints; got {state_shape!r}."
+        ) from None
+    if any(s < 1 for s in shape):
+        raise ValueError(f"`state_shape` must have positive sizes; got {shape}.")
+    return shape
+
+
+def _component_mask(components, state_shape) -> np.ndarray:
+    """Flattened boolean mask of the chosen components (all if `components` is None)."""
+    size = math.prod(state_shape)
+    if components is None:
+        return np.ones(size, bool)
+    comps = np.atleast_1d(np.asarray(components))
+    if comps.ndim != 1 or not np.issubdtype(comps.dtype, np.integer):
+        raise TypeError(
+            f"`components` must be a sequence of ints (flattened state indices); got "
+            f"{components!r}."
+        )
+    if comps.size and (comps.min() < -size or comps.max() >= size):
+        raise ValueError(
+            f"`components` must be indices in [0, {size}); got {comps.tolist()}."
+        )
+    out = np.zeros(size, bool)
+    out[comps] = True
+    return out
+
+
+def _time_mask(n_times: int, k: int, offset, start: int, stop: int | None):
+    """Boolean `(T,)`: `t = offset + j k` (j >= 0), `start <= t < stop`."""
+    stop = n_times if stop is None else stop
+    t = jnp.arange(n_times)
+    return (t >= start) & (t < stop) & (t >= offset) & ((t - offset) % k == 0)
+
+
+def _check_window(n_times, k, offset, start, stop):
+    n_times = check_int("n_times", n_times, minimum=1)
+    k = check_int("k", k, minimum=1)
+    start = check_int("start", start, minimum=0)
+    if stop is not None:
+        stop = check_int("stop", stop, minimum=0)
+        if stop < start:
+            raise ValueError(f"`stop` must be >= `start` ({start}); got {stop}.")
+    if is_concrete(offset):
+        if isinstance(offset, int | np.integer) or np.ndim(offset) == 0:
+            if np.asarray(offset) < 0:
+                raise ValueError(f"`offset` must be >= 0; got {offset}.")
+    return n_times, k, start, stop
+
+
+def every_k_steps(
+    n_times: int,
+    state_shape: Sequence[int] | int,
+    k: int,
+    *,
+    components: Sequence[int] | None = None,
+    offset: int | Int[ArrayLike, ""] = 0,
+    start: int = 0,
+    stop: int | None = None,
+) -> Bool[Array, " T *state"]:
+    r"""Observe `components` at times $t = \text{offset} + jk$, $j \ge 0$, with
+    $\text{start} \le t < \text{stop}$.
+
+    Seed 001's Lorenz-63 setup is `every_k_steps(200, (3,), 8, components=[0], start=10,
+    stop=190)`: the first component every 8 steps, the first and last 10 steps of the
+    window unobserved. `offset` may be a traced integer (e.g. a random phase under
+    `vmap`).
+
+    **Arguments:** `n_times` T (>= 1); `state_shape`; `k` >= 1; `components` (flattened
+    state indices, default all); `offset` >= 0; `start` >= 0; `stop` (default T,
+    exclusive).
+
+    **Returns:** a boolean mask of shape `(T, *state_shape)`.
+    """
+    state_shape = _state_shape(state_shape)
+    n_times, k, start, stop = _check_window(n_times, k, offset, start, stop)
+    comp = jnp.asarray(_component_mask(components, state_shape)).reshape(state_shape)
+    tm = _time_mask(n_times, k, offset, start, stop)
+    return tm.reshape((n_times,) + (1,) * len(state_shape)) & comp
+
+
+def full(n_times: int, state_shape: Sequence[int] | int) -> Bool[Array, " T *state"]:
+    """Every component at every time: a mask of ones, shape `(T, *state_shape)`."""
+    n_times = check_int("n_times", n_times, minimum=1)
+    return jnp.ones((n_times,) + _state_shape(state_shape), bool)
+
+
+def _n_from_fraction(fraction, n_components, size) -> int:
+    if (fraction is None) == (n_components is None):
+        raise ValueError(
+            "Give exactly one of `fraction` and `n_components`; got "
+            f"fraction={fraction!r}, n_components={n_components!r}."
+        )
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(
+            fraction, int | float | np.number
+        ):
+            raise TypeError(f"`fraction` must be a float in [0, 1]; got {fraction!r}.")
+        if not 0.0 <= float(fraction) <= 1.0:
+            raise ValueError(f"`fraction` must be in [0, 1]; got {fraction}.")
+        return int(round(float(fraction) * size))
+    n = check_int("n_components", n_components, minimum=0)
+    if n > size:
+        raise ValueError(f"`n_components` must be <= the state size {size}; got {n}.")
+    return n
+
+
+def random_components(
+    key: Key,
+    n_times: int,
+    state_shape: Sequence[int] | int,
+    *,
+    fraction: float | None = None,
+    n_components: int | None = None,
+    every: int = 1,
+    offset: int | Int[ArrayLike, ""] = 0,
+    start: int = 0,
+    stop: int | None = None,
+) -> Bool[Array, " T *state"]:
+    r"""At each observed time, a fresh random subset of exactly $n$ components.
+
+    Observed times are those of `every_k_steps(..., k=every, offset, start, stop)`; at
+    each of them $n$ of the $d$ state components are drawn uniformly without
+    replacement, independently across times. $n$ is `n_components` or `round(fraction *
+    d)` (exactly one of the two). Seed 001's Lorenz-96 setup: `random_components(key,
+    200, (40,), n_components=20, every=4)`.
+
+    **Returns:** a boolean mask of shape `(T, *state_shape)` with exactly $n$ `True`
+    entries at each observed time and none elsewhere.
+    """
+    state_shape = _state_shape(state_shape)
+    n_times, every, start, stop = _check_window(n_times, every, offset, start, stop)
+    size = math.prod(state_shape)
+    n = _n_from_fraction(fraction, n_components, size)
+    # Ranks of i.i.d. uniforms are a uniformly random permutation at each time.
+    u = jax.random.uniform(key, (n_times, size))
+    ranks = jnp.argsort(jnp.argsort(u, axis=1), axis=1)
+    chosen = ranks < n
+    tm = _time_mask(n_times, every, offset, start, stop)
+    return (chosen & tm[:, None]).reshape((n_times,) + state_shape)
+
+
+def random_times(
+    key: Key,
+    n_times: int,
+    state_shape: Sequence[int] | int,
+    n_observed_times: int,
+    *,
+    components: Sequence[int] | None = None,
+) -> Bool[Array, " T *state"]:
+    """Observe `components` at `n_observed_times` distinct times drawn at random.
+
+    **Returns:** a boolean mask of shape `(T, *state_shape)`.
+    """
+    state_shape = _state_shape(state_shape)
+    n_times = check_int("n_times", n_times, minimum=1)
+    m = check_int("n_observed_times", n_observed_times, minimum=0)
+    if m > n_times:
+        raise ValueError(f"`n_observed_times` must be <= n_times ({n_times}); got {m}.")
+    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (n_times,))))
+    tm = ranks < m
+    comp = jnp.asarray(_component_mask(components, state_shape)).reshape(state_shape)
+    return tm.reshape((n_times,) + (1,) * len(state_shape)) & comp
+
+
+# Pattern objects: a pattern as data, so presets can be configured and compiled once.
+
+
+class AbstractPattern(eqx.Module):
+    """An observation pattern: `pattern(key, n_times, state_shape) -> mask`.
+
+    Deterministic patterns ignore the key. Used by `jaxda.data.make_dataset`.
+    """
+
+    @abc.abstractmethod
+    def __call__(
+        self, key: Key, n_times: int, state_shape: tuple[int, ...]
+    ) -> Bool[Array, " T *state"]:
+        """The mask of one window."""
+
+
+class FullPattern(AbstractPattern):
+    """Every component at every time (see `full`)."""
+
+    def __call__(self, key, n_times, state_shape):
+        return full(n_times, state_shape)
+
+
+class EveryKPattern(AbstractPattern):
+    """`every_k_steps` with fixed settings (see there)."""
+
+    k: int = eqx.field(static=True)
+    components: tuple[int, ...] | None = eqx.field(static=True, default=None)
+    offset: int = eqx.field(static=True, default=0)
+    start: int = eqx.field(static=True, default=0)
+    stop_margin: int = eqx.field(static=True, default=0)
+
+    def __check_init__(self):
+        check_int("k", self.k, minimum=1)
+        check_int("offset", self.offset, minimum=0)
+        check_int("start", self.start, minimum=0)
+        check_int("stop_margin", self.stop_margin, minimum=0)
+
+    def __call__(self, key, n_times, state_shape):
+        return every_k_steps(
+            n_times,
+            state_shape,
+            self.k,
+            components=self.components,
+            offset=self.offset,
+            start=self.start,
+            stop=max(n_times - self.stop_margin, self.start),
+        )
+
+
+class RandomComponentsPattern(AbstractPattern):
+    """`random_components` with fixed settings: `n_components` every `every` steps."""
+
+    n_components: int = eqx.field(static=True)
+    every: int = eqx.field(static=True, default=1)
+
+    def __check_init__(self):
+        check_int("n_components", self.n_components, minimum=0)
+        check_int("every", self.every, minimum=1)
+
+    def __call__(self, key, n_times, state_shape):
+        return random_components(
+            key, n_times, state_shape, n_components=self.n_components, every=self.every
+        )
+
+
+class RandomPhasePattern(AbstractPattern):
+    r"""Every `k` steps on `components`, starting at a phase drawn uniformly from
+    `phases`.
+
+    Each window gets its own observation process $t \in \{p, p + k, \dots\}$. Giving the
+    training and test sets disjoint `phases` makes their observation times disjoint
+    (seed 003's setup: each training pair has its own observation process, tested on
+    unseen ones).
+    """
+
+    k: int = eqx.field(static=True)
+    phases: Int[Array, " p"] = eqx.field(converter=jnp.asarray)
+    components: tuple[int, ...] | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        check_int("k", self.k, minimum=1)
+        if jnp.ndim(self.phases) != 1 or jnp.size(self.phases) == 0:
+            raise ValueError(
+                f"`phases` must be a non-empty sequence of ints; got {self.phases!r}."
+            )
+        if not jnp.issubdtype(self.phases.dtype, jnp.integer):
+            raise TypeError(f"`phases` must hold ints; got dtype {self.phases.dtype}.")
+        if is_concrete(self.phases) and np.any(np.asarray(self.phases) < 0):
+            raise ValueError(f"`phases` must be >= 0; got {self.phases}.")
+
+    def __call__(self, key, n_times, state_shape):
+        phase = jax.random.choice(key, self.phases)
+        return every_k_steps(
+            n_times, state_shape, self.k, components=self.components, offset=phase
+        )
+
+
+# ------------------------------------------------------------------------------
+# Noise
+# ------------------------------------------------------------------------------
+
+
+def observe(
+    key: Key,
+    truth: Float[Array, " T *state"],
+    mask: Bool[ArrayLike, " T *state"],
+    *,
+    noise_std: float | Float[ArrayLike, "..."] | None = None,
+    noise_var: float | Float[ArrayLike, "..."] | None = None,
+) -> Observations:
+    r"""Noisy observations of `truth` where `mask` is set: $y = m \odot (x + \sigma
+    \varepsilon)$.
+
+    $\varepsilon \sim \mathcal N(0, I)$ in the dtype of `truth`; $\sigma$ is `noise_std`
+    or $\sqrt{\texttt{noise\_var}}$ (exactly one of the two, >= 0; a scalar or an array
+    broadcastable to `truth`, e.g. one value per component).
+
+    **Returns:** `Observations(values, mask)`.
+    """
+    if (noise_std is None) == (noise_var is None):
+        raise ValueError(
+            "Give exactly one of `noise_std` and `noise_var`; got "
+            f"noise_std={noise_std!r}, noise_var={noise_var!r}."
+        )
+    if noise_std is not None:
+        check_positive("noise_std", noise_std, allow_zero=True)
+        std = noise_std
+    else:
+        check_positive("noise_var", noise_var, allow_zero=True)
+        std = jnp.sqrt(jnp.asarray(noise_var))
+    truth = jnp.asarray(truth)
+    mask = jnp.asarray(mask)
+    if mask.shape != truth.shape:
+        raise ValueError(
+            f"`mask` must have the shape of `truth` {truth.shape}; got {mask.shape}."
+        )
+    std = jnp.asarray(std, truth.dtype)
+    try:
+        jnp.broadcast_shapes(std.shape, truth.shape)
+    except ValueError:
+        raise ValueError(
+            f"`noise_std`/`noise_var` must broadcast to {truth.shape}; got shape "
+            f"{std.shape}."
+        ) from None
+    eps = jax.random.normal(key, truth.shape, truth.dtype)
+    return Observations(truth + std * eps, mask)
+
+
+# ------------------------------------------------------------------------------
+# Linear observation operators on the flattened trajectory
+# ------------------------------------------------------------------------------
+
+
+class LinearObservationOperator(eqx.Module):
+    r"""A linear map $H: \mathbb R^d \to \mathbb R^m$ on the flattened trajectory.
+
+    `matvec(x)` accepts any array of `d` entries (e.g. `(T, *state)`) and flattens it;
+    `rmatvec(y)` applies $H^\top$ and returns a flat `(d,)` vector.
+    """
+
+    @abc.abstractmethod
+    def matvec(self, x: Float[Array, "..."]) -> Float[Array, " m"]:
+        """$Hx$."""
+
+    @abc.abstractmethod
+    def rmatvec(self, y: Float[Array, " m"]) -> Float[Array, " d"]:
+        """$H^\\top y$."""
+
+    @abc.abstractmethod
+    def as_dense(self) -> Float[Array, "m d"]:
+        """$H$ as a dense matrix."""
+
+    @abc.abstractmethod
+    def gram_diagonal(self) -> Float[Array, " d"]:
+        """The diagonal of $H^\\top H$."""
+
+    @property
+    @abc.abstractmethod
+    def in_size(self) -> int:
+        """d."""
+
+    @property
+    @abc.abstractmethod
+    def out_size(self) -> int:
+        """m."""
+
+    def __call__(self, x):
+        return self.matvec(x)
+
+
+class DenseOperator(LinearObservationOperator):
+    """$H$ given as a dense `(m, d)` matrix."""
+
+    matrix: Float[Array, "m d"]
+
+    def __check_init__(self):
+        if jnp.ndim(self.matrix) != 2:
+            raise ValueError(
+                "`matrix` must be 2-dimensional (m, d); got shape "
+                f"{jnp.shape(self.matrix)}."
+            )
+
+    def matvec(self, x):
+        return self.matrix @ jnp.reshape(x, -1)
+
+    def rmatvec(self, y):
+        return self.matrix.T @ y
+
+    def as_dense(self):
+        return self.matrix
+
+    def gram_diagonal(self):
+        return jnp.sum(self.matrix**2, axis=0)
+
+    @property
+    def in_size(self) -> int:
+        return self.matrix.shape[1]
+
+    @property
+    def out_size(self) -> int:
+        return self.matrix.shape[0]
+
+
+class SelectionOperator(LinearObservationOperator):
+    r"""$H x = x_{\text{indices}}$: pick entries of the flattened trajectory of size
+    `size`.
+
+    $H^\top y$ scatters (adds) `y` back to `indices`. Build it from a mask with
+    `SelectionOperator.from_mask(mask)` (concrete masks only: `m` must be static).
+    """
+
+    indices: Int[Array, " m"]
+    size: int = eqx.field(static=True)
+
+    def __check_init__(self):
+        check_int("size", self.size, minimum=1)
+        if jnp.ndim(self.indices) != 1:
+            raise ValueError(
+                f"`indices` must be 1-dimensional; got shape {jnp.shape(self.indices)}."
+            )
+        if is_concrete(self.indices) and np.size(self.indices):
+            idx = np.asarray(self.indices)
+            if idx.min() < 0 or idx.max() >= self.size:
+                raise ValueError(
+                    f"`indices` must lie in [0, {self.size}); got min {idx.min()}, "
+                    f"max {idx.max()}."
+                )
+
+    @classmethod
+    def from_mask(cls, mask: Bool[ArrayLike, " T *state"]) -> "SelectionOperator":
+        """The selection of the `True` entries of `mask` (flattened C order)."""
+        if not is_concrete(mask):
+            raise TypeError(
+                "`mask` must be concrete (not traced) in "
+                "`SelectionOperator.from_mask`: the number of observations sets the "
+                "output size."
+            )
+        m = np.asarray(mask)
+        if m.dtype != bool:
+            raise TypeError(f"`mask` must be a boolean array; got dtype {m.dtype}.")
+        return cls(jnp.asarray(np.flatnonzero(m.reshape(-1))), int(m.size))
+
+    def matvec(self, x):
+        return jnp.reshape(x, -1)[self.indices]
+
+    def rmatvec(self, y):
+        return jnp.zeros(self.size, jnp.result_type(y)).at[self.indices].add(y)
+
+    def as_dense(self):
+        return jax.nn.one_hot(self.indices, self.size, dtype=jnp.result_type(float))
+
+    def gram_diagonal(self):
+        return jnp.zeros(self.size, jnp.result_type(float)).at[self.indices].add(1.0)
+
+    @property
+    def in_size(self) -> int:
+        return self.size
+
+    @property
+    def out_size(self) -> int:
+        return self.indices.shape[0]
+
+
+__all__ = [
+    "AbstractPattern",
+    "DenseOperator",
+    "EveryKPattern",
+    "FullPattern",
+    "LinearObservationOperator",
+    "Observations",
+    "RandomComponentsPattern",
+    "RandomPhasePattern",
+    "SelectionOperator",
+    "every_k_steps",
+    "full",
+    "observe",
+    "random_components",
+    "random_times",
+]

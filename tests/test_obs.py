@@ -1,0 +1,278 @@
+"""Observations: the (values, mask) pytree, patterns, noise and linear operators."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from jaxda import obs as O
+
+
+# ------------------------------------------------------------------------------
+# The pytree
+# ------------------------------------------------------------------------------
+
+
+def test_from_nan_round_trip_and_zero_fill():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(7, 3))
+    y[rng.random((7, 3)) < 0.4] = np.nan
+    o = O.Observations.from_nan(y)
+    assert o.mask.dtype == jnp.bool_
+    np.testing.assert_array_equal(np.asarray(o.mask), ~np.isnan(y))
+    np.testing.assert_array_equal(np.asarray(o.values)[np.isnan(y)], 0.0)
+    back = np.asarray(o.to_nan())
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(y))
+    np.testing.assert_array_equal(back[~np.isnan(y)], y[~np.isnan(y)])
+    assert int(o.n_observed) == int((~np.isnan(y)).sum())
+
+
+def test_constructor_zero_fills_and_keeps_dtype():
+    v = jnp.arange(6.0, dtype=jnp.float32).reshape(3, 2) + 1
+    m = jnp.array([[True, False], [False, True], [True, True]])
+    o = O.Observations(v, m)
+    assert o.values.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(o.values), np.where(m, v, 0))
+    # Indexing the leading axis gives a sub-observation.
+    np.testing.assert_array_equal(np.asarray(o[1].mask), np.asarray(m[1]))
+
+
+def test_observations_is_a_pytree_under_jit_and_vmap():
+    y = jnp.where(jnp.arange(12).reshape(4, 3) % 2 == 0, 1.0, jnp.nan)
+    batch = jax.vmap(O.Observations.from_nan)(jnp.stack([y, 2 * y]))
+    assert batch.shape == (2, 4, 3)
+    out = jax.jit(lambda o: o.to_nan())(batch)
+    np.testing.assert_array_equal(np.isnan(out[1]), np.isnan(y))
+    np.testing.assert_allclose(np.nan_to_num(out[1]), np.nan_to_num(2 * y))
+
+
+def test_bad_observations():
+    with pytest.raises(ValueError, match="`values` and `mask` must have the same"):
+        O.Observations(jnp.zeros((3, 2)), jnp.ones((3, 3), bool))
+    with pytest.raises(TypeError, match="`mask` must be a boolean"):
+        O.Observations(jnp.zeros((3, 2)), jnp.ones((3, 2)))
+    with pytest.raises(TypeError, match="`values` must be a floating"):
+        O.Observations(jnp.zeros((3, 2), int), jnp.ones((3, 2), bool))
+    with pytest.raises(ValueError, match="finite where `mask` is True"):
+        O.Observations(jnp.full((3, 2), jnp.nan), jnp.ones((3, 2), bool))
+    with pytest.raises(ValueError, match="`y` must hold finite values or NaN"):
+        O.Observations.from_nan(jnp.array([[1.0, jnp.inf]]))
+
+
+# ------------------------------------------------------------------------------
+# Patterns
+# ------------------------------------------------------------------------------
+
+
+def test_every_k_steps_f21_l63_pattern():
+    m = np.asarray(O.every_k_steps(200, (3,), 8, components=[0], start=10, stop=190))
+    assert m.shape == (200, 3)
+    assert not m[:, 1:].any()
+    np.testing.assert_array_equal(np.flatnonzero(m[:, 0]), np.arange(16, 185, 8))
+    assert m.sum() == 22
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n_times=st.integers(1, 40),
+    k=st.integers(1, 9),
+    offset=st.integers(0, 12),
+    start=st.integers(0, 10),
+    length=st.integers(0, 40),
+)
+def test_every_k_steps_exact_times(n_times, k, offset, start, length):
+    stop = start + length
+    m = O.every_k_steps(n_times, (2, 2), k, offset=offset, start=start, stop=stop)
+    m = np.asarray(m)
+    want = {t for t in range(offset, n_times, k) if start <= t < stop}
+    assert m.shape == (n_times, 2, 2)
+    assert set(np.flatnonzero(m[:, 0, 0])) == want
+    assert (m == m[:, :1, :1]).all()  # every component, same times
+
+
+def test_every_k_steps_traced_offset_under_vmap():
+    f = jax.jit(jax.vmap(lambda p: O.every_k_steps(16, 1, 4, offset=p)))
+    m = np.asarray(f(jnp.arange(4)))
+    for p in range(4):
+        np.testing.assert_array_equal(np.flatnonzero(m[p, :, 0]), np.arange(p, 16, 4))
+
+
+def test_random_components_exact_counts_and_binomial_frequencies():
+    n_times, d, n = 600, 10, 3
+    m = O.random_components(jax.random.key(0), n_times, (d,), n_components=n)
+    m = np.asarray(m)
+    np.testing.assert_array_equal(m.sum(axis=1), n)
+    # Each component is chosen at each time with probability n/d: Binomial(600, 0.3).
+    counts = m.sum(axis=0)
+    mean, sd = n_times * n / d, np.sqrt(n_times * (n / d) * (1 - n / d))
+    assert np.all(np.abs(counts - mean) < 5 * sd)
+    # Independent across times: the pattern is not the same at all times.
+    assert len({tuple(row) for row in m}) > 50
+
+
+def test_random_components_f21_l96_pattern_every_and_fraction():
+    m = np.asarray(
+        O.random_components(jax.random.key(1), 200, (40,), fraction=0.5, every=4)
+    )
+    per_time = m.sum(axis=1)
+    np.testing.assert_array_equal(per_time[::4], 20)
+    assert per_time[np.arange(200) % 4 != 0].sum() == 0
+    # Same key, same mask; another key, another mask.
+    m2 = O.random_components(jax.random.key(1), 200, (40,), n_components=20, every=4)
+    m3 = O.random_components(jax.random.key(2), 200, (40,), n_components=20, every=4)
+    np.testing.assert_array_equal(m, np.asarray(m2))
+    assert (m != np.asarray(m3)).any()
+
+
+def test_random_components_vmap_over_keys():
+    keys = jax.random.split(jax.random.key(0), 5)
+    f = jax.jit(jax.vmap(lambda k: O.random_components(k, 8, (2, 3), n_components=4)))
+    m = np.asarray(f(keys))
+    assert m.shape == (5, 8, 2, 3)
+    np.testing.assert_array_equal(m.reshape(5, 8, -1).sum(-1), 4)
+
+
+def test_random_times_and_full():
+    m = np.asarray(O.random_times(jax.random.key(3), 30, (3,), 7, components=[1, 2]))
+    assert m[:, 1].sum() == 7 and not m[:, 0].any()
+    np.testing.assert_array_equal(m[:, 1], m[:, 2])
+    assert np.asarray(O.full(5, (2,))).all()
+
+
+def test_pattern_objects():
+    key = jax.random.key(0)
+    every = O.EveryKPattern(8, (0,), start=10, stop_margin=10)
+    np.testing.assert_array_equal(
+        every(key, 200, (3,)),
+        O.every_k_steps(200, (3,), 8, components=[0], start=10, stop=190),
+    )
+    phase = O.RandomPhasePattern(8, (1, 3, 5, 7), (0,))
+    keys = jax.random.split(key, 64)
+    ms = np.asarray(jax.vmap(lambda k: phase(k, 32, (3,)))(keys))
+    first = ms[:, :, 0].argmax(axis=1)
+    assert set(first) <= {1, 3, 5, 7} and len(set(first)) > 1
+    np.testing.assert_array_equal(ms.sum(axis=(1, 2)), 4)
+    rc = O.RandomComponentsPattern(20, every=4)
+    assert int(rc(key, 200, (40,)).sum()) == 50 * 20
+    assert O.FullPattern()(key, 3, (2,)).all()
+
+
+def test_bad_patterns():
+    with pytest.raises(ValueError, match="`k` must be >= 1"):
+        O.every_k_steps(10, (3,), 0)
+    with pytest.raises(TypeError, match="`k` must be an int"):
+        O.every_k_steps(10, (3,), 2.0)
+    with pytest.raises(ValueError, match="`offset` must be >= 0"):
+        O.every_k_steps(10, (3,), 2, offset=-1)
+    with pytest.raises(ValueError, match="`stop` must be >= `start`"):
+        O.every_k_steps(10, (3,), 2, start=5, stop=2)
+    with pytest.raises(ValueError, match="`components` must be indices"):
+        O.every_k_steps(10, (3,), 2, components=[3])
+    with pytest.raises(ValueError, match=r"`fraction` must be in \[0, 1\]"):
+        O.random_components(jax.random.key(0), 10, (4,), fraction=1.5)
+    with pytest.raises(ValueError, match=r"`fraction` must be in \[0, 1\]"):
+        O.random_components(jax.random.key(0), 10, (4,), fraction=-0.1)
+    with pytest.raises(ValueError, match="one of `fraction` and `n_components`"):
+        O.random_components(jax.random.key(0), 10, (4,))
+    with pytest.raises(ValueError, match="`n_components` must be <= the state size"):
+        O.random_components(jax.random.key(0), 10, (4,), n_components=5)
+    with pytest.raises(ValueError, match="`every` must be >= 1|`k` must be >= 1"):
+        O.RandomComponentsPattern(3, every=0)
+    with pytest.raises(ValueError, match="`phases` must be >= 0"):
+        O.RandomPhasePattern(4, (-1, 2))
+    with pytest.raises(ValueError, match="`state_shape` must have positive sizes"):
+        O.full(3, (0,))
+
+
+# ------------------------------------------------------------------------------
+# Noise
+# ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, std", [({"noise_std": 0.7}, 0.7), ({"noise_var": 2.0}, np.sqrt(2.0))]
+)
+def test_observe_noise_statistics(kwargs, std):
+    truth = jnp.linspace(-3, 3, 4000 * 5).reshape(4000, 5)
+    mask = O.every_k_steps(4000, (5,), 2, components=[0, 1, 3])
+    o = O.observe(jax.random.key(0), truth, mask, **kwargs)
+    err = np.asarray(o.values - truth)[np.asarray(mask)]
+    n = err.size  # 6000
+    assert abs(err.mean()) < 5 * std / np.sqrt(n)
+    # sd of the sample std is ~ std / sqrt(2n)
+    assert abs(err.std() - std) < 5 * std / np.sqrt(2 * n)
+    np.testing.assert_array_equal(np.asarray(o.values)[~np.asarray(mask)], 0.0)
+
+
+def test_observe_keys_dtype_and_per_component_std():
+    truth = jnp.zeros((3000, 2), jnp.float32)
+    mask = O.full(3000, (2,))
+    a = O.observe(jax.random.key(0), truth, mask, noise_std=jnp.array([0.1, 2.0]))
+    b = O.observe(jax.random.key(0), truth, mask, noise_std=jnp.array([0.1, 2.0]))
+    c = O.observe(jax.random.key(1), truth, mask, noise_std=jnp.array([0.1, 2.0]))
+    assert a.values.dtype == jnp.float32
+    np.testing.assert_array_equal(a.values, b.values)
+    assert (a.values != c.values).any()
+    np.testing.assert_allclose(np.asarray(a.values).std(axis=0), [0.1, 2.0], rtol=0.1)
+    # vmap over keys and truths
+    keys = jax.random.split(jax.random.key(2), 4)
+    batch = jax.vmap(lambda k: O.observe(k, truth[:10], mask[:10], noise_var=1.0))(keys)
+    assert batch.shape == (4, 10, 2)
+
+
+def test_bad_observe():
+    truth, mask = jnp.zeros((4, 3)), jnp.ones((4, 3), bool)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="exactly one of `noise_std` and `noise_var`"):
+        O.observe(key, truth, mask)
+    with pytest.raises(ValueError, match="exactly one of `noise_std` and `noise_var`"):
+        O.observe(key, truth, mask, noise_std=1.0, noise_var=1.0)
+    with pytest.raises(ValueError, match="`noise_std` must be finite and >= 0"):
+        O.observe(key, truth, mask, noise_std=-1.0)
+    with pytest.raises(ValueError, match="`noise_var` must be finite and >= 0"):
+        O.observe(key, truth, mask, noise_var=-0.5)
+    with pytest.raises(ValueError, match="`mask` must have the shape of `truth`"):
+        O.observe(key, truth, mask[:3], noise_std=1.0)
+
+
+# ------------------------------------------------------------------------------
+# Linear operators
+# ------------------------------------------------------------------------------
+
+
+def test_selection_operator_matches_mask_and_dense():
+    rng = np.random.default_rng(0)
+    mask = rng.random((6, 3)) < 0.4
+    x = rng.normal(size=(6, 3))
+    H = O.SelectionOperator.from_mask(mask)
+    assert (H.in_size, H.out_size) == (18, int(mask.sum()))
+    np.testing.assert_array_equal(H.matvec(jnp.asarray(x)), x[mask])
+    dense = np.asarray(H.as_dense())
+    np.testing.assert_array_equal(dense @ x.reshape(-1), x[mask])
+    y = rng.normal(size=H.out_size)
+    # Adjoint: <Hx, y> = <x, H^T y>, and H^T is the dense transpose.
+    np.testing.assert_allclose(H.rmatvec(jnp.asarray(y)), dense.T @ y)
+    np.testing.assert_allclose(np.dot(x[mask], y), np.dot(x.reshape(-1), H.rmatvec(y)))
+    np.testing.assert_array_equal(H.gram_diagonal(), np.diag(dense.T @ dense))
+    np.testing.assert_array_equal(jax.jit(lambda H, x: H.matvec(x))(H, x), x[mask])
+
+
+def test_dense_operator():
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(4, 6))
+    H = O.DenseOperator(jnp.asarray(A))
+    x, y = rng.normal(size=(3, 2)), rng.normal(size=4)
+    np.testing.assert_allclose(H(jnp.asarray(x)), A @ x.reshape(-1))
+    np.testing.assert_allclose(H.rmatvec(jnp.asarray(y)), A.T @ y)
+    np.testing.assert_allclose(H.gram_diagonal(), np.diag(A.T @ A))
+    assert (H.in_size, H.out_size) == (6, 4)
+
+
+def test_bad_operators():
+    with pytest.raises(ValueError, match="`indices` must lie in"):
+        O.SelectionOperator(jnp.array([0, 5]), 5)
+    with pytest.raises(ValueError, match="`matrix` must be 2-dimensional"):
+        O.DenseOperator(jnp.zeros(3))
+    with pytest.raises(TypeError, match="`mask` must be a boolean"):
+        O.SelectionOperator.from_mask(np.ones((2, 2)))
