@@ -1,0 +1,515 @@
+r"""A small, reusable training loop: optax, one compiled step, checkpoints, resume.
+
+The loop is generic: it trains any pytree `model` (usually an `equinox.Module`) on a
+per-example loss `loss_fn(model, example, key) -> scalar`, where `example` is one item of a
+dataset held in memory as a pytree of arrays with a leading sample axis. Batches are
+`jax.vmap`-ed over that loss and averaged:
+
+$$\mathcal L(\theta) = \frac1B \sum_{b=1}^B \ell(\theta; e_b, \kappa_b),$$
+
+with one PRNG key $\kappa_b$ per example (e.g. to draw a fresh observation process per
+training pair and per epoch). The step number fixes both the batch (a seeded permutation per
+epoch) and the keys, so a run is deterministic for a seed and a resumed run equals an
+uninterrupted one.
+
+Checkpoints are one file: a JSON header line (format, user `header` such as architecture
+hyperparameters, payload size and checksum) followed by `equinox.tree_serialise_leaves` of the
+`TrainState`. They are written to a temporary file and moved into place with `os.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._custom_types import Array, Key, Scalar
+from ._validation import check_int
+
+
+__all__ = [
+    "TrainState",
+    "TrainResult",
+    "batch_indices",
+    "batches",
+    "fit",
+    "init_state",
+    "load_checkpoint",
+    "make_train_step",
+    "read_checkpoint_header",
+    "save_checkpoint",
+]
+
+_MAGIC = "jaxda-checkpoint"
+_VERSION = 1
+
+
+class TrainState(eqx.Module):
+    """Everything needed to resume training exactly.
+
+    **Fields:**
+
+    - `model`: the trained pytree (parameters and static structure).
+    - `opt_state`: the optax optimiser state.
+    - `step`: number of optimisation steps already taken (int32 scalar array).
+    - `key`: the run's base PRNG key; step $t$ uses `fold_in(key, t)`, so it never changes.
+    """
+
+    model: Any
+    opt_state: Any
+    step: Array
+    key: Key
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """Output of `fit`.
+
+    **Fields:**
+
+    - `state`: the final `TrainState` (its `model` is the trained model).
+    - `losses`: training loss of every step taken in this call, shape `(n,)`.
+    - `history`: list of `(step, metrics)` returned by the evaluation callback.
+    """
+
+    state: TrainState
+    losses: np.ndarray
+    history: list
+
+    @property
+    def model(self):
+        """The trained model (`state.model`)."""
+        return self.state.model
+
+
+def init_state(model, optimizer: optax.GradientTransformation, key: Key) -> TrainState:
+    """Initial `TrainState` at step 0.
+
+    **Arguments:**
+
+    - `model`: pytree with the trainable arrays (`eqx.is_inexact_array` leaves are trained).
+    - `optimizer`: an optax transformation, e.g. `optax.adam(1e-3)`.
+    - `key`: base PRNG key of the run (batches and per-example keys derive from it).
+
+    **Returns:** a `TrainState`.
+    """
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    return TrainState(model, opt_state, jnp.asarray(0, dtype=jnp.int32), key)
+
+
+def make_train_step(
+    loss_fn: Callable[[Any, Any, Key], Scalar],
+    optimizer: optax.GradientTransformation,
+    *,
+    max_traces: int | None = None,
+) -> Callable:
+    """One compiled optimisation step on a batch.
+
+    The step computes $\\frac1B\\sum_b \\ell(\\theta; e_b, \\kappa_b)$ with `jax.vmap` over
+    the batch (one key per example), its gradient with respect to the inexact-array leaves of
+    the model, and applies one optax update. It is wrapped once in `eqx.filter_jit`; with
+    `max_traces=1` it raises if it is ever traced twice (retracing guard).
+
+    **Arguments:**
+
+    - `loss_fn`: `loss_fn(model, example, key) -> scalar` for ONE example.
+    - `optimizer`: optax transformation.
+    - `max_traces`: optional bound on the number of traces (see
+      `equinox.debug.assert_max_traces`).
+
+    **Returns:** `step(state, batch) -> (state, loss)` with `state` a `TrainState` and `batch`
+    a pytree of arrays with a leading batch axis.
+    """
+
+    def _step(state: TrainState, batch):
+        n = jax.tree_util.tree_leaves(batch)[0].shape[0]
+        keys = jax.random.split(jax.random.fold_in(state.key, state.step), n)
+
+        def batch_loss(model):
+            return jnp.mean(jax.vmap(loss_fn, in_axes=(None, 0, 0))(model, batch, keys))
+
+        params, static = eqx.partition(state.model, eqx.is_inexact_array)
+
+        def batch_loss_params(p):
+            return batch_loss(eqx.combine(p, static))
+
+        loss, grads = jax.value_and_grad(batch_loss_params)(params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        model = eqx.combine(eqx.apply_updates(params, updates), static)
+        new = TrainState(model, opt_state, state.step + 1, state.key)
+        return new, loss
+
+    if max_traces is not None:
+        _step = eqx.debug.assert_max_traces(_step, max_traces=max_traces)
+    return eqx.filter_jit(_step)
+
+
+def _n_samples(data) -> int:
+    leaves = jax.tree_util.tree_leaves(data)
+    if not leaves:
+        raise ValueError("`data` must contain at least one array; got an empty pytree.")
+    sizes = {int(np.shape(leaf)[0]) if np.ndim(leaf) else -1 for leaf in leaves}
+    if len(sizes) != 1 or -1 in sizes:
+        shapes = [tuple(np.shape(leaf)) for leaf in leaves]
+        raise ValueError(
+            "`data` must be a pytree of arrays sharing a leading sample axis; got shapes "
+            f"{shapes}."
+        )
+    return sizes.pop()
+
+
+@jax.jit
+def _gather(data, idx):
+    return jax.tree_util.tree_map(lambda a: a[idx], data)
+
+
+@jax.jit
+def _permutation(key, epoch, arange):
+    return jax.random.permutation(jax.random.fold_in(key, epoch), arange)
+
+
+def batch_indices(key: Key, step: int, n_samples: int, batch_size: int) -> Array:
+    """Indices of the batch used at `step` (deterministic given `key` and `step`).
+
+    Epoch $e = \\lfloor t / E \\rfloor$ with $E = \\lfloor N / B \\rfloor$ batches per epoch uses
+    the permutation `jax.random.permutation(fold_in(key, e), N)`; batch $t$ is its
+    $(t \\bmod E)$-th slice of length $B$ (the last incomplete batch is dropped so every batch
+    has the same shape and the step compiles once).
+    """
+    per_epoch = n_samples // batch_size
+    epoch, pos = divmod(int(step), per_epoch)
+    perm = _permutation(key, epoch, jnp.arange(n_samples))
+    return perm[pos * batch_size : (pos + 1) * batch_size]
+
+
+class _Batcher:
+    """Batches of `batch_indices`, computing each epoch's permutation once."""
+
+    def __init__(self, data, batch_size, key):
+        self.data = jax.tree_util.tree_map(jnp.asarray, data)
+        self.n = _n_samples(data)
+        self.batch_size = batch_size
+        self.key = key
+        self.per_epoch = self.n // batch_size
+        self._epoch, self._perm = None, None
+
+    def __call__(self, step: int):
+        epoch, pos = divmod(int(step), self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._perm = np.asarray(_permutation(self.key, epoch, jnp.arange(self.n)))
+        b = self.batch_size
+        return _gather(self.data, jnp.asarray(self._perm[pos * b : (pos + 1) * b]))
+
+
+def batches(data, batch_size: int, key: Key, *, start_step: int = 0) -> Iterator:
+    """Endless seeded shuffling iterator over a dataset held in memory.
+
+    **Arguments:**
+
+    - `data`: pytree of arrays with a common leading sample axis $N$.
+    - `batch_size`: $B \\le N$.
+    - `key`: shuffling key.
+    - `start_step`: first step (to resume mid-epoch).
+
+    **Returns:** an iterator of pytrees with leading axis $B$ (see `batch_indices`).
+    """
+    n = _n_samples(data)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    if batch_size > n:
+        raise ValueError(
+            f"`batch_size` must be <= the number of samples ({n}); got {batch_size}."
+        )
+    batcher = _Batcher(data, batch_size, key)
+    step = start_step
+    while True:
+        yield batcher(step)
+        step += 1
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(
+        x.dtype, jax.dtypes.prng_key
+    )
+
+
+def _unwrap_keys(tree):
+    """Typed PRNG keys -> their raw uint32 data (serialisable)."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.random.key_data(x) if _is_key(x) else x, tree
+    )
+
+
+def _rewrap_keys(loaded, like):
+    """Inverse of `_unwrap_keys`, with the key implementation of `like`."""
+    return jax.tree_util.tree_map(
+        lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
+        if _is_key(ref)
+        else x,
+        loaded,
+        like,
+    )
+
+
+def _jsonable(header: dict | None) -> dict:
+    header = {} if header is None else dict(header)
+    try:
+        return json.loads(json.dumps(header, sort_keys=True))
+    except TypeError as e:
+        raise TypeError(f"`header` must be JSON-serialisable; got {header!r}.") from e
+
+
+def save_checkpoint(path: str | os.PathLike, tree, header: dict | None = None) -> None:
+    """Save a pytree (e.g. a `TrainState` or a model) to `path` atomically.
+
+    The file holds one JSON line `{"format", "version", "header", "nbytes", "sha256"}`
+    followed by the bytes of `equinox.tree_serialise_leaves(tree)`. It is written to a
+    temporary file in the same folder, flushed, then moved with `os.replace`, so an
+    interrupted save never leaves a half-written checkpoint at `path`.
+
+    **Arguments:**
+
+    - `path`: destination file.
+    - `tree`: pytree to save (array leaves are saved; the structure must be rebuilt by the
+      loader, e.g. from the architecture stored in `header`).
+    - `header`: JSON-serialisable dict, e.g. the architecture hyperparameters.
+    """
+    path = os.fspath(path)
+    buf = io.BytesIO()
+    eqx.tree_serialise_leaves(buf, _unwrap_keys(tree))
+    payload = buf.getvalue()
+    meta = {
+        "format": _MAGIC,
+        "version": _VERSION,
+        "header": _jsonable(header),
+        "nbytes": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".ckpt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(meta, sort_keys=True).encode() + b"\n")
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _read(path) -> tuple[dict, bytes]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No checkpoint at {path!r}.")
+    with open(path, "rb") as f:
+        raw = f.read()
+    line, sep, payload = raw.partition(b"\n")
+    try:
+        meta = json.loads(line.decode()) if sep else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != _MAGIC:
+        raise ValueError(f"{path!r} is not a jaxda checkpoint (bad or missing header).")
+    if meta.get("version") != _VERSION:
+        raise ValueError(
+            f"{path!r} has checkpoint format version {meta.get('version')!r}; this jaxda "
+            f"reads version {_VERSION}."
+        )
+    if len(payload) != meta.get("nbytes") or (
+        hashlib.sha256(payload).hexdigest() != meta.get("sha256")
+    ):
+        raise ValueError(
+            f"{path!r} is corrupt or truncated: expected {meta.get('nbytes')} payload bytes "
+            f"with the stored checksum, got {len(payload)} bytes that do not match."
+        )
+    return meta, payload
+
+
+def read_checkpoint_header(path: str | os.PathLike) -> dict:
+    """The user `header` stored in a checkpoint (validates format and checksum).
+
+    Raises `ValueError` for a file that is not a jaxda checkpoint, or is corrupt/truncated.
+    """
+    return _read(path)[0]["header"]
+
+
+def load_checkpoint(path: str | os.PathLike, like, header: dict | None = None):
+    """Load a pytree saved by `save_checkpoint`.
+
+    **Arguments:**
+
+    - `path`: checkpoint file.
+    - `like`: a pytree with the same structure, shapes and dtypes as the saved one (e.g. a
+      freshly initialised model or `TrainState`); its array leaves are replaced.
+    - `header`: if given, must equal the stored header (e.g. the architecture), otherwise a
+      `ValueError` lists the differences.
+
+    **Returns:** the loaded pytree, bit-for-bit equal to the saved one.
+
+    Raises `ValueError` if the file is not a jaxda checkpoint, is corrupt or truncated, was
+    saved from another architecture (header or leaf shapes differ).
+    """
+    meta, payload = _read(path)
+    if header is not None:
+        want = _jsonable(header)
+        got = meta["header"]
+        if want != got:
+            diff = {
+                k: (got.get(k), want.get(k))
+                for k in sorted(set(want) | set(got))
+                if got.get(k) != want.get(k)
+            }
+            raise ValueError(
+                f"Checkpoint {os.fspath(path)!r} was saved from another architecture; "
+                f"differences (saved, expected): {diff}."
+            )
+    try:
+        loaded = eqx.tree_deserialise_leaves(io.BytesIO(payload), _unwrap_keys(like))
+    except Exception as e:  # equinox/numpy raise various errors on mismatch
+        raise ValueError(
+            f"Checkpoint {os.fspath(path)!r} does not match the given structure (another "
+            f"architecture or optimiser?): {type(e).__name__}: {e}"
+        ) from e
+    return _rewrap_keys(loaded, like)
+
+
+# ----------------------------------------------------------------------------------------
+# The loop
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is an optional extra
+        return None
+    return tqdm(total=total, initial=initial, dynamic_ncols=True, leave=True)
+
+
+def fit(
+    model,
+    loss_fn: Callable[[Any, Any, Key], Scalar],
+    data,
+    *,
+    key: Key,
+    n_steps: int,
+    batch_size: int,
+    optimizer: optax.GradientTransformation | None = None,
+    eval_fn: Callable[[Any, int], dict] | None = None,
+    eval_every: int = 0,
+    checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    header: dict | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    print_every: int = 100,
+) -> TrainResult:
+    """Train `model` by minimising the batch mean of `loss_fn` with optax.
+
+    Each step $t$ draws the batch `batch_indices(key_data, t, N, B)` and per-example keys from
+    `fold_in(key_loss, t)` (`key_data, key_loss = split(key)`), so the run is a function of
+    `key` only. With `checkpoint_path`, the `TrainState` is saved every `checkpoint_every`
+    steps and at the end; with `resume=True` an existing checkpoint (whose `header` must equal
+    `header`) is loaded first and training continues from its step up to `n_steps` in total,
+    giving the same result as an uninterrupted run.
+
+    **Arguments:**
+
+    - `model`: pytree to train (inexact-array leaves are the parameters).
+    - `loss_fn`: `loss_fn(model, example, key) -> scalar` for ONE example.
+    - `data`: pytree of arrays with a leading sample axis $N$ (held in memory).
+    - `key`: PRNG key of the run.
+    - `n_steps`: total number of optimisation steps (including resumed ones).
+    - `batch_size`: examples per step (the last incomplete batch of each epoch is dropped).
+    - `optimizer`: optax transformation; default `optax.adam(1e-3)`.
+    - `eval_fn`: optional `eval_fn(model, step) -> dict` of metrics, called every
+      `eval_every` steps and at the end; results go to `TrainResult.history`.
+    - `checkpoint_path`, `checkpoint_every`: periodic atomic checkpoints (0 = only at the end).
+    - `header`: JSON-serialisable architecture description stored in and checked against the
+      checkpoint.
+    - `resume`: load `checkpoint_path` if it exists.
+    - `progress`: show a tqdm bar if tqdm is installed, else print every `print_every` steps.
+
+    **Returns:** a `TrainResult` (`.model`, `.state`, `.losses`, `.history`).
+    """
+    n_steps = check_int("n_steps", n_steps, minimum=0)
+    n = _n_samples(data)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    if batch_size > n:
+        raise ValueError(
+            f"`batch_size` must be <= the number of samples ({n}); got {batch_size}."
+        )
+    eval_every = check_int("eval_every", eval_every, minimum=0)
+    checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=0)
+    if optimizer is None:
+        optimizer = optax.adam(1e-3)
+    key_data, key_loss = jax.random.split(key)
+    state = init_state(model, optimizer, key_loss)
+    if checkpoint_path is not None and resume and os.path.exists(checkpoint_path):
+        state = load_checkpoint(checkpoint_path, state, header)
+    start = int(state.step)
+
+    batcher = _Batcher(data, batch_size, key_data)
+    step_fn = make_train_step(loss_fn, optimizer, max_traces=1)
+    bar = _progress(n_steps, start, progress)
+    losses, history = [], []
+    t0 = time.perf_counter()
+
+    def evaluate(step):
+        metrics = dict(eval_fn(state.model, step))
+        history.append((step, metrics))
+        if bar is None and progress:
+            print(f"[eval] step {step}: {metrics}")
+        return metrics
+
+    try:
+        for t in range(start, n_steps):
+            state, loss = step_fn(state, batcher(t))
+            loss = float(loss)
+            losses.append(loss)
+            done = t + 1
+            metrics = None
+            if eval_fn is not None and eval_every and done % eval_every == 0:
+                metrics = evaluate(done)
+            if checkpoint_path is not None and checkpoint_every and (
+                done % checkpoint_every == 0
+            ):
+                save_checkpoint(checkpoint_path, state, header)
+            if bar is not None:
+                bar.update(1)
+                post = {"loss": f"{loss:.4g}"}
+                if metrics:
+                    post.update({k: f"{float(v):.4g}" for k, v in metrics.items()})
+                bar.set_postfix(post, refresh=False)
+            elif progress and (done % max(print_every, 1) == 0 or done == n_steps):
+                rate = (done - start) / (time.perf_counter() - t0)
+                print(f"step {done}/{n_steps}  loss {loss:.4g}  ({rate:.1f} steps/s)")
+    finally:
+        if bar is not None:
+            bar.close()
+    if eval_fn is not None and (not history or history[-1][0] != int(state.step)):
+        evaluate(int(state.step))
+    if checkpoint_path is not None:
+        save_checkpoint(checkpoint_path, state, header)
+    return TrainResult(state, np.asarray(losses), history)
