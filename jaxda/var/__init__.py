@@ -7,7 +7,15 @@ from ._costs import (
     StrongConstraint4DVar as StrongConstraint4DVar,
     WeakConstraint4DVar as WeakConstraint4DVar,
 )
+from ._cycling import CycleResult as CycleResult, cycle as cycle
+from ._gauss_newton import (
+    GaussNewton as GaussNewton,
+    LevenbergMarquardt as LevenbergMarquardt,
+    NormalEquations as NormalEquations,
+    linearise as linearise,
+)
 from ._gradient import GradientDescent as GradientDescent, OptaxSolver as OptaxSolver
+from ._incremental import Incremental4DVar as Incremental4DVar
 from ._jaxopt import (
     JaxoptGaussNewton as JaxoptGaussNewton,
     JaxoptLevenbergMarquardt as JaxoptLevenbergMarquardt,
@@ -17,4 +25,9 @@ from ._solution import (
     AbstractSolver as AbstractSolver,
     Solution as Solution,
     solve as solve,
+)
+from ._strong import (
+    DenseGaussNewton as DenseGaussNewton,
+    DenseLevenbergMarquardt as DenseLevenbergMarquardt,
+    DiffraxTrajectory as DiffraxTrajectory,
 )

@@ -197,14 +197,18 @@ class WeakConstraint4DVar(AbstractVarProblem):
 
     def check_control(self, name, x):
         if tuple(jnp.shape(x)) != self.shape:
-            raise ValueError(f"`{name}` must have shape {self.shape}; got {jnp.shape(x)}.")
+            raise ValueError(
+                f"`{name}` must have shape {self.shape}; got {jnp.shape(x)}."
+            )
         check_finite(name, x)
 
     def times(self, n: int) -> Float[Array, " n"]:
         """Model times $t_0 + t\\,dt$ of the first `n` states."""
         return self.t0 + self.flow.dt * jnp.arange(n)
 
-    def dynamics_residual(self, x: Float[Array, "T *state"]) -> Float[Array, "T-1 *state"]:
+    def dynamics_residual(
+        self, x: Float[Array, " T *state"]
+    ) -> Float[Array, " Tm1 *state"]:
         r"""The unweighted model errors $x_{t+1} - \Phi(x_t)$."""
         pred = jax.vmap(self.flow)(x[:-1], self.times(x.shape[0] - 1))
         return x[1:] - pred
@@ -246,7 +250,10 @@ class StrongConstraint4DVar(AbstractVarProblem):
         _check_observations(self.obs, state_shape)
         T = jnp.shape(self.obs.values)[0]
         _check_broadcast("obs_var", self.obs_var, (T, *state_shape))
-        if self.background is not None and tuple(self.background.mean.shape) != state_shape:
+        if (
+            self.background is not None
+            and tuple(self.background.mean.shape) != state_shape
+        ):
             raise ValueError(
                 f"`background.mean` must have the state shape {state_shape}; got "
                 f"{tuple(self.background.mean.shape)}."
@@ -259,10 +266,12 @@ class StrongConstraint4DVar(AbstractVarProblem):
 
     def check_control(self, name, x0):
         if tuple(jnp.shape(x0)) != self.shape:
-            raise ValueError(f"`{name}` must have shape {self.shape}; got {jnp.shape(x0)}.")
+            raise ValueError(
+                f"`{name}` must have shape {self.shape}; got {jnp.shape(x0)}."
+            )
         check_finite(name, x0)
 
-    def trajectory(self, x0: Float[Array, "*state"]) -> Float[Array, "T *state"]:
+    def trajectory(self, x0: Float[Array, "*state"]) -> Float[Array, " T *state"]:
         """The model trajectory $\\Phi^t(x_0)$, $t = 0..T-1$."""
         n_steps = self.obs.values.shape[0] - 1
         if isinstance(self.flow, AbstractFlowMap):

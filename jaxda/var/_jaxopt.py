@@ -18,7 +18,6 @@ differentiation reaches them. Batching: `vmap` over a jaxopt solver was 20x slow
 import functools
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 

@@ -26,7 +26,9 @@ class RESULTS(eqx.Enumeration):
     successful = "The stopping tolerances were met."
     max_steps_reached = "The iteration cap `max_steps` was reached before convergence."
     nonfinite = "The cost became non-finite (NaN or inf); the best iterate is returned."
-    no_decrease = "The solver could not decrease the cost (line search or damping failed)."
+    no_decrease = (
+        "The solver could not decrease the cost (line search or damping failed)."
+    )
 
 
 class Solution(eqx.Module):
@@ -180,7 +182,9 @@ def solve(problem, solver, x_init, *, max_steps: int = 100) -> Solution:
     """
     max_steps = check_int("max_steps", max_steps, minimum=0)
     if not isinstance(solver, AbstractSolver):
-        raise TypeError(f"`solver` must be a jaxda.var solver; got {type(solver).__name__}.")
+        raise TypeError(
+            f"`solver` must be a jaxda.var solver; got {type(solver).__name__}."
+        )
     problem.check_control("x_init", x_init)
     solver.check_problem(problem)
     x_init = jax.tree_util.tree_map(jnp.asarray, x_init)
