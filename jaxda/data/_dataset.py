@@ -178,7 +178,6 @@ def _generate(
     model,
     initial_state,
     pattern,
-    std,
     *,
     n_windows,
     n_times,
@@ -186,11 +185,11 @@ def _generate(
     burn_in_steps,
     process_noise_std,
     solver,
-    normalise,
     dtype,
 ):
+    """Initial states, truth and masks of all windows (the expensive, compiled part)."""
     state_shape = model.state_shape
-    k_x0, k_sim, k_mask, k_noise = jax.random.split(key, 4)
+    k_x0, k_sim, k_mask = jax.random.split(key, 3)
 
     if callable(initial_state):
         x0 = jax.vmap(lambda k: initial_state(k, state_shape, dtype))(
@@ -224,18 +223,17 @@ def _generate(
             jnp.asarray(pattern), (n_windows, n_times) + state_shape
         )
 
-    stats = None
-    if normalise is True:
-        stats = Normalisation.fit(truth, state_ndim=len(state_shape))
-    elif isinstance(normalise, Normalisation):
-        stats = normalise
+    return truth, mask
+
+
+@eqx.filter_jit
+def _observe_all(key, truth, mask, std, stats):
+    """Normalise (when `stats` is given) and observe every window with noise `std`."""
     if stats is not None:
         truth = stats.apply(truth)
-
-    obs = jax.vmap(lambda k, x, m: observe(k, x, m, noise_std=std))(
-        jax.random.split(k_noise, n_windows), truth, mask
-    )
-    return truth, obs, stats
+    keys = jax.random.split(key, truth.shape[0])
+    obs = jax.vmap(lambda k, x, m: observe(k, x, m, noise_std=std))(keys, truth, mask)
+    return truth, obs
 
 
 def make_dataset(
@@ -344,21 +342,25 @@ def make_dataset(
                 f"{(n_windows,) + full_shape}; got shape {m.shape}."
             )
 
-    truth, obs, stats = _generate(
-        key,
+    k_gen, k_noise = jax.random.split(key)
+    truth, mask = _generate(
+        k_gen,
         model,
         initial_state,
         pattern,
-        std,
         n_windows=n_windows,
         n_times=n_times,
         dt=float(dt),
         burn_in_steps=burn_in_steps,
         process_noise_std=float(process_noise_std),
         solver=solver,
-        normalise=normalise,
         dtype=dtype,
     )
+    if normalise is True:
+        stats = Normalisation.fit(truth, state_ndim=len(state_shape))
+    else:
+        stats = normalise if isinstance(normalise, Normalisation) else None
+    truth, obs = _observe_all(k_noise, truth, mask, jnp.asarray(std, dtype), stats)
     return Dataset(
         truth,
         obs,

@@ -11,12 +11,12 @@ order).
 Files are written atomically: to a temporary file in the same folder, then `os.replace`.
 """
 
+import dataclasses
 import json
 import os
 import tempfile
 from pathlib import Path
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
@@ -31,18 +31,19 @@ _FORMAT = "jaxda.data.Dataset/1"
 def _require_io():
     try:
         import h5netcdf  # noqa: F401
+        import h5py  # noqa: F401  (h5netcdf >= 1.8 no longer installs it)
         import xarray as xr
     except ImportError as err:
         raise ImportError(
-            "Saving and loading datasets needs xarray and h5netcdf: "
-            "`pip install jaxda[io]` (or `pip install xarray h5netcdf`)."
+            "Saving and loading datasets needs xarray, h5netcdf and h5py: "
+            "`pip install jaxda[io]` (or `pip install xarray h5netcdf h5py`)."
         ) from err
     return xr
 
 
 def _model_parameters(model) -> dict:
     params = {}
-    for f in eqx.fields(model) if model is not None else ():
+    for f in dataclasses.fields(model) if model is not None else ():
         value = getattr(model, f.name)
         arr = np.asarray(value)
         params[f.name] = arr.item() if arr.ndim == 0 else arr.tolist()
