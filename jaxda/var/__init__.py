@@ -20,6 +20,7 @@ from ._jaxopt import (
     JaxoptGaussNewton as JaxoptGaussNewton,
     JaxoptLevenbergMarquardt as JaxoptLevenbergMarquardt,
 )
+from ._quasi_static import QuasiStatic as QuasiStatic
 from ._solution import (
     RESULTS as RESULTS,
     AbstractSolver as AbstractSolver,

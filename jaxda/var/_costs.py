@@ -26,8 +26,8 @@ def _check_observations(obs, state_shape: tuple[int, ...]) -> None:
     """Validate an observation pytree `(values, mask)` shaped `(T, *state_shape)`."""
     if not (hasattr(obs, "values") and hasattr(obs, "mask")):
         raise TypeError(
-            "`obs` must have `.values` and `.mask` arrays (e.g. jaxda.obs.Observations); "
-            f"got {type(obs).__name__}."
+            "`obs` must have `.values` and `.mask` arrays (e.g. "
+            f"jaxda.obs.Observations); got {type(obs).__name__}."
         )
     vshape, mshape = tuple(jnp.shape(obs.values)), tuple(jnp.shape(obs.mask))
     if vshape != mshape:
@@ -37,8 +37,8 @@ def _check_observations(obs, state_shape: tuple[int, ...]) -> None:
         )
     if len(vshape) != 1 + len(state_shape) or vshape[1:] != tuple(state_shape):
         raise ValueError(
-            f"`obs` must have shape (T, {', '.join(map(str, state_shape))}) to match the "
-            f"model's state shape {tuple(state_shape)}; got {vshape}."
+            f"`obs` must have shape (T, {', '.join(map(str, state_shape))}) to match "
+            f"the model's state shape {tuple(state_shape)}; got {vshape}."
         )
     if vshape[0] < 1:
         raise ValueError(f"`obs` must have at least one time step; got {vshape}.")
@@ -48,8 +48,8 @@ def _check_observations(obs, state_shape: tuple[int, ...]) -> None:
         bad = ~np.isfinite(np.asarray(obs.values)) & np.asarray(obs.mask)
         if np.any(bad):
             raise ValueError(
-                f"`obs.values` has {int(bad.sum())} non-finite entries where `obs.mask` "
-                "is True; mark missing observations with mask=False."
+                f"`obs.values` has {int(bad.sum())} non-finite entries where "
+                "`obs.mask` is True; mark missing observations with mask=False."
             )
 
 
@@ -68,7 +68,7 @@ def _check_broadcast(name: str, value, shape: tuple[int, ...]) -> None:
 
 
 class Background(eqx.Module):
-    r"""Background (prior) term on the initial state: $\tfrac12 \|x_0 - x_b\|^2_{B^{-1}}$.
+    r"""Background term on the initial state, $\tfrac12 \|x_0 - x_b\|^2_{B^{-1}}$.
 
     Give either `var` (diagonal $B$: a scalar or an array shaped like the state) or
     `precision` (a `jaxda.linalg.SymmetricBandMatrix` $B^{-1}$ on the flattened state).
@@ -118,7 +118,7 @@ class Background(eqx.Module):
 
 
 class AbstractVarProblem(eqx.Module):
-    r"""A variational problem: whitened residuals $r(u)$, cost $J(u) = \tfrac12\|r(u)\|^2$."""
+    r"""A variational problem: residuals $r(u)$, cost $J(u) = \tfrac12\|r(u)\|^2$."""
 
     @abc.abstractmethod
     def residual_terms(self, u) -> tuple[Array, ...]:
@@ -129,7 +129,7 @@ class AbstractVarProblem(eqx.Module):
         """Raise `ValueError` unless `u` is a valid control for this problem."""
 
     def residuals(self, u) -> Float[Array, " m"]:
-        """The whitened residual vector $r(u)$ (1-D), with $J(u) = \\tfrac12 \\|r\\|^2$."""
+        r"""The whitened residual vector $r(u)$ (1-D); $J(u) = \tfrac12 \|r\|^2$."""
         return jnp.concatenate([_flat(r) for r in self.residual_terms(u)])
 
     def cost(self, u) -> Scalar:
@@ -145,7 +145,7 @@ def _obs_term(x, obs, obs_var):
 
 
 class WeakConstraint4DVar(AbstractVarProblem):
-    r"""Weak-constraint 4DVar over one window; the control is the trajectory $x$ `(T, *state)`.
+    r"""Weak-constraint 4DVar over one window; the control is the trajectory $x$.
 
     $$J(x) = \tfrac12 \sum_t \|x_t - y_t\|^2_{R^{-1}, \mathrm{mask}}
     + \tfrac12 \sum_{t=0}^{T-2} \|x_{t+1} - \Phi(x_t)\|^2_{Q^{-1}}
@@ -153,8 +153,8 @@ class WeakConstraint4DVar(AbstractVarProblem):
 
     **Arguments:**
     - `flow`: the one-step flow map $\Phi$ (`jaxda.models.flow_map`).
-    - `obs`: observations with `.values` (zero-filled) and boolean `.mask`, `(T, *state)`.
-    - `obs_var`: $R$, diagonal: a scalar or an array broadcastable to `(T, *state)`, > 0.
+    - `obs`: observations, zero-filled `.values` and boolean `.mask`, `(T, *state)`.
+    - `obs_var`: $R$ (diagonal), a scalar or broadcastable to `(T, *state)`, > 0.
     - `model_var`: $Q$, diagonal: a scalar or broadcastable to `(T-1, *state)`, > 0.
     - `background`: an optional `Background` on $x_0$.
     - `t0`: time of the first state ($\Phi$ is called with $t_0 + t\,dt$).
@@ -228,8 +228,9 @@ class StrongConstraint4DVar(AbstractVarProblem):
 
     $$J(x_0) = \tfrac12 \|x_0 - x_b\|^2_{B^{-1}}
     + \tfrac12 \sum_t \|\mathcal{M}_t(x_0) - y_t\|^2_{R^{-1}, \mathrm{mask}},$$
-    with the trajectory $\mathcal{M}_t(x_0) = \Phi^t(x_0)$ given by `jaxda.models.rollout`
-    of a flow map, or by a `DiffraxTrajectory` (diffrax `diffeqsolve`).
+    with the trajectory $\mathcal{M}_t(x_0) = \Phi^t(x_0)$ given by
+    `jaxda.models.rollout` of a flow map, or by a `DiffraxTrajectory` (diffrax
+    `diffeqsolve`).
 
     **Arguments:** `flow` (a flow map or a `DiffraxTrajectory`), `obs` `(T, *state)`,
     `obs_var` (scalar or broadcastable to `(T, *state)`), `background` (optional).
@@ -290,12 +291,14 @@ class JointStateParameter(AbstractVarProblem):
 
     `params` are the leaves of `problem.flow` selected by `filter_spec` (default: every
     inexact array, e.g. `Lorenz63(sigma=jnp.array(10.0))`); an optional Gaussian prior
-    $\tfrac12 \|\theta - \theta_b\|^2 / \sigma_\theta^2$ with $\theta_b$ the parameters of
-    `problem.flow` is added when `param_var` is given:
-    $J(u, \theta) = J_{\text{problem with } \theta}(u) + \tfrac12\|\theta-\theta_b\|^2/\sigma^2_\theta$.
+    $\tfrac12 \|\theta - \theta_b\|^2 / \sigma_\theta^2$ with $\theta_b$ the parameters
+    of `problem.flow` is added when `param_var` is given:
+    $J(u, \theta) = J_{\text{problem with } \theta}(u) +
+    \tfrac12\|\theta-\theta_b\|^2/\sigma^2_\theta$.
 
-    **Arguments:** `problem` (a weak- or strong-constraint problem), `param_var` (optional
-    scalar > 0), `filter_spec` (an `eqx.filter` spec). Use `initial_control(u)` to start.
+    **Arguments:** `problem` (a weak- or strong-constraint problem), `param_var`
+    (optional scalar > 0), `filter_spec` (an `eqx.filter` spec). Use
+    `initial_control(u)` to start.
     """
 
     problem: AbstractVarProblem
@@ -307,8 +310,8 @@ class JointStateParameter(AbstractVarProblem):
             check_positive("param_var", self.param_var)
         if not jax.tree_util.tree_leaves(self.params()):
             raise ValueError(
-                "`problem.flow` has no parameter selected by `filter_spec`; make the model "
-                "parameters arrays, e.g. Lorenz63(sigma=jnp.array(10.0))."
+                "`problem.flow` has no parameter selected by `filter_spec`; make the "
+                "model parameters arrays, e.g. Lorenz63(sigma=jnp.array(10.0))."
             )
 
     def params(self):

@@ -2,9 +2,9 @@ r"""Cycled (sliding-window) 4DVar over a long observation sequence.
 
 Window $k$ covers the states $kS, \dots, kS + L - 1$ (length $L$ = `window`, shift $S$ =
 `shift`). Its background is the forecast from the previous window's analysis,
-$x_b^{(k)} = \Phi(x^{(k-1)}_{S-1})$ (the first window uses the given `x_b`), and its first
-guess is the previous analysis shifted by $S$ and extended by a model forecast. The
-windows run in one `lax.scan`.
+$x_b^{(k)} = \Phi(x^{(k-1)}_{S-1})$ (the first window uses the given `x_b`), and its
+first guess is the previous analysis shifted by $S$ and extended by a model forecast.
+The windows run in one `lax.scan`.
 """
 
 import equinox as eqx
@@ -22,10 +22,10 @@ class CycleResult(eqx.Module):
     """Result of `cycle`.
 
     **Fields:**
-    - `analysis` `(L - S + K S, *state)`: the analysis trajectory. Times `0 .. L-S-1` come
-      from the first window; afterwards the last `S` states of each window $k$ (times
-      $kS + L - S, \\dots, kS + L - 1$): the estimate at the newest times of each window,
-      as the filtering-type "analysis" of cycled DA benchmarks (DAPPER).
+    - `analysis` `(L - S + K S, *state)`: the analysis trajectory. Times `0 .. L-S-1`
+      come from the first window; afterwards the last `S` states of each window $k$
+      (times $kS + L - S, \\dots, kS + L - 1$): the estimate at the newest times of each
+      window, as the filtering-type "analysis" of cycled DA benchmarks (DAPPER).
     - `cost`, `n_steps`, `converged` `(K,)`: per-window solver results.
     """
 
@@ -50,18 +50,18 @@ def cycle(
 ) -> CycleResult:
     r"""Assimilate a long observation sequence window by window.
 
-    Weak-constraint windows (`WeakConstraint4DVar`, control: the window's trajectory) when
-    `model_var` is given, strong-constraint windows (`StrongConstraint4DVar`, control: the
-    window's initial state) when it is `None`. Each window's cost includes the background
-    $\tfrac12\|x_0 - x_b^{(k)}\|^2 / \sigma_b^2$ with $x_b^{(k)}$ the forecast of the
-    previous window's analysis (see the module docstring).
+    Weak-constraint windows (`WeakConstraint4DVar`, control: the window's trajectory)
+    when `model_var` is given, strong-constraint windows (`StrongConstraint4DVar`,
+    control: the window's initial state) when it is `None`. Each window's cost includes
+    the background $\tfrac12\|x_0 - x_b^{(k)}\|^2 / \sigma_b^2$ with $x_b^{(k)}$ the
+    forecast of the previous window's analysis (see the module docstring).
 
     **Arguments:**
     - `flow`: one-step flow map $\Phi$.
     - `obs`: observations of the whole sequence, `.values`/`.mask` shaped `(N, *state)`.
     - `obs_var`: $R$ (scalar or state-shaped), `model_var`: $Q$ (scalar or state-shaped,
-      or `None` for strong-constraint windows), `background_var`: $\sigma_b^2$ (scalar or
-      state-shaped), all > 0.
+      or `None` for strong-constraint windows), `background_var`: $\sigma_b^2$ (scalar
+      or state-shaped), all > 0.
     - `window` $L \ge 2$ (states per window), `shift` $1 \le S \le L$.
     - `x_b`: background of the first window's initial state.
     - `solver`: e.g. `GaussNewton()` (weak) or `DenseGaussNewton()` (strong).

@@ -1,14 +1,14 @@
 r"""Structure-exploiting Gauss-Newton and Levenberg-Marquardt for weak-constraint 4DVar.
 
-Linearising the residuals of `WeakConstraint4DVar` around a trajectory $x$ (flattened per
-time to `(T, n)`) with the model Jacobians $M_t = \partial\Phi/\partial x (x_t)$ gives a
-Gauss-Newton normal matrix $A = J_r^T J_r$ that is block-tridiagonal in time:
+Linearising the residuals of `WeakConstraint4DVar` around a trajectory $x$ (flattened
+per time to `(T, n)`) with the model Jacobians $M_t = \partial\Phi/\partial x (x_t)$
+gives a Gauss-Newton normal matrix $A = J_r^T J_r$ that is block-tridiagonal in time:
 
 $$A_{tt} = W^o_t + W^d_{t-1} + M_t^T W^d_t M_t \;(+ B^{-1} \text{ at } t=0),\qquad
 A_{t+1,t} = -W^d_t M_t,$$
 
-with the diagonal weights $W^o_t = \mathrm{diag}(m_t / R_t)$, $W^d_t = \mathrm{diag}(1/Q_t)$,
-and the gradient
+with the diagonal weights $W^o_t = \mathrm{diag}(m_t / R_t)$, $W^d_t =
+\mathrm{diag}(1/Q_t)$, and the gradient
 $g_t = W^o_t (x_t - y_t) + W^d_{t-1} d_{t-1} - M_t^T W^d_t d_t\ (+ B^{-1}(x_0 - x_b))$,
 $d_t = x_{t+1} - \Phi(x_t)$. One step solves $A\,\delta = -g$ with the O(T n^3)
 block-tridiagonal Cholesky of `jaxda.linalg` (an iterated extended Kalman smoother),
@@ -28,11 +28,11 @@ from ._solution import AbstractSolver, cauchy_converged
 
 
 class NormalEquations(eqx.Module):
-    """Gauss-Newton linearisation of a weak-constraint problem at `x` (flattened `(T, n)`).
+    """Gauss-Newton linearisation of a weak-constraint problem at `x`.
 
-    `diagonal` `(T, n, n)`, `lower` `(T-1, n, n)` (`lower[t] = A[t+1, t]`) are the blocks
-    of $J_r^T J_r$; `grad` `(T, n)` is $\\nabla J$; `cost` is $J(x)$. `obs_weight`
-    `(T, n)` is the observation weight $m/R$.
+    `diagonal` `(T, n, n)`, `lower` `(T-1, n, n)` (`lower[t] = A[t+1, t]`) are the
+    blocks of $J_r^T J_r$; `grad` `(T, n)` is $\\nabla J$; `cost` is $J(x)$.
+    `obs_weight` `(T, n)` is the observation weight $m/R$.
     """
 
     diagonal: Float[Array, " T n n"]
@@ -286,9 +286,9 @@ class LevenbergMarquardt(AbstractAdaptiveLevenbergMarquardt):
     r"""Levenberg-Marquardt with adaptive damping, structured in time.
 
     Each step solves $(A + \lambda\,\mathrm{diag}(A))\,\delta = -\nabla J$ (Marquardt's
-    scaling) with the block-tridiagonal Cholesky; a step that lowers the cost is accepted
-    and $\lambda \leftarrow \lambda/3$, otherwise $\lambda \leftarrow 4\lambda$. Fails
-    (`no_decrease`) once $\lambda$ exceeds `max_damping`.
+    scaling) with the block-tridiagonal Cholesky; a step that lowers the cost is
+    accepted and $\lambda \leftarrow \lambda/3$, otherwise $\lambda \leftarrow
+    4\lambda$. Fails (`no_decrease`) once $\lambda$ exceeds `max_damping`.
 
     **Arguments:** `rtol`, `atol`; `method`; `damping` (initial $\lambda$, 1e-3);
     `max_damping` (1e10).

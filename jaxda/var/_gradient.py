@@ -52,10 +52,10 @@ class GradientDescent(AbstractSolver):
 
 
 class OptaxSolver(AbstractSolver):
-    r"""Minimise the cost with any optax gradient transformation, e.g. `optax.adam(1e-2)`.
+    r"""Minimise the cost with any optax optimizer, e.g. `optax.adam(1e-2)`.
 
-    $u_{k+1} = u_k + \mathrm{update}(\nabla J(u_k), \text{state}_k)$; same stopping test as
-    `GradientDescent`.
+    $u_{k+1} = u_k + \mathrm{update}(\nabla J(u_k), \text{state}_k)$; same stopping test
+    as `GradientDescent`.
 
     **Arguments:** `optimizer` (an `optax.GradientTransformation`); `rtol`, `atol`.
     """

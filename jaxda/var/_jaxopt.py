@@ -5,10 +5,10 @@ functions here. Two measured pitfalls are handled (DESIGN.md):
 
 - jaxopt's `LevenbergMarquardt` fails on a `(T, n)` unknown: the control is flattened to
   1-D (`jax.flatten_util.ravel_pytree`) for both solvers.
-- jaxopt's default implicit differentiation through `GaussNewton` (normal-equations CG at
-  tol 1e-5) returned a silently wrong gradient on a Lorenz-63 4DVar. The wrappers pass an
-  accurate `implicit_diff_solve` (LU by default) so that derivatives of the solution with
-  respect to the observations or model parameters are right.
+- jaxopt's default implicit differentiation through `GaussNewton` (normal-equations CG
+  at tol 1e-5) returned a silently wrong gradient on a Lorenz-63 4DVar. The wrappers
+  pass an accurate `implicit_diff_solve` (LU by default) so that derivatives of the
+  solution with respect to the observations or model parameters are right.
 
 The problem's array leaves are passed to jaxopt's `run` as arguments, so implicit
 differentiation reaches them. Batching: `vmap` over a jaxopt solver was 20x slower than
@@ -107,9 +107,10 @@ class _AbstractJaxopt(AbstractSolver):
 class JaxoptGaussNewton(_AbstractJaxopt):
     r"""`jaxopt.GaussNewton` on the whitened residuals $r(u)$ (flattened control).
 
-    Each step solves $J_r^T J_r\,\delta = -J_r^T r$ generically (CG on the normal equations),
-    without exploiting the block-tridiagonal structure; see `GaussNewton` for that.
-    Differentiable through implicit differentiation with an accurate linear solve.
+    Each step solves $J_r^T J_r\,\delta = -J_r^T r$ generically (CG on the normal
+    equations), without exploiting the block-tridiagonal structure; see `GaussNewton`
+    for that. Differentiable through implicit differentiation with an accurate linear
+    solve.
 
     **Arguments:** `tol` (jaxopt's stopping tolerance on the gradient norm);
     `implicit_diff_solve` (`"lu"` (default), `"cg"` or `"normal_cg"`) and
@@ -133,8 +134,9 @@ class JaxoptLevenbergMarquardt(_AbstractJaxopt):
     r"""`jaxopt.LevenbergMarquardt` on the whitened residuals (flattened control).
 
     **Arguments:** as `JaxoptGaussNewton`, plus `damping` (initial damping parameter)
-    and `linear_solver` (jaxopt's name: `"cholesky"` (default), `"lu"`, `"qr"`, `"inv"`).
-    Note: LM may stop in a poor local minimum on chaotic 4DVar problems (DESIGN.md).
+    and `linear_solver` (jaxopt's name: `"cholesky"` (default), `"lu"`, `"qr"`,
+    `"inv"`). Note: LM may stop in a poor local minimum on chaotic 4DVar problems
+    (DESIGN.md).
     """
 
     damping: float = 1e-6

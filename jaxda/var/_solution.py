@@ -39,7 +39,8 @@ class Solution(eqx.Module):
     - `cost`: its cost.
     - `n_steps`: the number of iterations taken.
     - `converged`: whether the stopping tolerances were met (`result == successful`).
-    - `result`: a `RESULTS` code (successful, max_steps_reached, nonfinite, no_decrease).
+    - `result`: a `RESULTS` code (successful, max_steps_reached, nonfinite,
+      no_decrease).
     - `stats`: solver-specific extras (a dict of arrays; may be empty).
     """
 
@@ -168,11 +169,13 @@ def solve(problem, solver, x_init, *, max_steps: int = 100) -> Solution:
 
     Validates the arguments (concrete values only), then runs the solver's iteration
     under `jit` until its tolerances are met, the cost becomes non-finite, the solver
-    cannot decrease the cost, or `max_steps` iterations were taken. Works under `jax.jit`
-    and `jax.vmap` (vmap over a batch of windows by vmapping over `problem` and `x_init`).
+    cannot decrease the cost, or `max_steps` iterations were taken. Works under
+    `jax.jit` and `jax.vmap` (vmap over a batch of windows by vmapping over `problem`
+    and `x_init`).
 
     **Arguments:**
-    - `problem`: a `WeakConstraint4DVar`, `StrongConstraint4DVar` or `JointStateParameter`.
+    - `problem`: a `WeakConstraint4DVar`, `StrongConstraint4DVar` or
+      `JointStateParameter`.
     - `solver`: a `GradientDescent`, `OptaxSolver`, `GaussNewton`, `LevenbergMarquardt`,
       `Incremental4DVar`, `StrongGaussNewton`, `JaxoptGaussNewton`, ... instance.
     - `x_init`: the first guess of the control.

@@ -1,12 +1,13 @@
-r"""Dense Gauss-Newton / Levenberg-Marquardt for small controls (strong-constraint 4DVar).
+r"""Dense Gauss-Newton / Levenberg-Marquardt for small controls (strong constraint).
 
-For a strong-constraint problem the control is the initial state $x_0$ of size $n$, so the
-normal equations $J_r^T J_r\,\delta = -J_r^T r$ are a dense $n \times n$ system (plus the
-model parameters for joint estimation). The residual Jacobian $J_r$ is computed through
-the trajectory either in forward mode (`jacobian="fwd"`, $n$ tangent passes) or reverse
-mode (`"rev"`, one adjoint pass per residual). A trajectory integrated by diffrax needs an
-adjoint compatible with the mode: `DiffraxTrajectory(adjoint=diffrax.ForwardMode())` for
-`"fwd"`, the default `RecursiveCheckpointAdjoint` for `"rev"`.
+For a strong-constraint problem the control is the initial state $x_0$ of size $n$, so
+the normal equations $J_r^T J_r\,\delta = -J_r^T r$ are a dense $n \times n$ system
+(plus the model parameters for joint estimation). The residual Jacobian $J_r$ is
+computed through the trajectory either in forward mode (`jacobian="fwd"`, $n$ tangent
+passes) or reverse mode (`"rev"`, one adjoint pass per residual). A trajectory
+integrated by diffrax needs an adjoint compatible with the mode:
+`DiffraxTrajectory(adjoint=diffrax.ForwardMode())` for `"fwd"`, the default
+`RecursiveCheckpointAdjoint` for `"rev"`.
 """
 
 import diffrax
@@ -96,9 +97,9 @@ class DenseGaussNewton(AbstractLineSearchGaussNewton):
 
     For small controls: the initial state of a `StrongConstraint4DVar` (and model
     parameters in a `JointStateParameter`). Each step forms the residual Jacobian $J_r$
-    (`jacobian="fwd"` or `"rev"`), solves $(J_r^T J_r)\,\delta = -J_r^T r$ by Cholesky and
-    backtracks on the step length as `GaussNewton`. Cost $O(m n^2 + n^3)$ per step for $m$
-    residuals and $n$ unknowns: do not use it on a whole trajectory.
+    (`jacobian="fwd"` or `"rev"`), solves $(J_r^T J_r)\,\delta = -J_r^T r$ by Cholesky
+    and backtracks on the step length as `GaussNewton`. Cost $O(m n^2 + n^3)$ per step
+    for $m$ residuals and $n$ unknowns: do not use it on a whole trajectory.
 
     **Arguments:** `rtol`, `atol`, `jacobian` (`"fwd"` default, `"rev"`),
     `max_backtracks`, `armijo`.

@@ -1,0 +1,266 @@
+"""4DVar solvers: exact Kalman-smoother solution on a linear-Gaussian model, agreement
+between solvers on Lorenz-63, vmap, float32, divergence, implicit gradients."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxda.models import AbstractDynamics, Lorenz63, flow_map, rollout
+from jaxda.obs import Observations
+from jaxda.var import (
+    RESULTS,
+    Background,
+    DenseGaussNewton,
+    DenseLevenbergMarquardt,
+    DiffraxTrajectory,
+    GaussNewton,
+    GradientDescent,
+    Incremental4DVar,
+    JaxoptGaussNewton,
+    JaxoptLevenbergMarquardt,
+    JointStateParameter,
+    LevenbergMarquardt,
+    OptaxSolver,
+    StrongConstraint4DVar,
+    WeakConstraint4DVar,
+    solve,
+)
+
+
+class LinearDynamics(AbstractDynamics):
+    """dx/dt = F x; with an Euler flow map, Phi(x) = (I + dt F) x."""
+
+    F: jax.Array
+
+    def vector_field(self, t, x):
+        return self.F @ x
+
+    @property
+    def state_shape(self):
+        return (self.F.shape[0],)
+
+
+def kalman_smoother(M, Q, xb, B, y, mask, R):
+    """Numpy Kalman filter + RTS smoother mean for x_{t+1} = M x_t + w, y = x + v."""
+    T, n = y.shape
+    mf, Pf, mp, Pp = [], [], [], []
+    m, P = xb, B
+    for t in range(T):
+        if t > 0:
+            m, P = M @ m, M @ P @ M.T + Q
+        mp.append(m)
+        Pp.append(P)
+        H = np.eye(n)[mask[t]]
+        if H.shape[0]:
+            S = H @ P @ H.T + np.diag(R[mask[t]])
+            K = P @ H.T @ np.linalg.inv(S)
+            m = m + K @ (y[t][mask[t]] - H @ m)
+            P = P - K @ H @ P
+        mf.append(m)
+        Pf.append(P)
+    ms = [mf[-1]]
+    for t in range(T - 2, -1, -1):
+        G = Pf[t] @ M.T @ np.linalg.inv(Pp[t + 1])
+        ms.insert(0, mf[t] + G @ (ms[0] - mp[t + 1]))
+    return np.stack(ms)
+
+
+@pytest.fixture(scope="module")
+def linear_problem():
+    key = jax.random.key(1)
+    T, n, dt = 12, 3, 0.1
+    F = jnp.array([[-0.1, 1.0, 0.0], [-1.0, -0.1, 0.5], [0.0, -0.5, -0.2]])
+    flow = flow_map(LinearDynamics(F), dt, "euler")
+    M = np.eye(n) + dt * np.asarray(F)
+    mask = np.zeros((T, n), bool)
+    mask[::3, 0] = True
+    mask[5, :] = True
+    y = np.asarray(jax.random.normal(key, (T, n))) * mask
+    R = np.array([0.5, 1.0, 2.0])
+    q = np.array([0.05, 0.1, 0.02])
+    xb, B = np.array([1.0, 0.0, -1.0]), np.array([2.0, 1.0, 0.5])
+    prob = WeakConstraint4DVar(
+        flow,
+        Observations(jnp.asarray(y), jnp.asarray(mask)),
+        jnp.asarray(R),
+        jnp.asarray(q),
+        Background(jnp.asarray(xb), jnp.asarray(B)),
+    )
+    ref = kalman_smoother(M, np.diag(q), xb, np.diag(B), y, mask, R)
+    return prob, ref
+
+
+@pytest.mark.parametrize(
+    "solver", [GaussNewton(), Incremental4DVar(), JaxoptGaussNewton()], ids=type
+)
+def test_one_gauss_newton_step_is_the_kalman_smoother(linear_problem, solver):
+    prob, ref = linear_problem
+    x0 = jnp.zeros(prob.shape)
+    sol = solve(prob, solver, x0, max_steps=1)
+    assert int(sol.n_steps) == 1
+    np.testing.assert_allclose(sol.x, ref, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "solver", [LevenbergMarquardt(), JaxoptLevenbergMarquardt()], ids=type
+)
+def test_levenberg_marquardt_reaches_the_kalman_smoother(linear_problem, solver):
+    prob, ref = linear_problem
+    sol = solve(prob, solver, jnp.zeros(prob.shape), max_steps=40)
+    assert bool(sol.converged)
+    np.testing.assert_allclose(sol.x, ref, rtol=1e-7, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def l63_problem():
+    key = jax.random.key(2)
+    T = 25
+    flow = flow_map(Lorenz63(), 0.01)
+    truth = rollout(flow, jnp.array([1.0, 2.0, 20.0]), 300)[-T:]
+    mask = jnp.zeros((T, 3), bool).at[::4, 0].set(True).at[::6, 2].set(True)
+    y = truth + jnp.sqrt(2.0) * jax.random.normal(key, truth.shape)
+    obs = Observations(y, mask)
+    prob = WeakConstraint4DVar(flow, obs, 2.0, 0.01, Background(truth[0] + 0.5, 4.0))
+    return prob, truth
+
+
+def test_structured_and_jaxopt_gauss_newton_agree_on_lorenz63(l63_problem):
+    prob, truth = l63_problem
+    x0 = truth + 0.5
+    sols = [
+        solve(prob, s, x0, max_steps=40) for s in (GaussNewton(), JaxoptGaussNewton())
+    ]
+    for sol in sols:
+        assert bool(sol.converged), sol.result
+    for sol in sols[1:]:
+        np.testing.assert_allclose(sol.cost, sols[0].cost, rtol=1e-10)
+        np.testing.assert_allclose(sol.x, sols[0].x, rtol=1e-6, atol=1e-6)
+    # The minimum is a stationary point.
+    g = jax.grad(prob.cost)(sols[0].x)
+    assert float(jnp.max(jnp.abs(g))) < 1e-6
+
+
+def test_vmap_over_windows_matches_single_solves(l63_problem):
+    prob, truth = l63_problem
+    shifts = jnp.array([0.0, 0.3, -0.4])
+    ys = prob.obs.values[None] + shifts[:, None, None] * prob.obs.mask
+
+    def one(y):
+        p = eqx.tree_at(lambda p: p.obs.values, prob, y)
+        return solve(p, GaussNewton(), truth + 0.5, max_steps=40)
+
+    batched = jax.vmap(one)(ys)
+    for i in range(3):
+        single = one(ys[i])
+        np.testing.assert_allclose(batched.x[i], single.x, rtol=1e-9, atol=1e-9)
+        assert int(batched.n_steps[i]) == int(single.n_steps)
+        assert bool(batched.converged[i])
+
+
+def test_float32_solve(l63_problem):
+    prob, truth = l63_problem
+    prob32 = jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, prob
+    )
+    sol32 = solve(
+        prob32, GaussNewton(), (truth + 0.5).astype(jnp.float32), max_steps=40
+    )
+    sol64 = solve(prob, GaussNewton(), truth + 0.5, max_steps=40)
+    assert sol32.x.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(sol32.x)))
+    np.testing.assert_allclose(sol32.cost, sol64.cost, rtol=1e-3)
+    np.testing.assert_allclose(sol32.x, sol64.x, atol=2e-2)
+
+
+def test_gradient_and_optax_solvers_decrease_the_cost(l63_problem):
+    prob, truth = l63_problem
+    x0 = truth + 0.5
+    c0 = prob.cost(x0)
+    gn = solve(prob, GaussNewton(), x0, max_steps=40)
+    for solver in (GradientDescent(jnp.asarray(1e-3)), OptaxSolver(optax.adam(1e-2))):
+        sol = solve(prob, solver, x0, max_steps=300)
+        assert bool(jnp.isfinite(sol.cost))
+        assert float(gn.cost) <= float(sol.cost) < float(c0)
+        np.testing.assert_allclose(sol.cost, prob.cost(sol.x), rtol=1e-12)
+        # 300 steps are not enough for first-order methods here: reported as such.
+        assert sol.result == RESULTS.max_steps_reached and not bool(sol.converged)
+
+
+def test_divergence_is_reported_with_finite_output(l63_problem):
+    prob, truth = l63_problem
+    x0 = truth + 0.5
+    sol = solve(prob, GradientDescent(jnp.asarray(50.0)), x0, max_steps=300)
+    assert not bool(sol.converged)
+    assert sol.result == RESULTS.nonfinite
+    assert bool(jnp.all(jnp.isfinite(sol.x)))
+    np.testing.assert_allclose(sol.cost, prob.cost(x0))  # the best iterate: the start
+
+
+def test_jaxopt_implicit_gradient_matches_finite_differences(l63_problem):
+    prob, truth = l63_problem
+    x0 = truth + 0.5
+    solver = JaxoptGaussNewton(tol=1e-11)
+    direction = jax.random.normal(jax.random.key(3), prob.obs.values.shape)
+
+    def loss(s):
+        y = prob.obs.values + s * direction * prob.obs.mask
+        p = eqx.tree_at(lambda p: p.obs.values, prob, y)
+        return jnp.sum(solve(p, solver, x0, max_steps=40).x[-1] ** 2)
+
+    grad = jax.grad(loss)(0.0)
+    eps = 1e-5
+    fd = (loss(eps) - loss(-eps)) / (2 * eps)
+    np.testing.assert_allclose(grad, fd, rtol=1e-5)
+
+
+def test_strong_constraint_forward_and_reverse_jacobians_agree(l63_problem):
+    prob, truth = l63_problem
+    obs, bg = prob.obs, prob.background
+    x0 = truth[0] + 0.5
+    results = []
+    for adjoint, jac in (
+        (diffrax.RecursiveCheckpointAdjoint(), "rev"),
+        (diffrax.ForwardMode(), "fwd"),
+    ):
+        traj = DiffraxTrajectory(Lorenz63(), 0.01, diffrax.Tsit5(), adjoint=adjoint)
+        sprob = StrongConstraint4DVar(traj, obs, 2.0, bg)
+        sol = solve(sprob, DenseGaussNewton(jacobian=jac), x0, max_steps=40)
+        assert bool(sol.converged)
+        results.append(sol)
+    np.testing.assert_allclose(results[0].x, results[1].x, rtol=1e-9)
+    np.testing.assert_allclose(results[0].cost, results[1].cost, rtol=1e-12)
+
+
+def test_joint_state_parameter_estimation_recovers_sigma():
+    true_flow = flow_map(Lorenz63(), 0.01)
+    truth = rollout(true_flow, jnp.array([1.0, 2.0, 20.0]), 240)[-40:]
+    mask = jnp.ones(truth.shape, bool)
+    obs = Observations(truth, mask)
+    flow = flow_map(Lorenz63(sigma=jnp.array(9.0)), 0.01)
+    prob = JointStateParameter(StrongConstraint4DVar(flow, obs, 0.1))
+    x_init = prob.initial_control(truth[0])
+    sol = solve(prob, DenseLevenbergMarquardt(), x_init, max_steps=40)
+    assert bool(sol.converged)
+    np.testing.assert_allclose(sol.x[1].model.sigma, 10.0, rtol=1e-6)
+    np.testing.assert_allclose(sol.x[0], truth[0], atol=1e-6)
+
+
+def test_solver_argument_errors(l63_problem):
+    prob, truth = l63_problem
+    with pytest.raises(ValueError, match="`x_init` must have shape"):
+        solve(prob, GaussNewton(), truth[:-1])
+    with pytest.raises(ValueError, match="`x_init` must be finite"):
+        solve(prob, GaussNewton(), truth.at[0, 0].set(jnp.nan))
+    with pytest.raises(TypeError, match="solves a WeakConstraint4DVar"):
+        strong = StrongConstraint4DVar(prob.flow, prob.obs, 1.0)
+        solve(strong, GaussNewton(), truth[0])
+    with pytest.raises(ValueError, match="`learning_rate` must be finite and > 0"):
+        GradientDescent(-1.0)
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        GaussNewton(method="dense")
+    with pytest.raises(ValueError, match="`max_steps` must be >= 0"):
+        solve(prob, GaussNewton(), truth, max_steps=-1)
