@@ -1,0 +1,175 @@
+"""Kernels on symmetric banded matrices in LAPACK lower storage.
+
+`band[k, i] = A[i + k, i]` for `k = 0..b`; entries with `i + k >= d` are ignored. All
+kernels are O(d b^2) time and O(d b) memory; the sequential recursions are `lax.scan`s
+over columns with a rolling window of the last `b` columns (the inner band operations
+are elementwise products and reductions, no per-column matmul).
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def valid_band_mask(b: int, d: int):
+    """Boolean `(b+1, d)` mask of the stored entries that lie inside the matrix."""
+    return (jnp.arange(b + 1)[:, None] + jnp.arange(d)[None, :]) < d
+
+
+def masked(band):
+    """`band` with the entries past the end of the matrix set to zero."""
+    b1, d = band.shape
+    return jnp.where(valid_band_mask(b1 - 1, d), band, jnp.zeros((), band.dtype))
+
+
+@jax.jit
+def band_matvec(band, v):
+    """`A v` for symmetric banded `A` (masked band) and `v` of shape `(d, m)`."""
+    b1, d = band.shape
+    y = band[0][:, None] * v
+    for k in range(1, min(b1, d)):
+        bk = band[k, : d - k][:, None]
+        y = y.at[: d - k].add(bk * v[k:])
+        y = y.at[k:].add(bk * v[: d - k])
+    return y
+
+
+@jax.jit
+def lower_matvec(lband, v):
+    """`L v` for lower-banded `L` (same storage) and `v` of shape `(d, m)`."""
+    b1, d = lband.shape
+    y = lband[0][:, None] * v
+    for k in range(1, min(b1, d)):
+        y = y.at[k:].add(lband[k, : d - k][:, None] * v[: d - k])
+    return y
+
+
+def lower_t_matvec(lband, v):
+    """`L^T v` for lower-banded `L` and `v` of shape `(d, m)`."""
+    b1, d = lband.shape
+    y = lband[0][:, None] * v
+    for k in range(1, min(b1, d)):
+        y = y.at[: d - k].add(lband[k, : d - k][:, None] * v[k:])
+    return y
+
+
+@jax.jit
+def band_cholesky(band):
+    """Banded Cholesky `A = L L^T` of a masked band: returns `(L band, pivots)`.
+
+    Column `j` is `c = A[j:j+b+1, j] - sum_m L[j:j+b+1, j-m] L[j, j-m]`, `L[j, j] =
+    sqrt(c_0)`, `L[j+k, j] = c_k / L[j, j]`. The carry `W[m-1, k] = L[j+k, j-m]` holds
+    the last `b` columns aligned on the current row. A pivot `c_0 <= 0` (not SPD) gives
+    NaN from there on; the caller turns the pivots into an `is_spd` flag.
+    """
+    b1, d = band.shape
+    b = b1 - 1
+    if b == 0:
+        return jnp.sqrt(band[0])[None], band[0]
+    zero_col = jnp.zeros((b, 1), band.dtype)
+
+    def step(w, a):
+        c = a - jnp.sum(w * w[:, :1], axis=0)
+        piv = c[0]
+        ljj = jnp.sqrt(piv)
+        col = jnp.concatenate([ljj[None], c[1:] / ljj])
+        w = jnp.concatenate([col[None], w[:-1]], axis=0)
+        w = jnp.concatenate([w[:, 1:], zero_col], axis=1)
+        return w, (col, piv)
+
+    _, (cols, piv) = lax.scan(step, jnp.zeros((b, b1), band.dtype), band.T)
+    return cols.T, piv
+
+
+@jax.jit
+def forward_substitution(lband, r):
+    """Solve `L z = r` (`r` of shape `(d, m)`) by a column-oriented scan."""
+    b1, d = lband.shape
+    b = b1 - 1
+    if b == 0:
+        return r / lband[0][:, None]
+    m = r.shape[1]
+    zero_row = jnp.zeros((1, m), r.dtype)
+
+    def step(acc, inp):
+        col, rj = inp
+        zj = (rj - acc[0]) / col[0]
+        acc = jnp.concatenate([acc[1:], zero_row]) + col[1:, None] * zj[None]
+        return acc, zj
+
+    _, z = lax.scan(step, jnp.zeros((b, m), r.dtype), (lband.T, r))
+    return z
+
+
+@jax.jit
+def backward_substitution(lband, z):
+    """Solve `L^T x = z` (`z` of shape `(d, m)`) by a reverse scan."""
+    b1, d = lband.shape
+    b = b1 - 1
+    if b == 0:
+        return z / lband[0][:, None]
+    m = z.shape[1]
+
+    def step(xw, inp):
+        col, zj = inp
+        xj = (zj - jnp.sum(col[1:, None] * xw, axis=0)) / col[0]
+        xw = jnp.concatenate([xj[None], xw[:-1]])
+        return xw, xj
+
+    _, x = lax.scan(step, jnp.zeros((b, m), z.dtype), (lband.T, z), reverse=True)
+    return x
+
+
+@jax.jit
+def cholesky_solve(lband, r):
+    """Solve `L L^T x = r` for `r` of shape `(d, m)`."""
+    return backward_substitution(lband, forward_substitution(lband, r))
+
+
+@jax.jit
+def selected_inverse(lband):
+    """Entries of `A^{-1}` inside the band, from `A = L L^T` (Takahashi recursion).
+
+    With `S = A^{-1}`, `L^T S = L^{-1}` is lower triangular, so going backwards in `j`:
+    `S[j+k, j] = -(1/L_jj) sum_m L[j+m, j] S[j+k, j+m]` and
+    `S[j, j] = 1/L_jj^2 - (1/L_jj) sum_m L[j+m, j] S[j+m, j]`, which only needs the
+    `b x b` window `S[j+1:j+b+1, j+1:j+b+1]`. Returns the band of `S`, shape `(b+1, d)`.
+    """
+    b1, d = lband.shape
+    b = b1 - 1
+    if b == 0:
+        return (1.0 / lband[0] ** 2)[None]
+
+    def step(s_win, col):
+        v = col[1:]
+        l0 = col[0]
+        s = -jnp.sum(s_win * v[None, :], axis=1) / l0
+        sjj = 1.0 / l0**2 - jnp.sum(v * s) / l0
+        top = jnp.concatenate([sjj[None], s[:-1]])
+        rest = jnp.concatenate([s[:-1, None], s_win[:-1, :-1]], axis=1)
+        s_win = jnp.concatenate([top[None], rest], axis=0)
+        return s_win, jnp.concatenate([sjj[None], s])
+
+    _, cols = lax.scan(step, jnp.zeros((b, b), lband.dtype), lband.T, reverse=True)
+    return cols.T
+
+
+@jax.jit
+def band_to_dense(band):
+    """Dense symmetric matrix from a masked band (tests and small problems only)."""
+    b1, d = band.shape
+    a = jnp.diag(band[0])
+    for k in range(1, min(b1, d)):
+        off = jnp.diag(band[k, : d - k], -k)
+        a = a + off + off.T
+    return a
+
+
+@jax.jit
+def lower_band_to_dense(lband):
+    """Dense lower-triangular matrix from a lower band."""
+    b1, d = lband.shape
+    a = jnp.diag(lband[0])
+    for k in range(1, min(b1, d)):
+        a = a + jnp.diag(lband[k, : d - k], -k)
+    return a

@@ -1,0 +1,210 @@
+r"""Symmetric banded matrices in LAPACK lower storage and their Cholesky factor."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .._custom_types import Array, ArrayLike, Bool, Float, Key
+from .._validation import check_int
+from . import _band_kernels as K, _implicit
+
+
+class SymmetricBandMatrix(eqx.Module):
+    r"""A symmetric $d \times d$ matrix $A$ of bandwidth $b$ in lower-band storage.
+
+    `band[k, i]` $= A_{i+k,\,i}$ for $k = 0, \dots, b$ (LAPACK lower storage); entries
+    with $i + k \ge d$ lie outside the matrix and are ignored (they get zero
+    derivatives). Memory is $O(d b)$; matvec is $O(d b)$; Cholesky, solve,
+    log-determinant and sampling are $O(d b^2)$. Nothing builds a dense $d \times d$
+    matrix except `to_dense`.
+
+    `solve` and `logdet` are differentiable in forward and reverse mode with respect to
+    `band` and the right-hand side by implicit rules that reuse the factorisation (see
+    `jaxda.linalg.solve`).
+
+    **Arguments:**
+
+    - `band`: array of shape `(b + 1, d)`.
+    """
+
+    band: Float[Array, "b1 d"]
+
+    def __init__(self, band: Float[ArrayLike, "b1 d"]):
+        band = jnp.asarray(band)
+        if band.ndim != 2 or band.shape[0] < 1 or band.shape[1] < 1:
+            raise ValueError(
+                f"`band` must have shape (b + 1, d) with b >= 0, d >= 1; got "
+                f"{band.shape}."
+            )
+        if not jnp.issubdtype(band.dtype, jnp.floating):
+            band = band.astype(jnp.result_type(float))
+        self.band = band
+
+    @property
+    def size(self) -> int:
+        """The dimension $d$."""
+        return self.band.shape[1]
+
+    @property
+    def bandwidth(self) -> int:
+        """The bandwidth $b$ (number of sub-diagonals stored)."""
+        return self.band.shape[0] - 1
+
+    def masked_band(self) -> Float[Array, "b1 d"]:
+        """`band` with the entries outside the matrix set to zero."""
+        return K.masked(self.band)
+
+    def matvec(self, v: Float[ArrayLike, " d"]) -> Float[Array, " d"]:
+        r"""$A v$ for `v` of shape `(d,)` or `(d, m)`."""
+        v = jnp.asarray(v)
+        out = K.band_matvec(self.masked_band(), v.reshape(v.shape[0], -1))
+        return out.reshape(v.shape)
+
+    def diagonal(self) -> Float[Array, " d"]:
+        """The main diagonal of $A$."""
+        return self.band[0]
+
+    def to_dense(self) -> Float[Array, "d d"]:
+        """The dense matrix (for tests and small problems: $O(d^2)$ memory)."""
+        return K.band_to_dense(self.masked_band())
+
+    def add_diagonal(self, v: Float[ArrayLike, " d"]) -> "SymmetricBandMatrix":
+        r"""$A + \mathrm{diag}(v)$."""
+        return SymmetricBandMatrix(self.band.at[0].add(jnp.reshape(v, (-1,))))
+
+    def diag_congruence(self, s: Float[ArrayLike, " d"]) -> "SymmetricBandMatrix":
+        r"""$S A S$ with $S = \mathrm{diag}(s)$ (same band; e.g. masking)."""
+        s = jnp.reshape(jnp.asarray(s, self.band.dtype), (-1,))
+        b1, d = self.band.shape
+        s_shift = jnp.stack(
+            [
+                jnp.concatenate([s[k:], jnp.zeros((min(k, d),), s.dtype)])[:d]
+                for k in range(b1)
+            ]
+        )
+        return SymmetricBandMatrix(self.band * s[None, :] * s_shift)
+
+    def cholesky(self) -> "BandCholesky":
+        r"""Banded Cholesky factor $A = L L^\top$ ($L$ lower, same bandwidth).
+
+        The factor is computed from `stop_gradient(band)`: differentiate through the
+        returned object's `solve` / `logdet` (implicit rules), not through its `factor`
+        entries. `is_spd` is `False` when a pivot is not positive or not finite (then
+        the factor holds NaN).
+        """
+        band = lax.stop_gradient(self.masked_band())
+        factor, piv = K.band_cholesky(band)
+        is_spd = jnp.all((piv > 0) & jnp.isfinite(piv))
+        return BandCholesky(self, factor, is_spd)
+
+    def solve(self, rhs: Float[ArrayLike, " d"]) -> Float[Array, " d"]:
+        r"""$A^{-1}$ `rhs`; see `jaxda.linalg.solve`."""
+        return _implicit.solve(self, rhs)
+
+    def logdet(self) -> Float[Array, ""]:
+        r"""$\log\det A$; see `jaxda.linalg.logdet`."""
+        return _implicit.logdet(self)
+
+    def sample(self, key: Key, shape: tuple[int, ...] = ()) -> Float[Array, "*shape d"]:
+        r"""Draw from $\mathcal N(0, A^{-1})$: $A$ is a **precision** matrix.
+
+        $x = L^{-\top} z$ with $z \sim \mathcal N(0, I)$, so
+        $\mathrm{Cov}(x) = L^{-\top} L^{-1} = A^{-1}$. Differentiable with respect to
+        `band` by ordinary autodiff through the factorisation. Returns shape
+        `(*shape, d)`.
+        """
+        return _sample(self, key, shape, precision=True)
+
+    def sample_cov(
+        self, key: Key, shape: tuple[int, ...] = ()
+    ) -> Float[Array, "*shape d"]:
+        r"""Draw from $\mathcal N(0, A)$: $A$ is a **covariance** matrix.
+
+        $x = L z$, $z \sim \mathcal N(0, I)$, $\mathrm{Cov}(x) = L L^\top = A$.
+        """
+        return _sample(self, key, shape, precision=False)
+
+    def to_block_tridiagonal(self, n: int):
+        r"""The same matrix as a `BlockTridiagonal` with blocks of size `n`.
+
+        For the interleaved time-major layout `i = t n + j` ($d = T n$). Exact when
+        $b \le n$. For $n < b \le 2n - 1$ the entries coupling blocks more than one step
+        apart must be zero: checked when the values are concrete (`ValueError`), and
+        dropped without a check under `jit`.
+        """
+        from ._conversion import band_to_block_tridiagonal
+
+        return band_to_block_tridiagonal(self, n)
+
+
+def _sample(matrix, key, shape, precision):
+    shape = tuple(check_int("shape", s, minimum=0) for s in shape)
+    band = matrix.masked_band()
+    factor, _ = K.band_cholesky(band)
+    d = matrix.size
+    m = 1
+    for s in shape:
+        m *= s
+    z = jax.random.normal(key, (d, m), band.dtype)
+    if precision:
+        x = K.backward_substitution(factor, z)
+    else:
+        x = K.lower_matvec(factor, z)
+    return x.T.reshape(*shape, d)
+
+
+class BandCholesky(eqx.Module):
+    r"""Cholesky factorisation $A = L L^\top$ of a `SymmetricBandMatrix`.
+
+    **Fields:**
+
+    - `matrix`: the factorised matrix (kept for the implicit derivative rules).
+    - `factor`: `(b + 1, d)` lower band of $L$ (`factor[k, i]` $= L_{i+k,\,i}$),
+      computed without gradient.
+    - `is_spd`: boolean scalar, `False` if a pivot was not positive and finite; then
+      `solve` / `logdet` results are NaN. Check it inside `jit`.
+    """
+
+    matrix: SymmetricBandMatrix
+    factor: Float[Array, "b1 d"]
+    is_spd: Bool[Array, ""]
+
+    def solve(self, rhs: Float[ArrayLike, " d"]) -> Float[Array, " d"]:
+        r"""$A^{-1}$ `rhs` for `rhs` of shape `(d,)` or `(d, m)`, differentiable
+        (implicit rule) with respect to `matrix` and `rhs`."""
+        return _implicit.factor_solve(self, rhs)
+
+    def logdet(self) -> Float[Array, ""]:
+        r"""$\log\det A = 2 \sum_i \log L_{ii}$, differentiable: $d \log\det A =
+        \mathrm{tr}(A^{-1} dA)$ from the band of $A^{-1}$ (selected inversion)."""
+        return _implicit.factor_logdet(self)
+
+    def rhs_lead_shape(self) -> tuple[int, ...]:
+        """Leading shape a right-hand side must have: `(d,)`."""
+        return (self.matrix.size,)
+
+    def logdet_with_rule(self) -> Float[Array, ""]:
+        """$\\log\\det A$ with the implicit JVP rule (no SPD check)."""
+        return _implicit.band_logdet(self.matrix, self.factor)
+
+    def solve_factor(self, rhs: Float[ArrayLike, " d"]) -> Float[Array, " d"]:
+        """$A^{-1}$ `rhs` from the factor, without implicit derivative rules."""
+        rhs = jnp.asarray(rhs)
+        x = K.cholesky_solve(self.factor, rhs.reshape(rhs.shape[0], -1))
+        return x.reshape(rhs.shape)
+
+    def inverse_band(self) -> SymmetricBandMatrix:
+        r"""The entries of $A^{-1}$ inside the band (selected inversion, $O(d b^2)$).
+
+        Not differentiable (computed from the gradient-free factor).
+        """
+        return SymmetricBandMatrix(K.selected_inverse(self.factor))
+
+    def inverse_diagonal(self) -> Float[Array, " d"]:
+        r"""$\mathrm{diag}(A^{-1})$ (e.g. posterior marginal variances)."""
+        return K.selected_inverse(self.factor)[0]
+
+    def lower_dense(self) -> Float[Array, "d d"]:
+        """Dense $L$ (tests only)."""
+        return K.lower_band_to_dense(self.factor)
