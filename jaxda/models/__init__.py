@@ -2,12 +2,16 @@
 
 from ._base import AbstractDynamics as AbstractDynamics
 from ._flow import (
+    RK4 as RK4,
     AbstractFlowMap as AbstractFlowMap,
     DiffraxStep as DiffraxStep,
     Euler as Euler,
-    RK4 as RK4,
     flow_map as flow_map,
     rollout as rollout,
+)
+from ._simulate import (
+    sample_initial_states as sample_initial_states,
+    simulate as simulate,
 )
 from .lorenz63 import Lorenz63 as Lorenz63
 from .lorenz96 import Lorenz96 as Lorenz96

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Float
-from .._validation import check_int, check_positive
+from .._validation import check_choice, check_int, check_positive
 from ._base import AbstractDynamics
 
 
@@ -52,7 +52,10 @@ class AbstractFlowMap(eqx.Module):
 
 
 class Euler(AbstractFlowMap):
-    r"""Explicit Euler: $x \mapsto x + h f(t, x)$, `substeps` steps of $h = dt / substeps$."""
+    r"""Explicit Euler $x \mapsto x + h f(t, x)$, `substeps` steps of $h = dt/substeps$.
+
+    First order: error $O(dt)$ over a fixed horizon.
+    """
 
     model: AbstractDynamics
     dt: float
@@ -87,7 +90,7 @@ class RK4(AbstractFlowMap):
 
 
 class DiffraxStep(AbstractFlowMap):
-    """One `.step` of any fixed-step-capable diffrax solver (default `Tsit5`) per substep.
+    """One `.step` of a diffrax solver (default `Tsit5`) per substep, no step control.
 
     No step-size control and no `diffeqsolve` overhead: the same cost class as `RK4`.
     """
@@ -115,37 +118,56 @@ def flow_map(
 ) -> AbstractFlowMap:
     """Build the one-step flow map of `model` over `dt`.
 
-    **Arguments:** `model`; `dt` > 0; `method` in `"rk4"`, `"euler"`, `"tsit5"`;
-    `substeps` >= 1 internal steps per `dt`.
+    **Arguments:** `model`; `dt` > 0; `method` in `"rk4"`, `"euler"` (hand-written
+    schemes) or `"tsit5"`, `"dopri5"`, `"heun"`, `"midpoint"` (one diffrax solver
+    `.step`, see `DiffraxStep`); `substeps` >= 1 internal steps per `dt`.
 
     **Returns:** a callable `Phi(x, t=0.0) -> x(t + dt)`.
     """
     if not isinstance(model, AbstractDynamics):
         raise TypeError(
-            f"`model` must be a jaxda.models.AbstractDynamics; got {type(model).__name__}."
+            "`model` must be a jaxda.models.AbstractDynamics; got "
+            f"{type(model).__name__}."
         )
     methods = {"rk4": RK4, "euler": Euler}
-    if method == "tsit5":
-        return DiffraxStep(model, dt, substeps, diffrax.Tsit5())
-    if method not in methods:
-        raise ValueError(
-            f"`method` must be one of 'rk4', 'euler', 'tsit5'; got {method!r}."
-        )
+    diffrax_solvers = {
+        "tsit5": diffrax.Tsit5,
+        "dopri5": diffrax.Dopri5,
+        "heun": diffrax.Heun,
+        "midpoint": diffrax.Midpoint,
+    }
+    check_choice("method", method, (*methods, *diffrax_solvers))
+    if method in diffrax_solvers:
+        return DiffraxStep(model, dt, substeps, diffrax_solvers[method]())
     return methods[method](model, dt, substeps)
 
 
 def rollout(
     flow: AbstractFlowMap, x0: Float[Array, "*state"], n_steps: int, t0: float = 0.0
-) -> Float[Array, "n_steps+1 *state"]:
+) -> Float[Array, " n_steps+1 *state"]:
     """Iterate a flow map: `[x0, Phi(x0), Phi(Phi(x0)), ...]`, `n_steps + 1` states.
 
-    A `lax.scan`, so cost is linear in `n_steps` and compile time constant.
-    """
-    n_steps = check_int("n_steps", n_steps, minimum=0)
+    A `lax.scan`, so cost is linear in `n_steps` and compile time constant; step `k`
+    starts at time `t0 + k dt` (in the dtype of `x0`).
 
-    def body(x, i):
-        x_next = flow(x, t0 + i * flow.dt)
+    **Arguments:** `flow` an `AbstractFlowMap`; `x0` of shape `flow.model.state_shape`;
+    `n_steps` >= 0 (static); `t0` the time of `x0`.
+
+    **Returns:** the states `x_0 ... x_{n_steps}`, shape `(n_steps + 1, *state_shape)`.
+    """
+    if not isinstance(flow, AbstractFlowMap):
+        raise TypeError(
+            f"`flow` must be a jaxda.models.AbstractFlowMap; got {type(flow).__name__}."
+        )
+    n_steps = check_int("n_steps", n_steps, minimum=0)
+    flow.model.check_state("x0", x0)
+    ts = jnp.asarray(t0, jnp.result_type(x0)) + jnp.asarray(
+        flow.dt, jnp.result_type(x0)
+    ) * jnp.arange(n_steps, dtype=jnp.result_type(x0))
+
+    def body(x, t):
+        x_next = flow(x, t)
         return x_next, x_next
 
-    _, xs = jax.lax.scan(body, x0, jnp.arange(n_steps))
+    _, xs = jax.lax.scan(body, x0, ts)
     return jnp.concatenate([x0[None], xs], axis=0)

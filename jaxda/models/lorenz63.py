@@ -34,5 +34,10 @@ class Lorenz63(AbstractDynamics):
         return (3,)
 
     @property
+    def reference_state(self) -> Float[Array, "3"]:
+        """`(1, 1, 1)`: off the unstable fixed point at the origin."""
+        return jnp.ones(3)
+
+    @property
     def component_names(self) -> tuple[str, ...]:
         return ("u1", "u2", "u3")

@@ -29,3 +29,9 @@ class Lorenz96(AbstractDynamics):
     @property
     def state_shape(self) -> tuple[int, ...]:
         return (self.n,)
+
+    @property
+    def reference_state(self) -> Float[Array, " n"]:
+        """The fixed point `x = F` with `x_0` nudged by 0.01 (Lorenz's usual start)."""
+        x = jnp.full((self.n,), 1.0) * self.forcing
+        return x.at[0].add(0.01)

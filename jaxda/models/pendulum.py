@@ -11,7 +11,8 @@ class Pendulum(AbstractDynamics):
 
     $$\dot\theta = \omega,\qquad \dot\omega = -\omega_0^2 \sin\theta - \gamma\,\omega.$$
 
-    **Arguments:** `omega0_sq` = g / l (default 1), `damping` gamma (default 0: undamped).
+    **Arguments:** `omega0_sq` = g / l (default 1), `damping` gamma (default 0:
+    undamped).
     """
 
     omega0_sq: Float[Array, ""] | float = 1.0
