@@ -46,9 +46,13 @@ def matrix_dtype(matrix):
     return leaf.dtype
 
 
-def factor_solve(chol, rhs):
-    """Differentiable $A^{-1}$ `rhs` from a factor object (band, block or parallel)."""
-    _raise_if_not_spd(chol.is_spd, "solve")
+def factor_solve(chol, rhs, *, check: bool = True):
+    """Differentiable $A^{-1}$ `rhs` from a factor object (band, block or parallel).
+
+    With `check`, a concrete non-SPD flag raises `ValueError`.
+    """
+    if check:
+        _raise_if_not_spd(chol.is_spd, "solve")
     matrix = chol.matrix
     rhs = _prepare_rhs(matrix, rhs, chol.rhs_lead_shape())
     frozen = lax.stop_gradient(chol)

@@ -1,0 +1,251 @@
+"""Gaussian MAP: Kalman-smoother exactness, covariance == precision == dense."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import finite_difference_grad
+from hypothesis import given, settings, strategies as st
+
+from jaxda.gaussian import (
+    GaussianMAP,
+    map_covariance,
+    map_dense,
+    map_precision,
+    posterior_variance,
+)
+from jaxda.linalg import BlockTridiagonal, SymmetricBandMatrix
+
+
+def lgssm(rng, t, n):
+    """A random stable linear-Gaussian model and its trajectory precision."""
+    m = rng.normal(size=(n, n))
+    m = 0.9 * m / np.max(np.abs(np.linalg.eigvals(m)))
+    a = rng.normal(size=(n, n))
+    qw = 0.1 * (a @ a.T) + 0.05 * np.eye(n)
+    m0 = rng.normal(size=n)
+    p0 = np.eye(n) + 0.2 * np.ones((n, n))
+    qi, p0i = np.linalg.inv(qw), np.linalg.inv(p0)
+    diag = np.stack([qi + m.T @ qi @ m] * t)
+    diag[0] = p0i + m.T @ qi @ m
+    diag[-1] = qi if t > 1 else p0i
+    lower = np.array([-qi @ m] * (t - 1)).reshape(t - 1, n, n)
+    mu = np.stack([np.linalg.matrix_power(m, s) @ m0 for s in range(t)])
+    return m, qw, m0, p0, BlockTridiagonal(diag, lower), mu
+
+
+def kalman_rts(m, qw, m0, p0, y, mask, r):
+    """Kalman filter + Rauch-Tung-Striebel smoother (numpy), partial observations."""
+    t, n = y.shape
+    means, covs, pred_m, pred_p = [], [], [], []
+    xm, pm = m0, p0
+    for s in range(t):
+        if s > 0:
+            xm, pm = m @ means[-1], m @ covs[-1] @ m.T + qw
+        pred_m.append(xm)
+        pred_p.append(pm)
+        h = np.eye(n)[mask[s]]
+        if h.shape[0]:
+            s_mat = h @ pm @ h.T + np.diag(r[s][mask[s]])
+            k = pm @ h.T @ np.linalg.inv(s_mat)
+            xm = xm + k @ (y[s][mask[s]] - h @ xm)
+            pm = pm - k @ h @ pm
+        means.append(xm)
+        covs.append(pm)
+    sm, sp = [means[-1]], [covs[-1]]
+    for s in range(t - 2, -1, -1):
+        g = covs[s] @ m.T @ np.linalg.inv(pred_p[s + 1])
+        sm.insert(0, means[s] + g @ (sm[0] - pred_m[s + 1]))
+        sp.insert(0, covs[s] + g @ (sp[0] - pred_p[s + 1]) @ g.T)
+    return np.stack(sm), np.stack([np.diag(p) for p in sp])
+
+
+@pytest.mark.parametrize("t,n", [(1, 2), (12, 3)])
+def test_precision_map_equals_kalman_smoother(t, n):
+    rng = np.random.default_rng(t)
+    m, qw, m0, p0, prec, mu = lgssm(rng, t, n)
+    y = rng.normal(size=(t, n))
+    mask = rng.uniform(size=(t, n)) < 0.4
+    r = rng.uniform(0.1, 0.5, size=(t, n))
+    smooth_mean, smooth_var = kalman_rts(m, qw, m0, p0, y, mask, r)
+    res = map_precision(mu, prec, y, mask, r)
+    assert isinstance(res, GaussianMAP) and bool(res.ok)
+    np.testing.assert_allclose(res.mean, smooth_mean, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(posterior_variance(prec, mask, r), smooth_var, rtol=1e-9)
+    # same answer from the banded layout, the covariance form and the dense reference
+    band = prec.to_band()
+    flat = map_precision(
+        mu.reshape(-1), band, y.reshape(-1), mask.reshape(-1), r.reshape(-1)
+    )
+    np.testing.assert_allclose(flat.mean.reshape(t, n), smooth_mean, atol=1e-9)
+    cov = np.linalg.inv(np.asarray(prec.to_dense()))
+    res_cov = map_covariance(mu, cov, y, mask, r)
+    np.testing.assert_allclose(res_cov.mean, smooth_mean, atol=1e-9)
+    np.testing.assert_allclose(
+        map_dense(mu, y, r, mask=mask, cov=cov), smooth_mean, atol=1e-9
+    )
+
+
+def random_band(rng, d, b):
+    lower = sum(
+        np.diag(
+            rng.uniform(0.5, 1.5, d - k) if k == 0 else rng.normal(0, 0.4, d - k), -k
+        )
+        for k in range(min(b, d - 1) + 1)
+    )
+    dense = lower @ lower.T
+    band = np.stack(
+        [
+            np.concatenate([np.diag(dense, -k), np.zeros(min(k, d))])
+            for k in range(b + 1)
+        ]
+    )
+    return SymmetricBandMatrix(band), dense
+
+
+def numpy_map_cov(mu, p, y, mask, r):
+    h = np.eye(mu.size)[mask]
+    s = h @ p @ h.T + np.diag(r[mask])
+    return mu + p @ h.T @ np.linalg.solve(s, y[mask] - mu[mask])
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    d=st.sampled_from([1, 4, 15]),
+    b=st.sampled_from([0, 2]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_covariance_precision_dense_agree(d, b, seed):
+    rng = np.random.default_rng(seed)
+    mat, dense = random_band(rng, d, b)
+    mu, y = rng.normal(size=d), rng.normal(size=d)
+    mask = rng.uniform(size=d) < rng.uniform()
+    r = rng.uniform(0.1, 1.0, size=d)
+    # banded covariance P = dense
+    expected = numpy_map_cov(mu, dense, y, mask, r)
+    np.testing.assert_allclose(
+        map_covariance(mu, mat, y, mask, r).mean, expected, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        map_covariance(mu, dense, y, mask, r).mean, expected, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        map_dense(mu, y, r, mask=mask, cov=dense), expected, atol=1e-9
+    )
+    h = np.eye(d)[mask]
+    np.testing.assert_allclose(
+        map_dense(mu, y[mask], r[mask], H=h, cov=dense), expected, atol=1e-9
+    )
+    # banded precision Q = dense: compare with the covariance form of P = Q^{-1}
+    expected_q = numpy_map_cov(mu, np.linalg.inv(dense), y, mask, r)
+    res = map_precision(mu, mat, y, mask, r)
+    assert bool(res.ok)
+    np.testing.assert_allclose(res.mean, expected_q, atol=1e-8)
+    np.testing.assert_allclose(
+        map_dense(mu, y[mask], r[mask], H=h, precision=dense), expected_q, atol=1e-8
+    )
+
+
+def test_no_and_full_observations():
+    rng = np.random.default_rng(0)
+    mat, dense = random_band(rng, 7, 2)
+    mu, y = rng.normal(size=(7,)), rng.normal(size=(7,))
+    none = np.zeros(7, bool)
+    for fn in (map_precision, map_covariance):
+        np.testing.assert_array_equal(fn(mu, mat, y, none, 0.3).mean, mu)
+    # all observed with tiny noise: the MAP is close to y
+    full = np.ones(7, bool)
+    for fn in (map_precision, map_covariance):
+        np.testing.assert_allclose(fn(mu, mat, y, full, 1e-10).mean, y, atol=1e-6)
+
+
+def test_vmap_over_samples_and_masks():
+    rng = np.random.default_rng(1)
+    mat, dense = random_band(rng, 10, 3)
+    mus, ys = rng.normal(size=(5, 10)), rng.normal(size=(5, 10))
+    masks = rng.uniform(size=(5, 10)) < 0.5
+    out = jax.vmap(lambda mu, y, mk: map_covariance(mu, mat, y, mk, 0.2).mean)(
+        mus, ys, masks
+    )
+    for i in range(5):
+        expected = numpy_map_cov(mus[i], dense, ys[i], masks[i], np.full(10, 0.2))
+        np.testing.assert_allclose(out[i], expected, atol=1e-9)
+    res = jax.jit(jax.vmap(lambda mk: map_precision(mus[0], mat, ys[0], mk, 0.2)))(
+        masks
+    )
+    assert res.mean.shape == (5, 10) and bool(jnp.all(res.ok))
+
+
+def test_gradients_against_dense_and_finite_differences():
+    rng = np.random.default_rng(2)
+    d = 8
+    mat, dense = random_band(rng, d, 2)
+    mu, y = jnp.asarray(rng.normal(size=d)), jnp.asarray(rng.normal(size=d))
+    mask = jnp.asarray(rng.uniform(size=d) < 0.5)
+    r = jnp.asarray(rng.uniform(0.2, 1.0, size=d))
+    w = jnp.asarray(rng.normal(size=d))
+
+    for form, dense_kw in [(map_precision, "precision"), (map_covariance, "cov")]:
+
+        @jax.jit
+        def loss(band, mu, y, r, form=form):
+            x = form(mu, SymmetricBandMatrix(band), y, mask, r).mean
+            return jnp.sum(w * x) + jnp.sum(x**2)
+
+        @jax.jit
+        def loss_dense(band, mu, y, r, dense_kw=dense_kw):
+            a = SymmetricBandMatrix(band).to_dense()
+            x = map_dense(mu, y, r, mask=mask, **{dense_kw: a})
+            return jnp.sum(w * x) + jnp.sum(x**2)
+
+        args = (mat.band, mu, y, r)
+        g = jax.grad(loss, argnums=(0, 1, 2, 3))(*args)
+        gd = jax.grad(loss_dense, argnums=(0, 1, 2, 3))(*args)
+        for a, b in zip(g, gd):
+            np.testing.assert_allclose(a, b, atol=1e-9)
+        fd = finite_difference_grad(lambda v: loss(v, mu, y, r), mat.band)
+        np.testing.assert_allclose(g[0], fd, atol=1e-6)
+        fd = finite_difference_grad(lambda v: loss(mat.band, mu, y, v), r)
+        np.testing.assert_allclose(g[3], fd, atol=1e-6)
+        tangents = tuple(jnp.asarray(rng.normal(size=jnp.shape(a))) for a in args)
+        np.testing.assert_allclose(
+            jax.jvp(loss, args, tangents)[1],
+            jax.jvp(loss_dense, args, tangents)[1],
+            rtol=1e-9,
+        )
+
+
+def test_float32_and_flag():
+    rng = np.random.default_rng(3)
+    mat, dense = random_band(rng, 12, 2)
+    mat32 = SymmetricBandMatrix(mat.band.astype(jnp.float32))
+    mu = rng.normal(size=12).astype(np.float32)
+    y = rng.normal(size=12).astype(np.float32)
+    mask = rng.uniform(size=12) < 0.5
+    res = map_precision(mu, mat32, y, mask, np.float32(0.5))
+    assert res.mean.dtype == jnp.float32
+    expected = numpy_map_cov(mu, np.linalg.inv(dense), y, mask, np.full(12, 0.5))
+    np.testing.assert_allclose(res.mean, expected, rtol=1e-4, atol=1e-4)
+    bad = SymmetricBandMatrix(-mat.band)
+    res = jax.jit(map_precision)(mu, bad, y, np.zeros(12, bool), 0.5)
+    assert not bool(res.ok)
+
+
+def test_validation_errors():
+    mat, _ = random_band(np.random.default_rng(4), 6, 1)
+    z = np.zeros(6)
+    mask = np.ones(6, bool)
+    with pytest.raises(ValueError, match="`mu` and `y` must have the same shape"):
+        map_precision(z, mat, np.zeros(5), mask, 1.0)
+    with pytest.raises(TypeError, match="`mask` must be a boolean"):
+        map_precision(z, mat, z, np.ones(6), 1.0)
+    with pytest.raises(ValueError, match="obs_var"):
+        map_precision(z, mat, z, mask, 0.0)
+    with pytest.raises(ValueError, match="has size 6 but `mu` has 7"):
+        map_covariance(np.zeros(7), mat, np.zeros(7), np.ones(7, bool), 1.0)
+    with pytest.raises(TypeError, match="prior matrix must be"):
+        map_precision(z, np.eye(6), z, mask, 1.0)
+    with pytest.raises(ValueError, match="exactly one of `cov` and `precision`"):
+        map_dense(z, z, 1.0, mask=mask)
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        map_precision(z, mat, z, mask, 1.0, method="magic")
