@@ -259,9 +259,11 @@ def _unwrap_keys(tree):
 def _rewrap_keys(loaded, like):
     """Inverse of `_unwrap_keys`, with the key implementation of `like`."""
     return jax.tree_util.tree_map(
-        lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
-        if _is_key(ref)
-        else x,
+        lambda x, ref: (
+            jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
+            if _is_key(ref)
+            else x
+        ),
         loaded,
         like,
     )
@@ -492,8 +494,10 @@ def fit(
             metrics = None
             if eval_fn is not None and eval_every and done % eval_every == 0:
                 metrics = evaluate(done)
-            if checkpoint_path is not None and checkpoint_every and (
-                done % checkpoint_every == 0
+            if (
+                checkpoint_path is not None
+                and checkpoint_every
+                and (done % checkpoint_every == 0)
             ):
                 save_checkpoint(checkpoint_path, state, header)
             if bar is not None:

@@ -36,8 +36,14 @@ def _same(a, b):
 def test_fit_lowers_loss():
     data = _problem()
     res = train.fit(
-        _model(), _loss, data, key=jax.random.key(2), n_steps=80, batch_size=16,
-        optimizer=optax.adam(1e-1), progress=False,
+        _model(),
+        _loss,
+        data,
+        key=jax.random.key(2),
+        n_steps=80,
+        batch_size=16,
+        optimizer=optax.adam(1e-1),
+        progress=False,
     )
     assert res.losses.shape == (80,)
     assert res.losses[-10:].mean() < 0.02 * res.losses[:5].mean()
@@ -72,7 +78,9 @@ def test_batches_cover_each_epoch_once():
     data = {"i": jnp.arange(10)}
     it = train.batches(data, 3, jax.random.key(0))
     epoch = np.concatenate([np.asarray(next(it)["i"]) for _ in range(3)])
-    assert len(set(epoch.tolist())) == 9  # 3 batches of 3, last incomplete batch dropped
+    assert (
+        len(set(epoch.tolist())) == 9
+    )  # 3 batches of 3, last incomplete batch dropped
     nxt = np.concatenate([np.asarray(next(it)["i"]) for _ in range(3)])
     assert not np.array_equal(epoch, nxt)  # reshuffled
 
@@ -80,8 +88,16 @@ def test_batches_cover_each_epoch_once():
 def test_checkpoint_round_trip_exact(tmp_path):
     data = _problem()
     opt = optax.adam(1e-2)
-    res = train.fit(_model(), _loss, data, key=jax.random.key(0), n_steps=7,
-                    batch_size=8, optimizer=opt, progress=False)
+    res = train.fit(
+        _model(),
+        _loss,
+        data,
+        key=jax.random.key(0),
+        n_steps=7,
+        batch_size=8,
+        optimizer=opt,
+        progress=False,
+    )
     path = tmp_path / "ck.eqx"
     header = {"arch": "linear", "n_in": 3}
     train.save_checkpoint(path, res.state, header)
@@ -95,14 +111,21 @@ def test_checkpoint_round_trip_exact(tmp_path):
 
 def test_resume_equals_uninterrupted(tmp_path):
     data = _problem()
-    kw = dict(key=jax.random.key(3), batch_size=16, progress=False,
-              optimizer=optax.adam(1e-2), header={"arch": "linear"})
+    kw = dict(
+        key=jax.random.key(3),
+        batch_size=16,
+        progress=False,
+        optimizer=optax.adam(1e-2),
+        header={"arch": "linear"},
+    )
     full = train.fit(_model(), _loss, data, n_steps=10, **kw)
     path = tmp_path / "run.ckpt"
     # Interrupted after 6 steps (mid-epoch: 4 batches per epoch), then resumed to 10.
     first = train.fit(_model(), _loss, data, n_steps=6, checkpoint_path=path, **kw)
     assert int(first.state.step) == 6
-    resumed = train.fit(_model(seed=7), _loss, data, n_steps=10, checkpoint_path=path, **kw)
+    resumed = train.fit(
+        _model(seed=7), _loss, data, n_steps=10, checkpoint_path=path, **kw
+    )
     assert int(resumed.state.step) == 10
     assert resumed.losses.shape == (4,)
     np.testing.assert_array_equal(resumed.losses, full.losses[6:])
@@ -118,9 +141,19 @@ def test_periodic_eval_and_checkpoints(tmp_path):
         return {"w": jnp.sum(model.weight)}
 
     path = tmp_path / "c.ckpt"
-    res = train.fit(_model(), _loss, data, key=jax.random.key(0), n_steps=9, batch_size=8,
-                    eval_fn=eval_fn, eval_every=4, checkpoint_path=path,
-                    checkpoint_every=4, progress=False)
+    res = train.fit(
+        _model(),
+        _loss,
+        data,
+        key=jax.random.key(0),
+        n_steps=9,
+        batch_size=8,
+        eval_fn=eval_fn,
+        eval_every=4,
+        checkpoint_path=path,
+        checkpoint_every=4,
+        progress=False,
+    )
     assert calls == [4, 8, 9]
     assert [h[0] for h in res.history] == [4, 8, 9]
     assert path.exists()
@@ -162,14 +195,35 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
 def test_bad_inputs():
     data = _problem(n=8)
     with pytest.raises(ValueError, match="batch_size"):
-        train.fit(_model(), _loss, data, key=jax.random.key(0), n_steps=1,
-                  batch_size=9, progress=False)
+        train.fit(
+            _model(),
+            _loss,
+            data,
+            key=jax.random.key(0),
+            n_steps=1,
+            batch_size=9,
+            progress=False,
+        )
     bad = {"x": data["x"], "y": data["y"][:5]}
     with pytest.raises(ValueError, match="leading sample axis"):
-        train.fit(_model(), _loss, bad, key=jax.random.key(0), n_steps=1,
-                  batch_size=2, progress=False)
+        train.fit(
+            _model(),
+            _loss,
+            bad,
+            key=jax.random.key(0),
+            n_steps=1,
+            batch_size=2,
+            progress=False,
+        )
     with pytest.raises(TypeError, match="n_steps"):
-        train.fit(_model(), _loss, data, key=jax.random.key(0), n_steps=1.5,
-                  batch_size=2, progress=False)
+        train.fit(
+            _model(),
+            _loss,
+            data,
+            key=jax.random.key(0),
+            n_steps=1.5,
+            batch_size=2,
+            progress=False,
+        )
     with pytest.raises(TypeError, match="JSON"):
         train.save_checkpoint("/tmp/never", _model(), {"f": object()})
