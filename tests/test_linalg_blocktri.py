@@ -1,5 +1,7 @@
 """BlockTridiagonal (sequential and parallel) against dense float64 references."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +31,7 @@ def random_spd_blocktri(rng, t, n):
     return diag, low, dense
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     t=st.sampled_from([1, 2, 5, 8]),
     n=st.sampled_from([1, 2, 4]),
@@ -156,3 +158,49 @@ def test_validation_errors():
         A.solve(np.ones(6))
     with pytest.raises(ValueError, match="`method` must be one of"):
         A.cholesky(method="fast")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("t,n", [(1, 2), (2, 1), (5, 2), (13, 3)])
+def test_parallel_equals_sequential(t, n):
+    rng = np.random.default_rng(t)
+    diag, low, dense = random_spd_blocktri(rng, t, n)
+    A = BlockTridiagonal(diag, low)
+    rhs = jnp.asarray(rng.normal(size=(t, n)))
+    seq, par = A.cholesky("sequential"), A.cholesky("parallel")
+    assert bool(par.is_spd)
+    x_par = jax.jit(lambda c, r: c.solve(r))(par, rhs)
+    np.testing.assert_allclose(x_par, seq.solve(rhs), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        x_par.reshape(-1), np.linalg.solve(dense, rhs.reshape(-1)), atol=1e-9
+    )
+    np.testing.assert_allclose(par.logdet_value, seq.logdet(), rtol=1e-10)
+
+    @functools.partial(jax.jit, static_argnums=3)
+    def loss(diag, low, rhs, method):
+        A = BlockTridiagonal(diag, low)
+        return jnp.sum(A.solve(rhs, method=method) ** 2) + A.logdet(method=method)
+
+    args = (jnp.asarray(diag), jnp.asarray(low), rhs)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    g_par, g_seq = grad(*args, "parallel"), grad(*args, "sequential")
+    for a, b in zip(g_par, g_seq):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+    tang = tuple(jnp.ones_like(a) for a in args)
+    np.testing.assert_allclose(
+        jax.jvp(lambda *a: loss(*a, "parallel"), args, tang)[1],
+        jax.jvp(lambda *a: loss(*a, "sequential"), args, tang)[1],
+        rtol=1e-8,
+    )
+
+
+@pytest.mark.timeout(120)
+def test_parallel_not_spd_and_jit():
+    diag = np.stack([np.eye(2), np.eye(2), np.diag([1.0, -1.0])])
+    A = BlockTridiagonal(diag, np.zeros((2, 2, 2)))
+    assert not bool(A.cholesky("parallel").is_spd)
+    with pytest.raises(ValueError, match="not symmetric positive definite"):
+        A.solve(np.ones((3, 2)), method="parallel")
+    B = BlockTridiagonal(np.stack([2.0 * np.eye(2)] * 3), 0.5 * np.ones((2, 2, 2)))
+    x = jax.jit(lambda B, r: B.solve(r, method="parallel"))(B, jnp.ones((3, 2)))
+    np.testing.assert_allclose(x, B.solve(jnp.ones((3, 2))), rtol=1e-12, atol=1e-14)

@@ -17,3 +17,4 @@ from ._block_tridiagonal import (
     BlockTridiagonalCholesky as BlockTridiagonalCholesky,
 )
 from ._implicit import logdet as logdet, solve as solve
+from ._parallel import CyclicReductionCholesky as CyclicReductionCholesky
