@@ -1,20 +1,21 @@
 r"""A small, reusable training loop: optax, one compiled step, checkpoints, resume.
 
 The loop is generic: it trains any pytree `model` (usually an `equinox.Module`) on a
-per-example loss `loss_fn(model, example, key) -> scalar`, where `example` is one item of a
-dataset held in memory as a pytree of arrays with a leading sample axis. Batches are
-`jax.vmap`-ed over that loss and averaged:
+per-example loss `loss_fn(model, example, key) -> scalar`, where `example` is one item
+of a dataset held in memory as a pytree of arrays with a leading sample axis. Batches
+are `jax.vmap`-ed over that loss and averaged:
 
 $$\mathcal L(\theta) = \frac1B \sum_{b=1}^B \ell(\theta; e_b, \kappa_b),$$
 
 with one PRNG key $\kappa_b$ per example (e.g. to draw a fresh observation process per
-training pair and per epoch). The step number fixes both the batch (a seeded permutation per
-epoch) and the keys, so a run is deterministic for a seed and a resumed run equals an
-uninterrupted one.
+training pair and per epoch). The step number fixes both the batch (a seeded permutation
+per epoch) and the keys, so a run is deterministic for a seed and a resumed run equals
+an uninterrupted one.
 
 Checkpoints are one file: a JSON header line (format, user `header` such as architecture
-hyperparameters, payload size and checksum) followed by `equinox.tree_serialise_leaves` of the
-`TrainState`. They are written to a temporary file and moved into place with `os.replace`.
+hyperparameters, payload size and checksum) followed by `equinox.tree_serialise_leaves`
+of the `TrainState`. They are written to a temporary file and moved into place with
+`os.replace`.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class TrainState(eqx.Module):
     - `model`: the trained pytree (parameters and static structure).
     - `opt_state`: the optax optimiser state.
     - `step`: number of optimisation steps already taken (int32 scalar array).
-    - `key`: the run's base PRNG key; step $t$ uses `fold_in(key, t)`, so it never changes.
+    - `key`: the run's base PRNG key; step $t$ uses `fold_in(key, t)`, so it never
+      changes.
     """
 
     model: Any
@@ -99,7 +101,8 @@ def init_state(model, optimizer: optax.GradientTransformation, key: Key) -> Trai
 
     **Arguments:**
 
-    - `model`: pytree with the trainable arrays (`eqx.is_inexact_array` leaves are trained).
+    - `model`: pytree with the trainable arrays (`eqx.is_inexact_array` leaves are
+      trained).
     - `optimizer`: an optax transformation, e.g. `optax.adam(1e-3)`.
     - `key`: base PRNG key of the run (batches and per-example keys derive from it).
 
@@ -117,10 +120,11 @@ def make_train_step(
 ) -> Callable:
     """One compiled optimisation step on a batch.
 
-    The step computes $\\frac1B\\sum_b \\ell(\\theta; e_b, \\kappa_b)$ with `jax.vmap` over
-    the batch (one key per example), its gradient with respect to the inexact-array leaves of
-    the model, and applies one optax update. It is wrapped once in `eqx.filter_jit`; with
-    `max_traces=1` it raises if it is ever traced twice (retracing guard).
+    The step computes $\\frac1B\\sum_b \\ell(\\theta; e_b, \\kappa_b)$ with `jax.vmap`
+    over the batch (one key per example), its gradient with respect to the inexact-array
+    leaves of the model, and applies one optax update. It is wrapped once in
+    `eqx.filter_jit`; with `max_traces=1` it raises if it is ever traced twice
+    (retracing guard).
 
     **Arguments:**
 
@@ -129,8 +133,8 @@ def make_train_step(
     - `max_traces`: optional bound on the number of traces (see
       `equinox.debug.assert_max_traces`).
 
-    **Returns:** `step(state, batch) -> (state, loss)` with `state` a `TrainState` and `batch`
-    a pytree of arrays with a leading batch axis.
+    **Returns:** `step(state, batch) -> (state, loss)` with `state` a `TrainState` and
+    `batch` a pytree of arrays with a leading batch axis.
     """
 
     def _step(state: TrainState, batch):
@@ -164,7 +168,8 @@ def _n_samples(data) -> int:
     if len(sizes) != 1 or -1 in sizes:
         shapes = [tuple(np.shape(leaf)) for leaf in leaves]
         raise ValueError(
-            "`data` must be a pytree of arrays sharing a leading sample axis; got shapes "
+            "`data` must be a pytree of arrays sharing a leading sample axis; got "
+            "shapes "
             f"{shapes}."
         )
     return sizes.pop()
@@ -183,10 +188,10 @@ def _permutation(key, epoch, arange):
 def batch_indices(key: Key, step: int, n_samples: int, batch_size: int) -> Array:
     """Indices of the batch used at `step` (deterministic given `key` and `step`).
 
-    Epoch $e = \\lfloor t / E \\rfloor$ with $E = \\lfloor N / B \\rfloor$ batches per epoch uses
-    the permutation `jax.random.permutation(fold_in(key, e), N)`; batch $t$ is its
-    $(t \\bmod E)$-th slice of length $B$ (the last incomplete batch is dropped so every batch
-    has the same shape and the step compiles once).
+    Epoch $e = \\lfloor t / E \\rfloor$ with $E = \\lfloor N / B \\rfloor$ batches per
+    epoch uses the permutation `jax.random.permutation(fold_in(key, e), N)`; batch $t$
+    is its $(t \\bmod E)$-th slice of length $B$ (the last incomplete batch is dropped
+    so every batch has the same shape and the step compiles once).
     """
     per_epoch = n_samples // batch_size
     epoch, pos = divmod(int(step), per_epoch)
@@ -239,7 +244,7 @@ def batches(data, batch_size: int, key: Key, *, start_step: int = 0) -> Iterator
         step += 1
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Checkpoints
 
 
@@ -288,8 +293,8 @@ def save_checkpoint(path: str | os.PathLike, tree, header: dict | None = None) -
     **Arguments:**
 
     - `path`: destination file.
-    - `tree`: pytree to save (array leaves are saved; the structure must be rebuilt by the
-      loader, e.g. from the architecture stored in `header`).
+    - `tree`: pytree to save (array leaves are saved; the structure must be rebuilt by
+      the loader, e.g. from the architecture stored in `header`).
     - `header`: JSON-serialisable dict, e.g. the architecture hyperparameters.
     """
     path = os.fspath(path)
@@ -334,14 +339,16 @@ def _read(path) -> tuple[dict, bytes]:
         raise ValueError(f"{path!r} is not a jaxda checkpoint (bad or missing header).")
     if meta.get("version") != _VERSION:
         raise ValueError(
-            f"{path!r} has checkpoint format version {meta.get('version')!r}; this jaxda "
+            f"{path!r} has checkpoint format version {meta.get('version')!r}; this "
+            "jaxda "
             f"reads version {_VERSION}."
         )
     if len(payload) != meta.get("nbytes") or (
         hashlib.sha256(payload).hexdigest() != meta.get("sha256")
     ):
         raise ValueError(
-            f"{path!r} is corrupt or truncated: expected {meta.get('nbytes')} payload bytes "
+            f"{path!r} is corrupt or truncated: expected {meta.get('nbytes')} payload "
+            "bytes "
             f"with the stored checksum, got {len(payload)} bytes that do not match."
         )
     return meta, payload
@@ -350,7 +357,8 @@ def _read(path) -> tuple[dict, bytes]:
 def read_checkpoint_header(path: str | os.PathLike) -> dict:
     """The user `header` stored in a checkpoint (validates format and checksum).
 
-    Raises `ValueError` for a file that is not a jaxda checkpoint, or is corrupt/truncated.
+    Raises `ValueError` for a file that is not a jaxda checkpoint, or is
+    corrupt/truncated.
     """
     return _read(path)[0]["header"]
 
@@ -361,15 +369,15 @@ def load_checkpoint(path: str | os.PathLike, like, header: dict | None = None):
     **Arguments:**
 
     - `path`: checkpoint file.
-    - `like`: a pytree with the same structure, shapes and dtypes as the saved one (e.g. a
-      freshly initialised model or `TrainState`); its array leaves are replaced.
-    - `header`: if given, must equal the stored header (e.g. the architecture), otherwise a
-      `ValueError` lists the differences.
+    - `like`: a pytree with the same structure, shapes and dtypes as the saved one (e.g.
+      a freshly initialised model or `TrainState`); its array leaves are replaced.
+    - `header`: if given, must equal the stored header (e.g. the architecture),
+      otherwise a `ValueError` lists the differences.
 
     **Returns:** the loaded pytree, bit-for-bit equal to the saved one.
 
-    Raises `ValueError` if the file is not a jaxda checkpoint, is corrupt or truncated, was
-    saved from another architecture (header or leaf shapes differ).
+    Raises `ValueError` if the file is not a jaxda checkpoint, is corrupt or truncated,
+    was saved from another architecture (header or leaf shapes differ).
     """
     meta, payload = _read(path)
     if header is not None:
@@ -389,13 +397,14 @@ def load_checkpoint(path: str | os.PathLike, like, header: dict | None = None):
         loaded = eqx.tree_deserialise_leaves(io.BytesIO(payload), _unwrap_keys(like))
     except Exception as e:  # equinox/numpy raise various errors on mismatch
         raise ValueError(
-            f"Checkpoint {os.fspath(path)!r} does not match the given structure (another "
+            f"Checkpoint {os.fspath(path)!r} does not match the given structure "
+            "(another "
             f"architecture or optimiser?): {type(e).__name__}: {e}"
         ) from e
     return _rewrap_keys(loaded, like)
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # The loop
 
 
@@ -429,12 +438,12 @@ def fit(
 ) -> TrainResult:
     """Train `model` by minimising the batch mean of `loss_fn` with optax.
 
-    Each step $t$ draws the batch `batch_indices(key_data, t, N, B)` and per-example keys from
-    `fold_in(key_loss, t)` (`key_data, key_loss = split(key)`), so the run is a function of
-    `key` only. With `checkpoint_path`, the `TrainState` is saved every `checkpoint_every`
-    steps and at the end; with `resume=True` an existing checkpoint (whose `header` must equal
-    `header`) is loaded first and training continues from its step up to `n_steps` in total,
-    giving the same result as an uninterrupted run.
+    Each step $t$ draws the batch `batch_indices(key_data, t, N, B)` and per-example
+    keys from `fold_in(key_loss, t)` (`key_data, key_loss = split(key)`), so the run is
+    a function of `key` only. With `checkpoint_path`, the `TrainState` is saved every
+    `checkpoint_every` steps and at the end; with `resume=True` an existing checkpoint
+    (whose `header` must equal `header`) is loaded first and training continues from its
+    step up to `n_steps` in total, giving the same result as an uninterrupted run.
 
     **Arguments:**
 
@@ -443,15 +452,18 @@ def fit(
     - `data`: pytree of arrays with a leading sample axis $N$ (held in memory).
     - `key`: PRNG key of the run.
     - `n_steps`: total number of optimisation steps (including resumed ones).
-    - `batch_size`: examples per step (the last incomplete batch of each epoch is dropped).
+    - `batch_size`: examples per step (the last incomplete batch of each epoch is
+      dropped).
     - `optimizer`: optax transformation; default `optax.adam(1e-3)`.
     - `eval_fn`: optional `eval_fn(model, step) -> dict` of metrics, called every
       `eval_every` steps and at the end; results go to `TrainResult.history`.
-    - `checkpoint_path`, `checkpoint_every`: periodic atomic checkpoints (0 = only at the end).
-    - `header`: JSON-serialisable architecture description stored in and checked against the
-      checkpoint.
+    - `checkpoint_path`, `checkpoint_every`: periodic atomic checkpoints (0 = only at
+      the end).
+    - `header`: JSON-serialisable architecture description stored in and checked against
+      the checkpoint.
     - `resume`: load `checkpoint_path` if it exists.
-    - `progress`: show a tqdm bar if tqdm is installed, else print every `print_every` steps.
+    - `progress`: show a tqdm bar if tqdm is installed, else print every `print_every`
+      steps.
 
     **Returns:** a `TrainResult` (`.model`, `.state`, `.losses`, `.history`).
     """

@@ -41,7 +41,7 @@ def _obs(key, shape=(T, N), dtype=jnp.float64):
 
 
 def _linear_gaussian(n_times=T, n=N, seed=0):
-    """Exact mean and covariance of x_{t+1} = F x_t + w_t, w ~ N(0, q I), x_0 ~ N(m0, I)."""
+    """Exact moments of x_{t+1} = F x_t + w_t, w ~ N(0, q I), x_0 ~ N(m0, I)."""
     rng = np.random.default_rng(seed)
     th = 0.3
     f = 0.95 * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])[:n, :n]

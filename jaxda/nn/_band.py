@@ -10,7 +10,8 @@ from .._custom_types import Array, Float
 
 
 def band_valid_mask(bandwidth: int, size: int) -> Array:
-    """Boolean `(b + 1, d)`: `True` where `band[k, i]` is inside the matrix (`i + k < d`)."""
+    """Boolean `(b + 1, d)`: `True` where `band[k, i]` is inside the matrix (`i + k <
+    d`)."""
     k = jnp.arange(bandwidth + 1)[:, None]
     i = jnp.arange(size)[None, :]
     return i + k < size
@@ -19,10 +20,9 @@ def band_valid_mask(bandwidth: int, size: int) -> Array:
 def lower_band_gram(factor: Float[Array, "b1 d"]) -> Float[Array, "b1 d"]:
     r"""Band storage of $A = L L^\top$ for a lower-triangular $L$ of bandwidth $b$.
 
-    With `factor[k, i]` $= L_{i+k, i}$ (zero outside the matrix),
-    $A_{i+k, i} = \sum_{m=0}^{b-k} L_{i+k, i-m} L_{i, i-m}$, so $A$ has bandwidth $b$ and
-    costs $O(d b^2)$. $A$ is symmetric positive definite whenever $L$ has a positive
-    diagonal.
+    With `factor[k, i]` $= L_{i+k, i}$ (zero outside the matrix), $A_{i+k, i} =
+    \sum_{m=0}^{b-k} L_{i+k, i-m} L_{i, i-m}$, so $A$ has bandwidth $b$ and costs $O(d
+    b^2)$. $A$ is symmetric positive definite whenever $L$ has a positive diagonal.
 
     **Returns:** `band` of shape `(b + 1, d)` with `band[k, i]` $= A_{i+k, i}$.
     """
@@ -36,7 +36,8 @@ def lower_band_gram(factor: Float[Array, "b1 d"]) -> Float[Array, "b1 d"]:
 
 
 def band_to_dense(band: Float[Array, "b1 d"]) -> Float[Array, "d d"]:
-    """Dense symmetric matrix from symmetric band storage (for tests and small problems)."""
+    """Dense symmetric matrix from symmetric band storage (for tests and small
+    problems)."""
     b1, d = band.shape
     a = jnp.zeros((d, d), band.dtype)
     idx = jnp.arange(d)
@@ -48,7 +49,8 @@ def band_to_dense(band: Float[Array, "b1 d"]) -> Float[Array, "d d"]:
 
 
 def lower_band_to_dense(factor: Float[Array, "b1 d"]) -> Float[Array, "d d"]:
-    """Dense lower-triangular matrix $L$ from its band storage `factor[k, i] = L[i+k, i]`."""
+    """Dense lower-triangular matrix $L$ from its band storage `factor[k, i] = L[i+k,
+    i]`."""
     b1, d = factor.shape
     a = jnp.zeros((d, d), factor.dtype)
     idx = jnp.arange(d)

@@ -1,28 +1,31 @@
-r"""Neural band-Gaussian prior $\mathcal N(\mu(z; \theta, s), P(z; \theta, s))$ (seed 003, §3).
+r"""Neural band-Gaussian prior $\mathcal N(\mu(z; \theta, s), P(z; \theta, s))$ (seed
+003, §3).
 
-The trajectory $z \in \mathbb R^{T \times n}$ is flattened in C order (time-major, components
-interleaved: index $i = t n + c$), so that a bandwidth $b = 2n$ couples each state with the
-states of the two neighbouring times.
+The trajectory $z \in \mathbb R^{T \times n}$ is flattened in C order (time-major,
+components interleaved: index $i = t n + c$), so that a bandwidth $b = 2n$ couples each
+state with the states of the two neighbouring times.
 
 The network outputs a banded lower-triangular factor $L$ (bandwidth $b$) with a positive
-diagonal and entries bounded by $c$, and the matrix $L L^\top + \varepsilon I$ is therefore
-banded (bandwidth $b$) and symmetric positive definite **by construction**, with eigenvalues in
-$[\varepsilon, \varepsilon + ((b+1)c)^2]$ (a bounded condition number, so the banded Cholesky
-of the MAP cannot fail numerically, whatever the weights). Every banded SPD matrix with
-eigenvalues above $\varepsilon$ is of this form (the Cholesky factor of $A - \varepsilon I$
-keeps the band), up to the bound $c$ on its entries.
+diagonal and entries bounded by $c$, and the matrix $L L^\top + \varepsilon I$ is
+therefore banded (bandwidth $b$) and symmetric positive definite **by construction**,
+with eigenvalues in $[\varepsilon, \varepsilon + ((b+1)c)^2]$ (a bounded condition
+number, so the banded Cholesky of the MAP cannot fail numerically, whatever the
+weights). Every banded SPD matrix with eigenvalues above $\varepsilon$ is of this form
+(the Cholesky factor of $A - \varepsilon I$ keeps the band), up to the bound $c$ on its
+entries.
 
-By default $L L^\top$ is the prior **precision** $Q = P^{-1}$ (`form="precision"`), not the
-covariance. Both keep the MAP at $O(d b^2)$ (precision form: $(Q + H^\top R^{-1} H)$ is banded;
-covariance form with a mask: $M P M + R$ is banded), but they are different models:
+By default $L L^\top$ is the prior **precision** $Q = P^{-1}$ (`form="precision"`), not
+the covariance. Both keep the MAP at $O(d b^2)$ (precision form: $(Q + H^\top R^{-1} H)$
+is banded; covariance form with a mask: $M P M + R$ is banded), but they are different
+models:
 
-- a banded precision is a Gauss-Markov model (the Gauss-Newton Hessian of weak-constraint
-  4DVar, eq. 2.7a, is block-tridiagonal, i.e. banded with $b = 2n - 1$; the exact prior of a
-  linear-Gaussian model is of this form), whose covariance is dense: one observation informs
-  the whole window;
-- a banded covariance (the paper's literal wording) makes states more than $b/n$ time steps
-  apart uncorrelated, so with sparse observations most of the window receives no increment
-  and $x_{\mathrm{MAP}} = \mu$ there.
+- a banded precision is a Gauss-Markov model (the Gauss-Newton Hessian of
+  weak-constraint 4DVar, eq. 2.7a, is block-tridiagonal, i.e. banded with $b = 2n - 1$;
+  the exact prior of a linear-Gaussian model is of this form), whose covariance is
+  dense: one observation informs the whole window;
+- a banded covariance (the paper's literal wording) makes states more than $b/n$ time
+  steps apart uncorrelated, so with sparse observations most of the window receives no
+  increment and $x_{\mathrm{MAP}} = \mu$ there.
 
 `form="covariance"` is kept for the paper's variant.
 """
@@ -74,7 +77,8 @@ class _MLPNet(eqx.Module):
 
 
 class _ConvNet(eqx.Module):
-    """1-D convolutions in time (translation-equivariant): channels = components + e(s)."""
+    """1-D convolutions in time (translation-equivariant): channels = components +
+    e(s)."""
 
     convs: tuple
     activation: str = eqx.field(static=True)
@@ -106,26 +110,30 @@ class _ConvNet(eqx.Module):
 
 
 class NeuralBandPrior(eqx.Module):
-    r"""Learned local Gaussian prior $x \mid z \sim \mathcal N(\mu(z; \theta, s), P(z; \theta, s))$.
+    r"""Learned local Gaussian prior $x \mid z \sim \mathcal N(\mu(z; \theta, s), P(z;
+    \theta, s))$.
 
-    Two networks (as in seed 003): one for the mean, one for the banded factor $L$ of
-    $L L^\top$ ($= P^{-1}$ with `form="precision"`, the default, or $= P$ with
-    `form="covariance"`, plus $\varepsilon I$; see the module docstring). The level $s$ enters through a sinusoidal
-    embedding concatenated to the input. With `residual=True` the mean is $z + f(z, s)$.
+    Two networks (as in seed 003): one for the mean, one for the banded factor $L$ of $L
+    L^\top$ ($= P^{-1}$ with `form="precision"`, the default, or $= P$ with
+    `form="covariance"`, plus $\varepsilon I$; see the module docstring). The level $s$
+    enters through a sinusoidal embedding concatenated to the input. With
+    `residual=True` the mean is $z + f(z, s)$.
 
-    Calling the model is the assimilation operator (eq. 3.2)
-    $A(z, y; \theta, s) = x_{\mathrm{MAP}}(y; \mu(z; \theta, s), P(z; \theta, s))$; with
-    `conditional=False` (the "unconditional" cold-diffusion ablation) it is $\mu(z; \theta, s)$
-    and no factor network is built.
+    Calling the model is the assimilation operator (eq. 3.2) $A(z, y; \theta, s) =
+    x_{\mathrm{MAP}}(y; \mu(z; \theta, s), P(z; \theta, s))$; with `conditional=False`
+    (the "unconditional" cold-diffusion ablation) it is $\mu(z; \theta, s)$ and no
+    factor network is built.
 
     **Arguments:**
 
     - `n_times`: window length $T$.
-    - `state_shape`: shape of one state (an int $n$ or a tuple); $d = T \cdot \prod$ state.
+    - `state_shape`: shape of one state (an int $n$ or a tuple); $d = T \cdot \prod$
+      state.
     - `key`: initialisation key.
-    - `architecture`: `"mlp"` (depth/width fully connected nets on the flattened window, the
-      paper's choice) or `"conv"` (1-D convolutions in time with `kernel_size`: parameters do
-      not depend on $T$ and the model is translation-equivariant in time; for long windows).
+    - `architecture`: `"mlp"` (depth/width fully connected nets on the flattened window,
+      the paper's choice) or `"conv"` (1-D convolutions in time with `kernel_size`:
+      parameters do not depend on $T$ and the model is translation-equivariant in time;
+      for long windows).
     - `bandwidth`: $b$ of $L$ and $L L^\top$ in the interleaved layout (default $2n$).
     - `width`, `depth`: hidden width and number of hidden layers (default 32 and 4).
     - `embed_dim`: size of the level embedding (default 16).
@@ -136,8 +144,9 @@ class NeuralBandPrior(eqx.Module):
     - `residual`: mean $= z + f$ (default) or $f$.
     - `max_entry`: $c$, bound on the entries of $L$ (soft clip $c \tanh(\cdot / c)$).
     - `min_eig`: $\varepsilon > 0$; the matrix is $L L^\top + \varepsilon I$, so its
-      eigenvalues lie in $[\varepsilon, \varepsilon + ((b + 1) c)^2]$: a bounded condition
-      number whatever the weights and inputs (defaults: $c = 30$, $\varepsilon = 10^{-3}$).
+      eigenvalues lie in $[\varepsilon, \varepsilon + ((b + 1) c)^2]$: a bounded
+      condition number whatever the weights and inputs (defaults: $c = 30$, $\varepsilon
+      = 10^{-3}$).
     - `dtype`: parameter dtype (default float32).
     """
 
@@ -249,7 +258,8 @@ class NeuralBandPrior(eqx.Module):
 
     @property
     def hyperparameters(self) -> dict:
-        """The constructor arguments (JSON-serialisable), e.g. for checkpoint headers."""
+        """The constructor arguments (JSON-serialisable), e.g. for checkpoint
+        headers."""
         return {
             "n_times": self.n_times,
             "state_shape": list(self.state_shape),
@@ -298,11 +308,12 @@ class NeuralBandPrior(eqx.Module):
     def factor(
         self, z: Float[Array, "T *state"], s: ScalarLike
     ) -> Float[Array, "b1 d"]:
-        r"""Band storage of $L(z; \theta, s)$: `factor[k, i]` $= L_{i+k, i}$, shape `(b+1, d)`.
+        r"""Band storage of $L(z; \theta, s)$: `factor[k, i]` $= L_{i+k, i}$, shape
+        `(b+1, d)`.
 
-        $L_{ii} = c \tanh(\mathrm{softplus}(u_{0i}) / c) > 0$,
-        $L_{i+k, i} = c \tanh(u_{ki} / c)$ for the network outputs $u$; entries outside the
-        matrix ($i + k \ge d$) are zero.
+        $L_{ii} = c \tanh(\mathrm{softplus}(u_{0i}) / c) > 0$, $L_{i+k, i} = c
+        \tanh(u_{ki} / c)$ for the network outputs $u$; entries outside the matrix ($i +
+        k \ge d$) are zero.
         """
         if self.factor_net is None:
             raise ValueError(
@@ -316,18 +327,20 @@ class NeuralBandPrior(eqx.Module):
         return jnp.where(band_valid_mask(self.bandwidth, self.size), lb, 0)
 
     def band(self, z: Float[Array, "T *state"], s: ScalarLike) -> Float[Array, "b1 d"]:
-        r"""Band storage of $L L^\top + \varepsilon I$ (the precision $Q$ or the covariance
-        $P$, see `form`): symmetric positive definite with eigenvalues in
+        r"""Band storage of $L L^\top + \varepsilon I$ (the precision $Q$ or the
+        covariance $P$, see `form`): symmetric positive definite with eigenvalues in
         $[\varepsilon, \varepsilon + ((b+1) c)^2]$."""
         band = lower_band_gram(self.factor(z, s))
         return band.at[0].add(jnp.asarray(self.min_eig, band.dtype))
 
     def prior(self, z: Float[Array, "T *state"], s: ScalarLike):
-        """`(mean, band)` of the local Gaussian prior at `(z, s)` (see `mean`, `band`)."""
+        """`(mean, band)` of the local Gaussian prior at `(z, s)` (see `mean`,
+        `band`)."""
         return self.mean(z, s), self.band(z, s)
 
     def __call__(self, z, obs, s, obs_var):
-        """The assimilation operator $A(z, y; \\theta, s)$; see `jaxda.nn.assimilate`."""
+        """The assimilation operator $A(z, y; \\theta, s)$; see
+        `jaxda.nn.assimilate`."""
         from ._incremental import assimilate
 
         return assimilate(self, z, obs, s, obs_var)

@@ -10,11 +10,11 @@ def sinusoidal_embedding(
 ) -> Float[Array, " dim"]:
     r"""Transformer-style positional embedding of a scalar level $s$.
 
-    $e(s) = [\sin(\omega_0 c s), \dots, \sin(\omega_{h-1} c s), \cos(\omega_0 c s), \dots,
-    \cos(\omega_{h-1} c s)]$ with $h = \mathrm{dim}/2$, $c$ = `scale` and geometrically spaced
-    frequencies $\omega_j = \text{max\_period}^{-j/h}$ (Vaswani et al. 2017; Ho et al. 2020). A
-    level $s \in [0, 1]$ is first scaled by $c$ so that the levels $s_k = 1 - k/(\ell + 1)$ are
-    well separated in every frequency band.
+    $e(s) = [\sin(\omega_0 c s), \dots, \sin(\omega_{h-1} c s), \cos(\omega_0 c s),
+    \dots, \cos(\omega_{h-1} c s)]$ with $h = \mathrm{dim}/2$, $c$ = `scale` and
+    geometrically spaced frequencies $\omega_j = \text{max\_period}^{-j/h}$ (Vaswani et
+    al. 2017; Ho et al. 2020). A level $s \in [0, 1]$ is first scaled by $c$ so that the
+    levels $s_k = 1 - k/(\ell + 1)$ are well separated in every frequency band.
 
     **Arguments:**
 
@@ -22,7 +22,8 @@ def sinusoidal_embedding(
     - `dim`: embedding size (even, >= 2).
     - `scale`, `max_period`: see above.
 
-    **Returns:** the embedding, shape `(dim,)`, in the dtype of `s` (float32 by default).
+    **Returns:** the embedding, shape `(dim,)`, in the dtype of `s` (float32 by
+    default).
     """
     if dim < 2 or dim % 2:
         raise ValueError(f"`dim` must be an even int >= 2; got {dim}.")

@@ -1,23 +1,26 @@
-r"""Banded Gaussian first guess: a band-precision (Gauss-Markov) fit of training windows.
+r"""Banded Gaussian first guess: a band-precision (Gauss-Markov) fit of training
+windows.
 
-Seed 003's first guess is $z_0 = x_{\mathrm{MAP}}(y; \hat\mu, \hat P)$ with the empirical mean
-and covariance of the training trajectories; the dense version is
-`jaxda.data.gaussian_first_guess` ($O(d^3)$). Truncating $\hat P$ to a band is not sound (a
-banded truncation of an SPD matrix need not be positive definite, and a banded covariance
-cannot spread an observation beyond $b/n$ time steps). Here the banded approximation is of the
-**precision**: the Gaussian whose precision has bandwidth $b$ that best matches the data, by a
-(reverse) modified Cholesky decomposition (Pourahmadi 1999; Bickel & Levina 2008, "banding the
-inverse"). Each entry of the flattened window is regressed on its $b$ successors,
+Seed 003's first guess is $z_0 = x_{\mathrm{MAP}}(y; \hat\mu, \hat P)$ with the
+empirical mean and covariance of the training trajectories; the dense version is
+`jaxda.data.gaussian_first_guess` ($O(d^3)$). Truncating $\hat P$ to a band is not sound
+(a banded truncation of an SPD matrix need not be positive definite, and a banded
+covariance cannot spread an observation beyond $b/n$ time steps). Here the banded
+approximation is of the
+**precision**: the Gaussian whose precision has bandwidth $b$ that best matches the
+data, by a (reverse) modified Cholesky decomposition (Pourahmadi 1999; Bickel & Levina
+2008, "banding the inverse"). Each entry of the flattened window is regressed on its $b$
+successors,
 
 $$x_i - \hat\mu_i = \sum_{k=1}^{b} a_{ik} (x_{i+k} - \hat\mu_{i+k}) + e_i,\qquad
   \operatorname{Var} e_i = D_i,$$
 
-so that $(I - A)(x - \hat\mu) = e$ with $A$ strictly upper triangular of bandwidth $b$, and
-$Q = (I - A)^\top D^{-1} (I - A) = L L^\top$ with $L_{i+k, i} = (\delta_{k0} - a_{ik})/\sqrt{D_i}$.
-$Q$ is banded and symmetric positive definite by construction ($D_i > 0$); it equals
-$\hat P^{-1}$ exactly when $\hat P^{-1}$ already has bandwidth $\le b$ (e.g. the prior of a
-linear-Gaussian model with $b \ge 2n - 1$). Only the band of $\hat P$ is needed: $O(N d b)$ to
-estimate, $O(d b^3)$ to factor, $O(d b^2)$ per MAP.
+so that $(I - A)(x - \hat\mu) = e$ with $A$ strictly upper triangular of bandwidth $b$,
+and $Q = (I - A)^\top D^{-1} (I - A) = L L^\top$ with $L_{i+k, i} = (\delta_{k0} -
+a_{ik})/\sqrt{D_i}$. $Q$ is banded and symmetric positive definite by construction ($D_i
+> 0$); it equals $\hat P^{-1}$ exactly when $\hat P^{-1}$ already has bandwidth $\le b$
+(e.g. the prior of a linear-Gaussian model with $b \ge 2n - 1$). Only the band of $\hat
+P$ is needed: $O(N d b)$ to estimate, $O(d b^3)$ to factor, $O(d b^2)$ per MAP.
 """
 
 import equinox as eqx
@@ -59,7 +62,8 @@ def covariance_band(
 
 
 def dense_to_band(a: Float[Array, "d d"], bandwidth: int) -> Float[Array, "b1 d"]:
-    """Lower band storage `band[k, i] = a[i + k, i]` of a square matrix (zero outside)."""
+    """Lower band storage `band[k, i] = a[i + k, i]` of a square matrix (zero
+    outside)."""
     a = jnp.asarray(a)
     rows = []
     for k in range(bandwidth + 1):
@@ -72,7 +76,7 @@ def _precision_factor(cov_band, ridge):
     """Band storage of L (reverse modified Cholesky), see the module docstring."""
     b1, d = cov_band.shape
     b = b1 - 1
-    # Extended covariance band on d + b entries: padded entries are independent, variance 1.
+    # Covariance band extended to d + b entries: padded ones independent, variance 1.
     ext = jnp.pad(cov_band, ((0, 0), (0, b)))
     ext = ext.at[0, d:].set(1.0)
     p = jnp.arange(b1)
@@ -94,14 +98,17 @@ def _precision_factor(cov_band, ridge):
 
 
 class BandedGaussianPrior(eqx.Module):
-    r"""A Gaussian $\mathcal N(\mu, Q^{-1})$ with a banded precision $Q$, fitted to windows.
+    r"""A Gaussian $\mathcal N(\mu, Q^{-1})$ with a banded precision $Q$, fitted to
+    windows.
 
-    Build it with `BandedGaussianPrior.fit(truth, bandwidth)` (from training trajectories) or
-    `BandedGaussianPrior.from_covariance(mean, cov_band)`; `map(obs, obs_var)` is the first
-    guess $z_0 = x_{\mathrm{MAP}}(y; \mu, Q^{-1})$, solved in $O(d b^2)$ by
-    `jaxda.gaussian.map_precision`. See the module docstring for the estimator.
+    Build it with `BandedGaussianPrior.fit(truth, bandwidth)` (from training
+    trajectories) or `BandedGaussianPrior.from_covariance(mean, cov_band)`; `map(obs,
+    obs_var)` is the first guess $z_0 = x_{\mathrm{MAP}}(y; \mu, Q^{-1})$, solved in
+    $O(d b^2)$ by `jaxda.gaussian.map_precision`. See the module docstring for the
+    estimator.
 
-    **Fields:** `mean` `(T, *state)`; `precision_band` `(b + 1, d)` (`[k, i]` $= Q_{i+k, i}$).
+    **Fields:** `mean` `(T, *state)`; `precision_band` `(b + 1, d)` (`[k, i]` $= Q_{i+k,
+    i}$).
     """
 
     mean: Float[Array, "T *state"]
@@ -115,7 +122,8 @@ class BandedGaussianPrior(eqx.Module):
         *,
         ridge: float = 1e-6,
     ) -> "BandedGaussianPrior":
-        r"""Band-precision Gaussian matching the covariance band `cov_band` (see module).
+        r"""Band-precision Gaussian matching the covariance band `cov_band` (see
+        module).
 
         `ridge` adds $\lambda \operatorname{diag}$ to each local regression (a relative
         Tikhonov term for nearly collinear windows).
@@ -148,7 +156,8 @@ class BandedGaussianPrior(eqx.Module):
     def map(
         self, obs: Observations, obs_var: ScalarLike | Float[Array, "T *state"]
     ) -> Float[Array, "T *state"]:
-        r"""$x_{\mathrm{MAP}} = (Q + H^\top R^{-1} H)^{-1}(Q\mu + H^\top R^{-1} y)$ for one window."""
+        r"""$x_{\mathrm{MAP}} = (Q + H^\top R^{-1} H)^{-1}(Q\mu + H^\top R^{-1} y)$ for
+        one window."""
         if not isinstance(obs, Observations):
             raise TypeError(
                 f"`obs` must be jaxda.obs.Observations; got {type(obs).__name__}."

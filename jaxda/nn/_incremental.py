@@ -1,8 +1,8 @@
 r"""Neural incremental data assimilation (seed 003, §3.2 and Algorithm 2).
 
-Levels $s_k = 1 - k/(\ell + 1)$, $k = 0, \dots, \ell$ (`default_levels`). Training pairs at
-level $s$ interpolate between the first guess $z_0$ and the truth $x$ (eq. 3.4),
-$z = s z_0 + (1 - s) x$, and the objective (3.5) is the reconstruction error of the
+Levels $s_k = 1 - k/(\ell + 1)$, $k = 0, \dots, \ell$ (`default_levels`). Training pairs
+at level $s$ interpolate between the first guess $z_0$ and the truth $x$ (eq. 3.4), $z =
+s z_0 + (1 - s) x$, and the objective (3.5) is the reconstruction error of the
 assimilation operator $A(z, y; \theta, s)$ averaged over levels.
 
 Inference (Algorithm 2) follows the cold-diffusion sampler of Bansal et al. (their
@@ -11,11 +11,11 @@ Algorithm 2, "TACoS"): with the degradation $D(x, s) = s z_0 + (1 - s) x$ of eq.
 $$x_k = A(z_k, y; \theta, s_k), \qquad z_{k+1} = z_k - D(x_k, s_k) + D(x_k, s_{k+1})
       = z_k + (s_k - s_{k+1})(x_k - z_0),$$
 
-with $s_{\ell+1} = 0$. The printed Algorithm 2 of seed 003 writes the step as $s_k(x_k - z_0)$;
-only the difference $s_k - s_{k+1}$ keeps $z_k$ on the path (3.4) used for training (if
-$x_k = x$ then $z_{k+1} = s_{k+1} z_0 + (1 - s_{k+1}) x$ exactly), and it is what the authors'
-code does. The estimate returned is the last MAP $x_\ell$ (it honours the observations); the
-last iterate $z_{\ell+1}$ is returned as well.
+with $s_{\ell+1} = 0$. The printed Algorithm 2 of seed 003 writes the step as $s_k(x_k -
+z_0)$; only the difference $s_k - s_{k+1}$ keeps $z_k$ on the path (3.4) used for
+training (if $x_k = x$ then $z_{k+1} = s_{k+1} z_0 + (1 - s_{k+1}) x$ exactly), and it
+is what the authors' code does. The estimate returned is the last MAP $x_\ell$ (it
+honours the observations); the last iterate $z_{\ell+1}$ is returned as well.
 """
 
 from collections.abc import Callable
@@ -32,10 +32,12 @@ from ._band_prior import NeuralBandPrior
 
 
 def default_levels(ell: int = 5, dtype=None) -> Float[Array, " L"]:
-    r"""Levels $s_k = 1 - k/(\ell + 1)$, $k = 0, \dots, \ell$ (seed 003 uses $\ell = 5$).
+    r"""Levels $s_k = 1 - k/(\ell + 1)$, $k = 0, \dots, \ell$ (seed 003 uses $\ell =
+    5$).
 
     $\ell = 0$ gives the single level $s = 1$: one-shot assimilation from $z_0$ (the
-    pendulum experiment). **Returns:** a decreasing array of $\ell + 1$ levels in $(0, 1]$.
+    pendulum experiment). **Returns:** a decreasing array of $\ell + 1$ levels in $(0,
+    1]$.
     """
     ell = check_int("ell", ell, minimum=0)
     dtype = jnp.float32 if dtype is None else dtype
@@ -45,7 +47,8 @@ def default_levels(ell: int = 5, dtype=None) -> Float[Array, " L"]:
 def _check_obs(model: NeuralBandPrior, obs) -> Observations:
     if not isinstance(obs, Observations):
         raise TypeError(
-            f"`obs` must be jaxda.obs.Observations(values, mask); got {type(obs).__name__}."
+            "`obs` must be jaxda.obs.Observations(values, mask); got "
+            f"{type(obs).__name__}."
         )
     want = (model.n_times, *model.state_shape)
     if obs.shape != want:
@@ -62,11 +65,12 @@ def assimilate(
 ) -> Float[Array, "T *state"]:
     r"""The neural assimilation operator (eq. 3.2) at level $s$.
 
-    $A(z, y; \theta, s) = x_{\mathrm{MAP}}(y; \mu, P) = \arg\min_x \tfrac12\|x - \mu\|^2_{P^{-1}}
-    + \tfrac12\|Hx - y\|^2_{R^{-1}}$ with $\mu = \mu(z; \theta, s)$, $P = P(z; \theta, s)$ banded
-    (or its banded precision), $H$ the selection of `obs.mask` and $R = \mathrm{diag}(r)$. It is
-    solved in $O(d b^2)$ by `jaxda.gaussian` and differentiated implicitly. For an
-    unconditional model it is $\mu(z; \theta, s)$ (`obs` unused).
+    $A(z, y; \theta, s) = x_{\mathrm{MAP}}(y; \mu, P) = \arg\min_x \tfrac12\|x -
+    \mu\|^2_{P^{-1}} + \tfrac12\|Hx - y\|^2_{R^{-1}}$ with $\mu = \mu(z; \theta, s)$, $P
+    = P(z; \theta, s)$ banded (or its banded precision), $H$ the selection of `obs.mask`
+    and $R = \mathrm{diag}(r)$. It is solved in $O(d b^2)$ by `jaxda.gaussian` and
+    differentiated implicitly. For an unconditional model it is $\mu(z; \theta, s)$
+    (`obs` unused).
 
     **Arguments:**
 
@@ -140,17 +144,19 @@ def incremental_assimilation(
 ) -> IncrementalSolution:
     r"""Algorithm 2 of seed 003: coarse-to-fine neural assimilation from a first guess.
 
-    For $k = 0, \dots, \ell$: $x_k = A(z_k, y; \theta, s_k)$ and
-    $z_{k+1} = z_k + (s_k - s_{k+1})(x_k - z_0)$, $s_{\ell+1} = 0$ (the cold-diffusion update;
-    see the module docstring for why $s_k - s_{k+1}$). A `lax.scan` over levels: jit- and
-    vmap-friendly. With an unconditional model the observations enter only through $z_0$.
+    For $k = 0, \dots, \ell$: $x_k = A(z_k, y; \theta, s_k)$ and $z_{k+1} = z_k + (s_k -
+    s_{k+1})(x_k - z_0)$, $s_{\ell+1} = 0$ (the cold-diffusion update; see the module
+    docstring for why $s_k - s_{k+1}$). A `lax.scan` over levels: jit- and
+    vmap-friendly. With an unconditional model the observations enter only through
+    $z_0$.
 
     **Arguments:**
 
     - `model`: a trained `NeuralBandPrior`.
     - `z0`: first guess `(T, *state)` (e.g. the Gaussian MAP under empirical moments).
     - `obs`: `Observations`; `obs_var`: noise variance $r > 0$.
-    - `levels`: the training levels $s_0 > \dots > s_\ell$ (default `default_levels(5)`).
+    - `levels`: the training levels $s_0 > \dots > s_\ell$ (default
+      `default_levels(5)`).
 
     **Returns:** an `IncrementalSolution` (`.x` is the estimate).
     """
@@ -188,9 +194,9 @@ def incremental_loss(
 ) -> Scalar:
     r"""Objective (3.5) for one training pair, averaged over levels and entries.
 
-    $\frac{1}{(\ell + 1) d}\sum_{k=0}^{\ell} \|A(s_k z_0 + (1 - s_k) x, y; \theta, s_k) - x\|^2$.
-    Gradients flow through the MAP by implicit differentiation (`jaxda.gaussian`); $z_0$ is
-    treated as data (no gradient).
+    $\frac{1}{(\ell + 1) d}\sum_{k=0}^{\ell} \|A(s_k z_0 + (1 - s_k) x, y; \theta, s_k)
+    - x\|^2$. Gradients flow through the MAP by implicit differentiation
+    (`jaxda.gaussian`); $z_0$ is treated as data (no gradient).
 
     **Returns:** a scalar.
     """
@@ -215,11 +221,12 @@ def make_incremental_loss(
     noise_std: float,
     levels: Float[Array, " L"] | None = None,
 ) -> Callable[[NeuralBandPrior, Float[Array, "T *state"], Key], Scalar]:
-    r"""Per-example loss for `jaxda.train.fit` with a fresh observation process per pair.
+    r"""Per-example loss for `jaxda.train.fit` with a fresh observation process per
+    pair.
 
-    For a truth window $x$ and a key: draw a mask `pattern(key1, T, state_shape)` (e.g. a
-    `jaxda.obs.RandomPhasePattern` with the *training* phases), observations
-    $y = m \odot (x + \sigma\varepsilon)$ (`jaxda.obs.observe` with `key2`), the first guess
+    For a truth window $x$ and a key: draw a mask `pattern(key1, T, state_shape)` (e.g.
+    a `jaxda.obs.RandomPhasePattern` with the *training* phases), observations $y = m
+    \odot (x + \sigma\varepsilon)$ (`jaxda.obs.observe` with `key2`), the first guess
     $z_0$ = `first_guess(obs)`, and return `incremental_loss(model, x, z0, obs, sigma^2,
     levels)`. Since `jaxda.train` derives the keys from the step, every pair sees a new
     observation process at every epoch.
@@ -257,9 +264,10 @@ def neural_then_refine(
 ):
     r"""Neural estimate, then a physical refinement (seed 003 §4.2, "neural + 4DVar").
 
-    Runs `incremental_assimilation` and hands its estimate to `refine(x_init, obs)`, e.g. a
-    weak-constraint 4DVar solver from `jaxda.var` started at the neural estimate (that
-    solver's solution reports its iteration count, to compare with a start from $z_0$).
+    Runs `incremental_assimilation` and hands its estimate to `refine(x_init, obs)`,
+    e.g. a weak-constraint 4DVar solver from `jaxda.var` started at the neural estimate
+    (that solver's solution reports its iteration count, to compare with a start from
+    $z_0$).
 
     **Returns:** `(neural_solution, refine(neural_solution.x, obs))`.
     """

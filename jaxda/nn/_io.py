@@ -1,4 +1,5 @@
-"""Save and load `NeuralBandPrior` models (architecture in the header, weights after it)."""
+"""Save and load `NeuralBandPrior` models (architecture in the header, weights after
+it)."""
 
 import os
 
@@ -12,10 +13,11 @@ _CLASS = "NeuralBandPrior"
 
 
 def save_model(path: str | os.PathLike, model: NeuralBandPrior) -> None:
-    """Save a `NeuralBandPrior` to one file, atomically (see `jaxda.train.save_checkpoint`).
+    """Save a `NeuralBandPrior` to one file, atomically (see
+    `jaxda.train.save_checkpoint`).
 
-    The header holds the class name and `model.hyperparameters`, so `load_model(path)` can
-    rebuild the architecture without being told it.
+    The header holds the class name and `model.hyperparameters`, so `load_model(path)`
+    can rebuild the architecture without being told it.
     """
     if not isinstance(model, NeuralBandPrior):
         raise TypeError(
