@@ -75,7 +75,9 @@ def _windowed_records(name: str, suite: str, n_windows: int, model_var: float):
     for method, solver, max_steps, batching in _methods(name, suite):
 
         def one(values, mask, x0, solver=solver, max_steps=max_steps):
-            prob = WeakConstraint4DVar(flow, Observations(values, mask), obs_var, model_var)
+            prob = WeakConstraint4DVar(
+                flow, Observations(values, mask), obs_var, model_var
+            )
             return solve(prob, solver, x0, max_steps=max_steps)
 
         if batching == "vmap":
@@ -127,6 +129,7 @@ def _cycled_records(name: str, suite: str):
     window, shift = 4 * every + 1, every
     x_b = truth[0] + jnp.sqrt(bvar) * jax.random.normal(jax.random.key(1), (n,))
 
+    @jax.jit
     def run(obs):
         return cycle(
             flow,

@@ -16,6 +16,7 @@ differentiation reaches them. Batching: `vmap` over a jaxopt solver was 20x slow
 """
 
 import functools
+from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -40,6 +41,7 @@ def _implicit_solve(name: str, tol: float):
 
 
 class _AbstractJaxopt(AbstractSolver):
+    jit_in_solve: ClassVar[bool] = False
     tol: float = 1e-8
     implicit_diff_solve: str = eqx.field(static=True, default="lu")
     implicit_diff_tol: float = 1e-10

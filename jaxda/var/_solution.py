@@ -9,7 +9,7 @@ output is never NaN unless the initial guess already was.
 """
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -77,6 +77,10 @@ def cauchy_converged(f_old, f_new, u_old, u_new, rtol, atol) -> Bool[Array, ""]:
 
 class AbstractSolver(eqx.Module):
     """A 4DVar solver: `init`, `step`; driven by `solve`."""
+
+    # Whether `solve` wraps `run` in `eqx.filter_jit` (jaxopt solvers jit themselves, and
+    # their implicit differentiation fails when called inside an inner `jit`).
+    jit_in_solve: ClassVar[bool] = True
 
     @abc.abstractmethod
     def init(self, problem, u0):
@@ -191,4 +195,6 @@ def solve(problem, solver, x_init, *, max_steps: int = 100) -> Solution:
     problem.check_control("x_init", x_init)
     solver.check_problem(problem)
     x_init = jax.tree_util.tree_map(jnp.asarray, x_init)
+    if not solver.jit_in_solve:
+        return solver.run(problem, x_init, max_steps)
     return _solve_jit(problem, solver, x_init, max_steps)
