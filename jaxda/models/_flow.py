@@ -161,9 +161,16 @@ def rollout(
         )
     n_steps = check_int("n_steps", n_steps, minimum=0)
     flow.model.check_state("x0", x0)
-    ts = jnp.asarray(t0, jnp.result_type(x0)) + jnp.asarray(
-        flow.dt, jnp.result_type(x0)
-    ) * jnp.arange(n_steps, dtype=jnp.result_type(x0))
+    x0 = jnp.asarray(x0)
+    return _rollout(flow, x0, n_steps, jnp.asarray(t0, jnp.result_type(x0)))
+
+
+@eqx.filter_jit
+def _rollout(flow, x0, n_steps, t0):
+    # Jitted so that eager calls compile once per configuration (an eager `lax.scan`
+    # re-traces and re-compiles its body at every call); inlined under an outer jit.
+    dtype = jnp.result_type(x0)
+    ts = t0 + jnp.asarray(flow.dt, dtype) * jnp.arange(n_steps, dtype=dtype)
 
     def body(x, t):
         x_next = flow(x, t)
