@@ -37,7 +37,9 @@ def write_json_atomic(path: pathlib.Path, obj) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=("quick", "full"), default="quick")
-    parser.add_argument("--only", default="*", help="glob on module or problem names")
+    parser.add_argument(
+        "--only", default="*", help="glob on module names (bench_X or X) or problems"
+    )
     parser.add_argument("--out", default="results.json", type=pathlib.Path)
     parser.add_argument("--x64", action="store_true", help="run in float64")
     args = parser.parse_args(argv)
@@ -48,16 +50,21 @@ def main(argv=None) -> int:
         jax.config.update("jax_enable_x64", True)
 
     modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    # `--only` first selects modules (`bench_var` or `var`); when it names no module it
+    # is a glob on the records' `problem` (every module runs, records are filtered).
+    by_module = [
+        m
+        for m in modules
+        if fnmatch.fnmatch(m, args.only) or fnmatch.fnmatch(m[6:], args.only)
+    ]
+    filter_problems = not by_module
     results = []
-    for name in modules:
+    for name in by_module or modules:
         module = importlib.import_module(name)
         t0 = time.perf_counter()
         print(f"[{name}]", flush=True)
         for rec in module.records(args.suite):
-            if not (
-                fnmatch.fnmatch(name, args.only)
-                or fnmatch.fnmatch(rec["problem"], args.only)
-            ):
+            if filter_problems and not fnmatch.fnmatch(rec["problem"], args.only):
                 continue
             rec.setdefault("suite", args.suite)
             results.append(rec)
