@@ -1,6 +1,24 @@
-"""jaxda: variational and learned data assimilation in JAX."""
+"""jaxda: variational and learned data assimilation in JAX.
 
-from . import models as models
+Subpackages: `models` (dynamics, `simulate`, flow maps), `obs` (observations, patterns,
+noise), `data` (twin-experiment datasets and presets), `metrics`, `linalg` (banded and
+block-tridiagonal SPD algebra), `gaussian` (Gaussian MAP / optimal interpolation),
+`var` (4DVar costs and solvers), `nn` (learned DA: neural incremental DA, 4DVarNet),
+`train` (optax training loop).
+"""
+
+from . import (
+    data as data,
+    gaussian as gaussian,
+    linalg as linalg,
+    metrics as metrics,
+    models as models,
+    nn as nn,
+    obs as obs,
+    train as train,
+    var as var,
+)
+from .obs import Observations as Observations
 
 
 __version__ = "0.1.0"
