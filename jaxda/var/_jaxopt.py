@@ -22,7 +22,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from .._validation import check_positive
+from .._validation import check_choice, check_positive
 from ._solution import RESULTS, AbstractSolver, Solution
 
 
@@ -136,13 +136,18 @@ class JaxoptLevenbergMarquardt(_AbstractJaxopt):
     r"""`jaxopt.LevenbergMarquardt` on the whitened residuals (flattened control).
 
     **Arguments:** as `JaxoptGaussNewton`, plus `damping` (initial damping parameter)
-    and `linear_solver` (jaxopt's name: `"cholesky"` (default), `"lu"`, `"qr"`,
-    `"inv"`). Note: LM may stop in a poor local minimum on chaotic 4DVar problems
-    (DESIGN.md).
+    and `linear_solver` (`"cholesky"` (default), `"lu"`, `"qr"`, `"inv"`: dense
+    $J^T J$; `"cg"`: matrix-free, for large controls). Note: LM may stop in a poor
+    local minimum on chaotic 4DVar problems (DESIGN.md).
     """
 
     damping: float = 1e-6
     linear_solver: str = eqx.field(static=True, default="cholesky")
+
+    def __check_init__(self):
+        check_choice(
+            "linear_solver", self.linear_solver, ("cholesky", "lu", "qr", "inv", "cg")
+        )
 
     def _make(self, residual_fun, max_steps):
         import jaxopt
@@ -154,8 +159,12 @@ class JaxoptLevenbergMarquardt(_AbstractJaxopt):
             xtol=0.0,
             gtol=0.0,
             damping_parameter=self.damping,
-            solver=self.linear_solver,
-            materialize_jac=True,
+            solver=(
+                jaxopt.linear_solve.solve_cg
+                if self.linear_solver == "cg"
+                else self.linear_solver
+            ),
+            materialize_jac=self.linear_solver != "cg",
             implicit_diff_solve=_implicit_solve(
                 self.implicit_diff_solve, self.implicit_diff_tol
             ),

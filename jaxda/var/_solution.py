@@ -78,8 +78,8 @@ def cauchy_converged(f_old, f_new, u_old, u_new, rtol, atol) -> Bool[Array, ""]:
 class AbstractSolver(eqx.Module):
     """A 4DVar solver: `init`, `step`; driven by `solve`."""
 
-    # Whether `solve` wraps `run` in `eqx.filter_jit` (jaxopt solvers jit themselves, and
-    # their implicit differentiation fails when called inside an inner `jit`).
+    # Whether `solve` wraps `run` in `eqx.filter_jit` (jaxopt solvers jit themselves,
+    # and their implicit differentiation fails when called inside an inner `jit`).
     jit_in_solve: ClassVar[bool] = True
 
     @abc.abstractmethod
