@@ -67,7 +67,7 @@ def batch_mesh(
     """
     devices = jax.devices() if devices is None else list(devices)
     if len(devices) == 0:
-        raise ValueError("`devices` must contain at least one device; got an empty sequence.")
+        raise ValueError("`devices` must contain at least one device; got none.")
     if not isinstance(axis_name, str):
         raise TypeError(f"`axis_name` must be a str; got {type(axis_name).__name__}.")
     return Mesh(np.asarray(devices, dtype=object), (axis_name,))
