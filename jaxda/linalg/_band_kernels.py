@@ -55,30 +55,31 @@ def lower_t_matvec(lband, v):
 
 @jax.jit
 def band_cholesky(band):
-    """Banded Cholesky `A = L L^T` of a masked band: returns `(L band, pivots)`.
+    """Banded Cholesky `A = L L^T` of a masked band: returns `(L band, sqrt(pivots))`.
 
     Column `j` is `c = A[j:j+b+1, j] - sum_m L[j:j+b+1, j-m] L[j, j-m]`, `L[j, j] =
     sqrt(c_0)`, `L[j+k, j] = c_k / L[j, j]`. The carry `W[m-1, k] = L[j+k, j-m]` holds
     the last `b` columns aligned on the current row. A pivot `c_0 <= 0` (not SPD) gives
-    NaN from there on; the caller turns the pivots into an `is_spd` flag.
+    NaN (or a zero `L[j, j]`); the caller turns `L[j, j] > 0` into an `is_spd` flag.
     """
     b1, d = band.shape
     b = b1 - 1
     if b == 0:
         return jnp.sqrt(band[0])[None], band[0]
     zero_col = jnp.zeros((b, 1), band.dtype)
+    first = jnp.arange(b1) == 0
 
     def step(w, a):
         c = a - jnp.sum(w * w[:, :1], axis=0)
-        piv = c[0]
-        ljj = jnp.sqrt(piv)
-        col = jnp.concatenate([ljj[None], c[1:] / ljj])
-        w = jnp.concatenate([col[None], w[:-1]], axis=0)
-        w = jnp.concatenate([w[:, 1:], zero_col], axis=1)
-        return w, (col, piv)
+        # one broadcast op for the whole column (much faster than scalar sqrt/div)
+        col = jnp.where(first, jnp.sqrt(c[:1]), c * lax.rsqrt(c[:1]))
+        w = jnp.concatenate([col[None, 1:], w[:-1, 1:]], axis=0)
+        w = jnp.concatenate([w, zero_col], axis=1)
+        return w, col
 
-    _, (cols, piv) = lax.scan(step, jnp.zeros((b, b1), band.dtype), band.T)
-    return cols.T, piv
+    _, cols = lax.scan(step, jnp.zeros((b, b1), band.dtype), band.T)
+    # col[0] = sqrt(pivot): NaN for a negative pivot, 0 for a zero one
+    return cols.T, cols[:, 0]
 
 
 @jax.jit
