@@ -206,7 +206,7 @@ def posterior_variance(
     """
     mask = jnp.asarray(mask)
     zeros = jnp.zeros(mask.shape, jnp.result_type(float))
-    _validate(zeros, zeros, mask, obs_var)
+    _, _, mask, obs_var = _validate(zeros, zeros, mask, obs_var)
     _vector_shape(Q, mask.size)
     return _posterior_variance(Q, mask, obs_var)
 
