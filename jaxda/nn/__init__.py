@@ -51,3 +51,60 @@ __all__ = [
     "save_model",
     "sinusoidal_embedding",
 ]
+
+# 4DVarNet (seed 001): priors, gradient solvers, the unrolled network, training.
+from ._conv import Conv as Conv, ConvLSTMCell as ConvLSTMCell
+from ._flax import FlaxModule as FlaxModule
+from ._fourdvarnet import (
+    FourDVarNet as FourDVarNet,
+    VariationalCost as VariationalCost,
+    assimilate_batch as assimilate_batch,
+    make_fourdvarnet_loss as make_fourdvarnet_loss,
+    make_training_data as make_training_data,
+    semisupervised_loss as semisupervised_loss,
+    supervised_loss as supervised_loss,
+    unroll as unroll,
+    unsupervised_loss as unsupervised_loss,
+)
+from ._fourdvarnet_train import (
+    CurriculumStage as CurriculumStage,
+    FitResult as FitResult,
+    default_curriculum as default_curriculum,
+    fit_fourdvarnet as fit_fourdvarnet,
+)
+from ._priors import GENN as GENN, ODEPrior as ODEPrior, UNetPrior as UNetPrior
+from ._solvers import (
+    AbstractGradientSolver as AbstractGradientSolver,
+    CNNSolver as CNNSolver,
+    ConvLSTMSolver as ConvLSTMSolver,
+    FixedStepGradient as FixedStepGradient,
+    gradient_scale as gradient_scale,
+)
+
+
+__all__ += [
+    "AbstractGradientSolver",
+    "CNNSolver",
+    "Conv",
+    "ConvLSTMCell",
+    "ConvLSTMSolver",
+    "CurriculumStage",
+    "FitResult",
+    "FixedStepGradient",
+    "FlaxModule",
+    "FourDVarNet",
+    "GENN",
+    "ODEPrior",
+    "UNetPrior",
+    "VariationalCost",
+    "assimilate_batch",
+    "default_curriculum",
+    "fit_fourdvarnet",
+    "gradient_scale",
+    "make_fourdvarnet_loss",
+    "make_training_data",
+    "semisupervised_loss",
+    "supervised_loss",
+    "unroll",
+    "unsupervised_loss",
+]

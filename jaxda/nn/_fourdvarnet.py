@@ -1,0 +1,434 @@
+r"""4DVarNet (seed 001): a learnable variational cost and its unrolled learned solver.
+
+The cost of one window $x$ `(T, *state)` given observations $(y, \Omega)$ is (eq. 4)
+
+$$U_\Phi(x, y, \Omega) = \lambda_o \|x - y\|^2_\Omega + \lambda_p \|x - \Phi(x)\|^2,$$
+
+with $\lambda_{o,p} = \mathrm{softplus}(\cdot)$ of learnable raw weights and $\Phi$ a
+prior
+(`ODEPrior`, `GENN`, `UNetPrior`, any module). The network $\Psi_{\Phi,\Gamma}$ runs $K$
+iterations (a `lax.scan`) of a solver $\Gamma$ on the gradient $\nabla_x U_\Phi$,
+computed
+with `jax.grad` inside the unroll (so training differentiates through it):
+
+$$x^{(k+1)} = x^{(k)} - \Gamma(\nabla_x U_\Phi(x^{(k)}, y, \Omega), s_k),\quad k < K.$$
+
+With an `ODEPrior` of an RK4 flow map, $\lambda_o = 1/(2R)$ and $\lambda_p = 1/(2Q)$,
+$U_\Phi$ equals `jaxda.var.WeakConstraint4DVar(...).cost`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import Array, Float, Key, Scalar
+from .._validation import check_int, check_positive, is_concrete
+from ..data import interpolate_observations
+from ..obs import Observations
+from ._solvers import AbstractGradientSolver
+
+
+def _inv_softplus(v: float, dtype) -> Array:
+    v = jnp.asarray(v, dtype)
+    return v + jnp.log(-jnp.expm1(-v))
+
+
+def _freeze(tree):
+    """Stop gradients to every inexact array of `tree` (constants for the optimiser)."""
+    return jax.tree_util.tree_map(
+        lambda a: jax.lax.stop_gradient(a) if eqx.is_inexact_array(a) else a, tree
+    )
+
+
+class VariationalCost(eqx.Module):
+    r"""$U_\Phi(x, y, \Omega) = \lambda_o \sum_\Omega (x - y)^2 + \lambda_p \sum (x -
+    \Phi(x))^2$.
+
+    $\lambda_o = \mathrm{softplus}(a)$, $\lambda_p = \mathrm{softplus}(b)$ with
+    learnable
+    raw weights $a, b$ (so the weights stay positive during training).
+
+    **Arguments:** `prior` $\Phi$ (a module mapping `(T, *state)` to the same shape);
+    `lam_obs`, `lam_prior` (initial weights, > 0, default 1); `dtype`.
+    """
+
+    prior: Callable
+    raw_lam_obs: Float[Array, ""]
+    raw_lam_prior: Float[Array, ""]
+
+    def __init__(self, prior: Callable, lam_obs=1.0, lam_prior=1.0, *, dtype=None):
+        if not callable(prior):
+            raise TypeError(f"`prior` must be callable; got {type(prior).__name__}.")
+        check_positive("lam_obs", lam_obs)
+        check_positive("lam_prior", lam_prior)
+        dtype = jnp.zeros(()).dtype if dtype is None else dtype
+        self.prior = prior
+        self.raw_lam_obs = _inv_softplus(lam_obs, dtype)
+        self.raw_lam_prior = _inv_softplus(lam_prior, dtype)
+
+    @property
+    def lam_obs(self) -> Scalar:
+        return jax.nn.softplus(self.raw_lam_obs)
+
+    @property
+    def lam_prior(self) -> Scalar:
+        return jax.nn.softplus(self.raw_lam_prior)
+
+    def terms(
+        self, x: Float[Array, T * state], obs: Observations
+    ) -> tuple[Scalar, Scalar]:
+        r"""The unweighted sums $(\|x - y\|^2_\Omega, \|x - \Phi(x)\|^2)$."""
+        r_obs = jnp.where(obs.mask, x - obs.values, 0.0)
+        r_prior = x - self.prior(x)
+        return jnp.sum(r_obs**2), jnp.sum(r_prior**2)
+
+    def __call__(self, x: Float[Array, T * state], obs: Observations) -> Scalar:
+        o, p = self.terms(x, obs)
+        return self.lam_obs.astype(x.dtype) * o + self.lam_prior.astype(x.dtype) * p
+
+
+class FourDVarNet(eqx.Module):
+    r"""The end-to-end 4DVarNet $\Psi_{\Phi,\Gamma}(x^{(0)}, y, \Omega)$ (seed 001,
+    Fig. 1).
+
+    Calling it on one window runs `n_iter` iterations of `solver` on the gradient of
+    `cost` from the first guess (default: `jaxda.data.interpolate_observations(obs,
+    fill)`). `jax.vmap` it over windows, or use `assimilate_batch`.
+
+    **Arguments:**
+
+    - `cost`: a `VariationalCost` (prior + weights).
+    - `solver`: an `AbstractGradientSolver` (`FixedStepGradient`, `ConvLSTMSolver`,
+      `CNNSolver`).
+    - `n_iter`: number of unrolled iterations $K \ge 1$ (static; `with_iterations`).
+    - `fill`: first-guess value of never-observed components (0: the mean in normalised
+      units).
+    - `checkpoint`: rematerialise each iteration in the backward pass
+    (`jax.checkpoint`):
+      memory O(1) in $K$ instead of O(K), at about one more forward pass.
+    - `train_prior`, `train_weights`: when False, gradients to the prior's parameters /
+      to $\lambda_{o,p}$ are stopped (e.g. learning only the solver of a known ODE cost,
+      seed 001 eq. 13).
+    """
+
+    cost: VariationalCost
+    solver: AbstractGradientSolver
+    n_iter: int = eqx.field(static=True, default=20)
+    fill: float = eqx.field(static=True, default=0.0)
+    checkpoint: bool = eqx.field(static=True, default=False)
+    train_prior: bool = eqx.field(static=True, default=True)
+    train_weights: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        if not isinstance(self.cost, VariationalCost):
+            raise TypeError(
+                f"`cost` must be a VariationalCost; got {type(self.cost).__name__}."
+            )
+        if not isinstance(self.solver, AbstractGradientSolver):
+            raise TypeError(
+                "`solver` must be a jaxda.nn gradient solver; got "
+                f"{type(self.solver).__name__}."
+            )
+        check_int("n_iter", self.n_iter, minimum=1)
+
+    def with_iterations(self, n_iter: int) -> FourDVarNet:
+        """The same model with `n_iter` unrolled iterations."""
+        return dataclasses.replace(self, n_iter=check_int("n_iter", n_iter, minimum=1))
+
+    def effective_cost(self) -> VariationalCost:
+        """`cost` with gradients stopped where `train_prior` / `train_weights` are
+        False."""
+        cost = self.cost
+        if not self.train_prior:
+            cost = eqx.tree_at(lambda c: c.prior, cost, _freeze(cost.prior))
+        if not self.train_weights:
+            cost = eqx.tree_at(
+                lambda c: (c.raw_lam_obs, c.raw_lam_prior),
+                cost,
+                (_freeze(cost.raw_lam_obs), _freeze(cost.raw_lam_prior)),
+            )
+        return cost
+
+    def check_inputs(self, obs, x_init=None, *, batched: bool = False) -> None:
+        """Validate observations / first guess (shapes always, values when concrete)."""
+        if not isinstance(obs, Observations):
+            raise TypeError(
+                f"`obs` must be jaxda.obs.Observations; got {type(obs).__name__}."
+            )
+        lead = 2 if batched else 1
+        shape = tuple(obs.values.shape)
+        if len(shape) < lead + 1:
+            want = "(N, T, *state)" if batched else "(T, *state)"
+            raise ValueError(f"`obs` must have shape {want}; got {shape}.")
+        if x_init is not None and tuple(jnp.shape(x_init)) != shape:
+            raise ValueError(
+                f"`x_init` must have the shape of `obs` {shape}; got "
+                f"{tuple(jnp.shape(x_init))}."
+            )
+        window = shape[lead - 1 :]
+        self.solver.check_state_shape(window[1:])
+        try:
+            out = jax.eval_shape(
+                self.cost.prior, jax.ShapeDtypeStruct(window, obs.values.dtype)
+            )
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"The prior cannot take windows of shape {window}: {e}"
+            ) from e
+        if tuple(out.shape) != window:
+            raise ValueError(
+                f"The prior must map windows of shape {window} to the same shape; got "
+                f"{tuple(out.shape)}."
+            )
+        if is_concrete(obs.mask):
+            m = np.asarray(obs.mask).reshape(shape[: lead - 1] + (-1,))
+            empty = ~m.any(axis=-1)
+            if np.any(empty):
+                where = (
+                    f" (windows {np.flatnonzero(empty)[:10].tolist()})"
+                    if batched
+                    else ""
+                )
+                raise ValueError(
+                    f"`obs` has no observation at all{where}: 4DVarNet needs at least "
+                    "one "
+                    "observed value per window."
+                )
+
+    def __call__(
+        self,
+        obs: Observations,
+        x_init: Float[Array, T * state] | None = None,
+        *,
+        return_path: bool = False,
+    ) -> Float[Array, T * state] | tuple[Float[Array, T * state], Array]:
+        r"""Assimilate one window.
+
+        **Arguments:** `obs` (`Observations` of shape `(T, *state)`); `x_init` (first
+        guess $x^{(0)}$, default the interpolated observations); `return_path`.
+
+        **Returns:** $x^{(K)}$, and with `return_path=True` also the iterates
+        $x^{(0)}, \dots, x^{(K)}$ stacked, `(K + 1, T, *state)`.
+        """
+        self.check_inputs(obs, x_init)
+        if x_init is None:
+            x_init = interpolate_observations(obs, self.fill)
+        return unroll(
+            self.effective_cost(),
+            self.solver,
+            obs,
+            jnp.asarray(x_init, obs.values.dtype),
+            self.n_iter,
+            checkpoint=self.checkpoint,
+            return_path=return_path,
+        )
+
+
+def unroll(
+    cost: Callable[[Array, Observations], Scalar],
+    solver: AbstractGradientSolver,
+    obs: Observations,
+    x_init: Float[Array, T * state],
+    n_iter: int,
+    *,
+    checkpoint: bool = False,
+    return_path: bool = False,
+):
+    r"""$K$ iterations $x^{(k+1)} = \Gamma$-update of $x^{(k)}$ with $\nabla_x
+    U(x^{(k)})$.
+
+    Exactly $K$ gradient evaluations (`jax.grad` of `cost(x, obs)`), one `lax.scan`;
+    traceable, no argument checks (see `FourDVarNet`).
+
+    **Returns:** $x^{(K)}$, or `(x_K, path)` with `path` `(K + 1, T, *state)`.
+    """
+    grad_fn = jax.grad(lambda x: cost(x, obs))
+    g0 = grad_fn(x_init)
+    s0 = solver.init(x_init, g0)
+
+    def body(carry, _):
+        x, g, s = carry
+        x, s = solver.step(x, g, s, n_iter)
+        g = grad_fn(x)
+        return (x, g, s), (x if return_path else None)
+
+    if checkpoint:
+        body = jax.checkpoint(body)
+    (x, g, s), path = jax.lax.scan(body, (x_init, g0, s0), None, length=n_iter - 1)
+    x, _ = solver.step(x, g, s, n_iter)
+    if not return_path:
+        return x
+    return x, jnp.concatenate([x_init[None], path, x[None]], axis=0)
+
+
+@eqx.filter_jit
+def _batched(model, obs, x_init, return_path):
+    return jax.vmap(lambda o, x0: model(o, x0, return_path=return_path))(obs, x_init)
+
+
+def assimilate_batch(
+    model: FourDVarNet,
+    obs: Observations,
+    x_init: Float[Array, "N T *state"] | None = None,
+    *,
+    return_path: bool = False,
+    chunk_size: int | None = None,
+):
+    """Run `model` on a batch of windows (`jax.vmap` under `eqx.filter_jit`).
+
+    **Arguments:** `model`; `obs` with a leading window axis `(N, T, *state)`; `x_init`
+    (default: interpolated observations); `return_path`; `chunk_size` (evaluate in
+    chunks
+    of this many windows to bound memory; the last chunk may be smaller and compile once
+    more).
+
+    **Returns:** `(N, T, *state)` estimates (and `(N, K + 1, T, *state)` paths).
+    """
+    if not isinstance(model, FourDVarNet):
+        raise TypeError(f"`model` must be a FourDVarNet; got {type(model).__name__}.")
+    model.check_inputs(obs, x_init, batched=True)
+    if x_init is None:
+        x_init = jax.vmap(lambda o: interpolate_observations(o, model.fill))(obs)
+    n = obs.values.shape[0]
+    if chunk_size is None or chunk_size >= n:
+        return _batched(model, obs, x_init, return_path)
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    outs = []
+    for i in range(0, n, chunk_size):
+        sl = slice(i, i + chunk_size)
+        o = Observations(obs.values[sl], obs.mask[sl])
+        outs.append(_batched(model, o, x_init[sl], return_path))
+    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *outs)
+
+
+# --------------------------------------------------------------------------------------
+# Training losses (one window each; `jaxda.train` vmaps and averages them)
+
+
+def supervised_loss(
+    model: FourDVarNet,
+    obs: Observations,
+    truth: Float[Array, T * state],
+    x_init: Float[Array, T * state] | None = None,
+    *,
+    prior_weight: float = 0.0,
+) -> Scalar:
+    r"""$\frac{1}{|x|}\|\Psi(x^{(0)}, y, \Omega) - x^{true}\|^2$ (eq. 14), plus, with
+    `prior_weight` $w > 0$, $\frac{w}{|x|}(\|\hat x - \Phi(\hat x)\|^2 +
+    \|x^{true} - \Phi(x^{true})\|^2)$ (the regularisation of the authors' code)."""
+    x = model(obs, x_init)
+    loss = jnp.mean((x - truth) ** 2)
+    if prior_weight:
+        prior = model.cost.prior
+        reg = jnp.mean((x - prior(x)) ** 2) + jnp.mean((truth - prior(truth)) ** 2)
+        loss = loss + prior_weight * reg
+    return loss
+
+
+def unsupervised_loss(
+    model: FourDVarNet,
+    obs: Observations,
+    x_init: Float[Array, T * state] | None = None,
+) -> Scalar:
+    r"""$U_\Phi(\Psi(x^{(0)}, y, \Omega), y, \Omega) / |x|$ (eq. 13): no ground truth.
+
+    The weights $\lambda_{o,p}$ are not trained by this loss (set a priori, as in eq.
+    13;
+    learning them would drive the loss to zero): it runs the model with
+    `train_weights=False`."""
+    model = dataclasses.replace(model, train_weights=False)
+    x = model(obs, x_init)
+    return model.effective_cost()(x, obs) / x.size
+
+
+def semisupervised_loss(
+    model: FourDVarNet, obs: Observations, key: Key, *, holdout: float = 0.2
+) -> Scalar:
+    r"""Held-out observations as the target.
+
+    A random fraction `holdout` of the observed entries ($\Omega_h$) is removed from the
+    input; the network sees $\Omega \setminus \Omega_h$ (and its own interpolated first
+    guess) and the loss is $\frac{1}{|\Omega_h|}\sum_{\Omega_h}(\hat x - y)^2$ (0 when
+    nothing was held out)."""
+    held = obs.mask & (jax.random.uniform(key, obs.mask.shape) < holdout)
+    keep = obs.mask & ~held
+    obs_in = Observations(jnp.where(keep, obs.values, 0.0), keep)
+    x = model(obs_in)
+    sq = jnp.where(held, (x - obs.values) ** 2, 0.0)
+    return jnp.sum(sq) / jnp.maximum(jnp.sum(held), 1).astype(x.dtype)
+
+
+MODES = ("supervised", "unsupervised", "semisupervised")
+
+
+def make_fourdvarnet_loss(
+    mode: str = "supervised", *, prior_weight: float = 0.0, holdout: float = 0.2
+) -> Callable[[FourDVarNet, dict, Key], Scalar]:
+    """A per-example loss `loss(model, example, key)` for `jaxda.train.fit`.
+
+    `example` is a dict with `"obs"` (`Observations`), optionally `"x_init"` and, for
+    `mode="supervised"`, `"truth"` (see `make_training_data`).
+    """
+    if mode not in MODES:
+        raise ValueError(
+            f"`mode` must be one of {', '.join(map(repr, MODES))}; got {mode!r}."
+        )
+    check_positive("prior_weight", prior_weight, allow_zero=True)
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"`holdout` must be in (0, 1); got {holdout!r}.")
+
+    def loss(model, example, key):
+        obs, x_init = example["obs"], example.get("x_init")
+        if mode == "supervised":
+            return supervised_loss(
+                model, obs, example["truth"], x_init, prior_weight=prior_weight
+            )
+        if mode == "unsupervised":
+            return unsupervised_loss(model, obs, x_init)
+        return semisupervised_loss(model, obs, key, holdout=holdout)
+
+    return loss
+
+
+def make_training_data(
+    obs: Observations,
+    truth: Float[Array, "N T *state"] | None = None,
+    x_init: Float[Array, "N T *state"] | None = None,
+) -> dict:
+    """The dataset pytree for `fit_fourdvarnet`: `{"obs", ["truth"], ["x_init"]}` with a
+    leading window axis, after shape checks."""
+    if not isinstance(obs, Observations):
+        raise TypeError(
+            f"`obs` must be jaxda.obs.Observations; got {type(obs).__name__}."
+        )
+    shape = tuple(obs.values.shape)
+    data = {"obs": obs}
+    for name, arr in (("truth", truth), ("x_init", x_init)):
+        if arr is not None:
+            if tuple(jnp.shape(arr)) != shape:
+                raise ValueError(
+                    f"`{name}` must have the shape of `obs` {shape}; got "
+                    f"{tuple(jnp.shape(arr))}."
+                )
+            data[name] = jnp.asarray(arr, obs.values.dtype)
+    return data
+
+
+__all__ = [
+    "MODES",
+    "FourDVarNet",
+    "VariationalCost",
+    "assimilate_batch",
+    "make_fourdvarnet_loss",
+    "make_training_data",
+    "semisupervised_loss",
+    "supervised_loss",
+    "unroll",
+    "unsupervised_loss",
+]

@@ -1,0 +1,247 @@
+r"""Gradient-based solvers $\Gamma$ of 4DVarNet (seed 001, eqs. 5, 11, 12).
+
+A solver maps the current iterate $x^{(k)}$ and the gradient $\nabla_x U_\Phi(x^{(k)})$
+of
+the variational cost to $x^{(k+1)}$, carrying a state (LSTM memory, previous update, the
+gradient scale) through `lax.scan`:
+
+- `FixedStepGradient`: $x^{(k+1)} = x^{(k)} - \alpha \nabla_x U$ (the FSGD baseline).
+- `ConvLSTMSolver`: $\tilde g = \nabla_x U / \rho$ with $\rho$ the RMS of the gradient
+at
+  the first iteration; $(h, c) \leftarrow \mathrm{ConvLSTM}(\tilde g, h, c)$;
+  $x^{(k+1)} = x^{(k)} - \mathcal L(h) / K$ (eq. 11 with the $1/K$ scaling of the
+  authors' code; $\mathcal L$ a 1x1 convolution).
+- `CNNSolver`: $g^{(k+1)} = \mathcal C([\tilde g, g^{(k)}])$,
+  $x^{(k+1)} = x^{(k)} - \arctan(g^{(k+1)})$ (eq. 12).
+
+All solvers act on ONE window `(T, *state)`; `n_iter` is the total number of unrolled
+iterations $K$ (static).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._custom_types import Array, Float, Key
+from .._validation import check_int, check_positive
+from ._conv import Conv, ConvLSTMCell, check_layout, conv_shape, from_conv, to_conv
+
+
+_TINY = 1e-12
+
+
+def gradient_scale(grad: Array) -> Array:
+    r"""$\rho = \sqrt{\mathrm{mean}(g^2)}$, floored at a tiny positive number."""
+    rms = jnp.sqrt(jnp.mean(grad**2))
+    return jnp.maximum(rms, jnp.asarray(_TINY, grad.dtype))
+
+
+class AbstractGradientSolver(eqx.Module):
+    """A learned (or fixed) update rule $x^{(k+1)} = x^{(k)} - \\Gamma(\\nabla U,
+    s_k)$."""
+
+    @abc.abstractmethod
+    def init(self, x: Float[Array, T * state], grad: Float[Array, T * state]) -> Any:
+        """Initial solver state (a pytree of arrays) from the first iterate and
+        gradient."""
+
+    @abc.abstractmethod
+    def step(
+        self,
+        x: Float[Array, T * state],
+        grad: Float[Array, T * state],
+        state: Any,
+        n_iter: int,
+    ) -> tuple[Float[Array, T * state], Any]:
+        """One update: `(x_next, state_next)`."""
+
+    def check_state_shape(self, state_shape: tuple[int, ...]) -> None:
+        """Raise `ValueError` if this solver was built for another state shape."""
+
+
+class FixedStepGradient(AbstractGradientSolver):
+    r"""Fixed-step gradient descent $x^{(k+1)} = x^{(k)} - \alpha \nabla_x
+    U_\Phi(x^{(k)})$.
+
+    **Arguments:** `step_size` $\alpha > 0$ (a float is a constant; an array is trained
+    with the rest of the model).
+    """
+
+    step_size: float | Float[Array, ""]
+
+    def __check_init__(self):
+        check_positive("step_size", self.step_size)
+
+    def init(self, x, grad):
+        return ()
+
+    def step(self, x, grad, state, n_iter):
+        return x - jnp.asarray(self.step_size, x.dtype) * grad, state
+
+
+def _check_shape(name, state_shape, want):
+    if tuple(state_shape) != tuple(want):
+        raise ValueError(
+            f"{name} was built for states of shape {tuple(want)}; got "
+            f"{tuple(state_shape)}."
+        )
+
+
+class ConvLSTMSolver(AbstractGradientSolver):
+    r"""ConvLSTM gradient solver (seed 001, eq. 11), the authors'
+    `model_GradUpdateLSTM`.
+
+    $\tilde g = \nabla_x U / \rho$ ($\rho$: RMS of the gradient at iteration 0, kept in
+    the
+    state), $(h, c) \leftarrow \mathrm{ConvLSTM}(\tilde g, h, c)$ from $h = c = 0$,
+    $x \leftarrow x - \mathcal L(h) / K$ with $\mathcal L$ a 1x1 convolution.
+    `kernel_size=1` gives a pointwise LSTM.
+
+    **Arguments:** `state_shape`; `key`; `layout` (`"channels"` or `"field"`, as for
+    `GENN`); `hidden` channels (default 5 per input channel); `kernel_size` (odd,
+    default
+    3); `periodic_space`.
+    """
+
+    cell: ConvLSTMCell
+    out: Conv
+    state_shape: tuple[int, ...] = eqx.field(static=True)
+    layout: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        state_shape,
+        *,
+        key: Key,
+        layout: str = "channels",
+        hidden: int | None = None,
+        kernel_size=3,
+        periodic_space: bool = False,
+        dtype=None,
+    ):
+        state_shape = (
+            (state_shape,) if isinstance(state_shape, int) else tuple(state_shape)
+        )
+        check_layout(layout, len(state_shape))
+        channels, nd = conv_shape(state_shape, layout)
+        hidden = (
+            5 * channels if hidden is None else check_int("hidden", hidden, minimum=1)
+        )
+        periodic = (False,) + (bool(periodic_space),) * (nd - 1)
+        k1, k2 = jax.random.split(key)
+        self.cell = ConvLSTMCell(
+            channels,
+            hidden,
+            kernel_size,
+            key=k1,
+            n_spatial=nd,
+            periodic=periodic,
+            dtype=dtype,
+        )
+        self.out = Conv(hidden, channels, (1,) * nd, key=k2, n_spatial=nd, dtype=dtype)
+        self.state_shape = state_shape
+        self.layout = layout
+
+    def check_state_shape(self, state_shape):
+        _check_shape("ConvLSTMSolver", state_shape, self.state_shape)
+
+    def init(self, x, grad):
+        z = to_conv(x, self.layout)
+        h = jnp.zeros((self.cell.hidden, *z.shape[1:]), x.dtype)
+        return h, h, gradient_scale(grad)
+
+    def step(self, x, grad, state, n_iter):
+        h, c, rho = state
+        g = to_conv(grad / rho, self.layout)
+        h, c = self.cell(g, h, c)
+        dx = from_conv(self.out(h), self.layout)
+        return x - dx / n_iter, (h, c, rho)
+
+
+class _SolverCNN(eqx.Module):
+    conv1: Conv
+    conv2: Conv
+
+    def __call__(self, z):
+        return self.conv2(jax.nn.relu(self.conv1(z)))
+
+
+class CNNSolver(AbstractGradientSolver):
+    r"""CNN gradient solver with atan modulation (seed 001, eq. 12).
+
+    $g^{(k+1)} = \mathcal C([\nabla_x U / \rho,\ g^{(k)}])$ from $g^{(0)} = 0$,
+    $x^{(k+1)} = x^{(k)} - \arctan(g^{(k+1)})$; $\mathcal C$ is a convolution
+    (`kernel_size`, `hidden` channels), ReLU, and a 1x1 convolution, or any `network`
+    mapping `(2 C, *spatial)` to `(C, *spatial)` in the convolution layout (e.g. a
+    `jaxda.nn.FlaxModule`).
+
+    **Arguments:** `state_shape`; `key`; `layout`; `hidden` (default 10 per channel);
+    `kernel_size` (default 3); `periodic_space`; `network` (overrides the default CNN).
+    """
+
+    network: Callable
+    state_shape: tuple[int, ...] = eqx.field(static=True)
+    layout: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        state_shape,
+        *,
+        key: Key | None = None,
+        layout: str = "channels",
+        hidden: int | None = None,
+        kernel_size=3,
+        periodic_space: bool = False,
+        network: Callable | None = None,
+        dtype=None,
+    ):
+        state_shape = (
+            (state_shape,) if isinstance(state_shape, int) else tuple(state_shape)
+        )
+        check_layout(layout, len(state_shape))
+        channels, nd = conv_shape(state_shape, layout)
+        if network is None:
+            if key is None:
+                raise ValueError("CNNSolver needs a `key` unless `network` is given.")
+            hidden = (
+                10 * channels
+                if hidden is None
+                else check_int("hidden", hidden, minimum=1)
+            )
+            periodic = (False,) + (bool(periodic_space),) * (nd - 1)
+            k1, k2 = jax.random.split(key)
+            kw = dict(n_spatial=nd, periodic=periodic, dtype=dtype)
+            network = _SolverCNN(
+                Conv(2 * channels, hidden, kernel_size, key=k1, use_bias=True, **kw),
+                Conv(hidden, channels, (1,) * nd, key=k2, **kw),
+            )
+        self.network = network
+        self.state_shape = state_shape
+        self.layout = layout
+
+    def check_state_shape(self, state_shape):
+        _check_shape("CNNSolver", state_shape, self.state_shape)
+
+    def init(self, x, grad):
+        return jnp.zeros_like(to_conv(x, self.layout)), gradient_scale(grad)
+
+    def step(self, x, grad, state, n_iter):
+        g_prev, rho = state
+        g_in = to_conv(grad / rho, self.layout)
+        g = self.network(jnp.concatenate([g_in, g_prev], axis=0)).astype(x.dtype)
+        return x - from_conv(jnp.arctan(g), self.layout), (g, rho)
+
+
+__all__ = [
+    "AbstractGradientSolver",
+    "CNNSolver",
+    "ConvLSTMSolver",
+    "FixedStepGradient",
+    "gradient_scale",
+]

@@ -1,0 +1,337 @@
+"""4DVarNet: priors, unrolled solvers, losses, curriculum training, flax adapter."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import finite_difference_jvp
+
+import jaxda.nn as nn
+from jaxda.models import Lorenz63, flow_map, rollout
+from jaxda.obs import Observations
+from jaxda.var import WeakConstraint4DVar
+
+
+T = 16
+
+
+def _windows(key, n, T=T, every=4):
+    x0 = jax.random.normal(key, (n, 3)) * 5.0 + jnp.array([0.0, 0.0, 25.0])
+    flow = flow_map(Lorenz63(), 0.01)
+    truth = jax.vmap(lambda x: rollout(flow, x, 20 + T - 1)[20:])(x0)
+    truth = (truth - jnp.array([0.0, 0.0, 25.0])) / 8.0  # roughly normalised
+    mask = jnp.zeros((n, T, 3), bool).at[:, 1::every, 0].set(True)
+    noise = 0.1 * jax.random.normal(jax.random.fold_in(key, 1), truth.shape)
+    return truth, Observations(jnp.where(mask, truth + noise, 0.0), mask)
+
+
+def _rk4(x, dt=0.01, s=10.0, r=28.0, b=8.0 / 3.0):
+    def f(u):
+        return jnp.stack(
+            [s * (u[1] - u[0]), r * u[0] - u[1] - u[0] * u[2], u[0] * u[1] - b * u[2]]
+        )
+
+    k1 = f(x)
+    k2 = f(x + dt / 2 * k1)
+    k3 = f(x + dt / 2 * k2)
+    k4 = f(x + dt * k3)
+    return x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+def test_cost_equals_weak_constraint_4dvar(getkey):
+    truth, obs = _windows(getkey(), 1)
+    obs = Observations(obs.values[0] * 8.0, obs.mask[0])
+    x = truth[0] * 8.0 + jnp.array([0.0, 0.0, 25.0]) + 0.3
+    R, Q = 2.0, 0.05
+    prior = nn.ODEPrior.from_model(Lorenz63(), 0.01)
+    cost = nn.VariationalCost(prior, 1 / (2 * R), 1 / (2 * Q))
+    ref = WeakConstraint4DVar(flow_map(Lorenz63(), 0.01), obs, R, Q)
+    both = eqx.filter_jit(
+        lambda c, r, x: (c(x, obs), r.cost(x), jax.grad(c)(x, obs), jax.grad(r.cost)(x))
+    )
+    u, j, gu, gj = both(cost, ref, x)
+    np.testing.assert_allclose(u, j, rtol=1e-12)
+    np.testing.assert_allclose(gu, gj, rtol=1e-10, atol=1e-12)
+    # Phi(x)_0 = x_0 and Phi(x)_t = RK4(x_{t-1})
+    px = eqx.filter_jit(prior)(x)
+    np.testing.assert_array_equal(px[0], x[0])
+    np.testing.assert_allclose(px[5], _rk4(x[4]), rtol=1e-12)
+
+
+def test_fixed_step_unroll_equals_gradient_descent(getkey):
+    truth, obs = _windows(getkey(), 1)
+    obs = Observations(obs.values[0], obs.mask[0])
+    x0 = truth[0] + 0.2 * jax.random.normal(getkey(), truth[0].shape)
+    lo, lp, eta, K = 0.7, 3.0, 1e-2, 6
+    norm_mean, norm_std = jnp.array([0.0, 0.0, 25.0]), 8.0
+
+    def hand_cost(x):
+        z = x * norm_std + norm_mean
+        pred = jax.vmap(_rk4)(z[:-1])
+        dyn = x[1:] - (pred - norm_mean) / norm_std
+        return lo * jnp.sum(
+            jnp.where(obs.mask, x - obs.values, 0.0) ** 2
+        ) + lp * jnp.sum(dyn**2)
+
+    from jaxda.data import Normalisation
+
+    prior = nn.ODEPrior.from_model(
+        Lorenz63(), 0.01, normalisation=Normalisation(norm_mean, jnp.full(3, norm_std))
+    )
+    model = nn.FourDVarNet(
+        nn.VariationalCost(prior, lo, lp), nn.FixedStepGradient(eta), n_iter=K
+    )
+    x_hat, path = eqx.filter_jit(lambda m: m(obs, x0, return_path=True))(model)
+    hand_step = jax.jit(lambda x: x - eta * jax.grad(hand_cost)(x))
+    x = x0
+    want = [x]
+    for _ in range(K):
+        x = hand_step(x)
+        want.append(x)
+    np.testing.assert_allclose(path, jnp.stack(want), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(x_hat, path[-1])
+    assert jax.jit(hand_cost)(x_hat) < jax.jit(hand_cost)(x0)
+    # jax.checkpoint changes memory, not values or derivatives.
+    ck = eqx.tree_at(lambda m: m.solver.step_size, model, jnp.asarray(eta))
+    ck2 = nn.FourDVarNet(ck.cost, ck.solver, n_iter=K, checkpoint=True)
+
+    def loss(m):
+        return jnp.sum((m(obs, x0) - truth[0]) ** 2)
+
+    grad = eqx.filter_jit(eqx.filter_grad(loss))
+    g1, g2 = grad(ck), grad(ck2)
+    np.testing.assert_allclose(g1.solver.step_size, g2.solver.step_size, rtol=1e-10)
+    assert abs(float(g1.solver.step_size)) > 0
+
+
+def test_constrained_conv_ignores_centre(getkey):
+    conv = nn.Conv(3, 4, 5, key=getkey(), centre_zero=True)
+    x = jax.random.normal(getkey(), (3, 12))
+    y = conv(x)
+    # output at t does not depend on x at t (any channel)
+    jac = jax.jacobian(conv)(x)  # (4, 12, 3, 12)
+    for t in range(12):
+        assert jnp.all(jac[:, t, :, t] == 0)
+    # the forward pass ignores whatever is stored at the centre
+    poked = eqx.tree_at(lambda c: c.weight, conv, conv.weight.at[:, :, 2].set(7.0))
+    np.testing.assert_array_equal(poked(x), y)
+    # other taps do act
+    assert jnp.any(jac[:, 5, :, 4] != 0)
+
+
+def test_genn_periodic_equivariance_and_unet(getkey):
+    g = nn.GENN(
+        (8,),
+        key=getkey(),
+        layout="field",
+        width=3,
+        kernel_size=3,
+        pool=2,
+        periodic_space=True,
+    )
+    x = jax.random.normal(getkey(), (T, 8))
+    g = eqx.filter_jit(g)
+    np.testing.assert_allclose(
+        g(jnp.roll(x, 3, axis=1)), jnp.roll(g(x), 3, axis=1), rtol=1e-10, atol=1e-12
+    )
+    u = nn.UNetPrior((8, 6), 4, key=getkey(), width=4, periodic=(True, True))
+    z = jax.random.normal(getkey(), (4, 8, 6))
+    u = eqx.filter_jit(u)
+    assert u(z).shape == z.shape
+    np.testing.assert_allclose(
+        u(jnp.roll(z, 2, axis=1)), jnp.roll(u(z), 2, axis=1), rtol=1e-10, atol=1e-12
+    )
+    v = jax.random.normal(getkey(), z.shape)
+    jvp = jax.jvp(u, (z,), (v,))[1]
+    np.testing.assert_allclose(
+        jvp, finite_difference_jvp(u, z, v), rtol=1e-5, atol=1e-7
+    )
+    with pytest.raises(ValueError, match="even"):
+        nn.UNetPrior((7, 6), 4, key=getkey())
+
+
+def test_supervised_training_curriculum_and_centre_tap(getkey):
+    truth, obs = _windows(getkey(), 16)
+    genn = nn.GENN((3,), key=getkey(), width=4, kernel_size=3, pool=4)
+    solver = nn.ConvLSTMSolver((3,), key=getkey(), hidden=6)
+    model = nn.FourDVarNet(nn.VariationalCost(genn), solver, n_iter=2)
+    data = nn.make_training_data(obs, truth)
+    traces = []
+
+    def factory():
+        base = nn.make_fourdvarnet_loss("supervised", prior_weight=0.1)
+
+        def loss(m, ex, key):
+            traces.append(m.n_iter)
+            return base(m, ex, key)
+
+        return loss
+
+    stages = [nn.CurriculumStage(2, 25, 1e-2), nn.CurriculumStage(3, 15, 3e-3)]
+    res = nn.fit_fourdvarnet(
+        model,
+        data,
+        key=getkey(),
+        batch_size=8,
+        stages=stages,
+        loss_factory=factory,
+        progress=False,
+    )
+    assert traces == [2, 3]  # one trace (compilation) per stage
+    assert res.model.n_iter == 3
+    losses = res.losses
+    assert losses.shape == (40,)
+    assert losses[-10:].mean() < 0.7 * losses[:5].mean()
+    for conv in res.model.cost.prior.constrained_convs:
+        centre = conv.weight[:, :, conv.weight.shape[2] // 2]
+        assert jnp.all(centre == 0.0)
+    changed = res.model.cost.prior.fine.conv_in.weight != genn.fine.conv_in.weight
+    assert jnp.any(changed)
+    # vmap over windows equals window-by-window
+    xb = nn.assimilate_batch(res.model, obs)
+    x3 = eqx.filter_jit(res.model)(Observations(obs.values[3], obs.mask[3]))
+    np.testing.assert_allclose(xb[3], x3, rtol=1e-10, atol=1e-12)
+
+
+def test_unsupervised_training_frozen_prior(getkey):
+    truth, obs = _windows(getkey(), 16)
+    from jaxda.data import Normalisation
+
+    norm = Normalisation(jnp.array([0.0, 0.0, 25.0]), jnp.full(3, 8.0))
+    prior = nn.ODEPrior.from_model(Lorenz63(), 0.01, normalisation=norm)
+    model = nn.FourDVarNet(
+        nn.VariationalCost(prior, 1.0, 10.0),
+        nn.CNNSolver((3,), key=getkey(), hidden=8),
+        n_iter=3,
+        train_prior=False,
+    )
+    data = nn.make_training_data(obs)
+    res = nn.fit_fourdvarnet(
+        model,
+        data,
+        key=getkey(),
+        batch_size=8,
+        mode="unsupervised",
+        stages=[nn.CurriculumStage(3, 40, 1e-2)],
+        progress=False,
+    )
+    losses = res.losses
+    assert losses[-10:].mean() < 0.2 * losses[:5].mean()
+    m = res.model
+    assert float(m.cost.prior.flow.model.sigma) == 10.0  # frozen prior
+    np.testing.assert_array_equal(m.cost.raw_lam_obs, model.cost.raw_lam_obs)
+    np.testing.assert_array_equal(m.cost.raw_lam_prior, model.cost.raw_lam_prior)
+
+
+def test_semisupervised_loss_hides_heldout(getkey):
+    truth, obs = _windows(getkey(), 1, every=2)
+    obs = Observations(obs.values[0], obs.mask[0])
+    model = nn.FourDVarNet(
+        nn.VariationalCost(nn.GENN((3,), key=getkey(), width=3, kernel_size=3)),
+        nn.FixedStepGradient(0.05),
+        n_iter=2,
+    )
+    key = getkey()
+    held = obs.mask & (jax.random.uniform(key, obs.mask.shape) < 0.5)
+    assert held.any()
+    loss = nn.semisupervised_loss(model, obs, key, holdout=0.5)
+    # changing held-out values changes only the target, never the reconstruction
+    x_in = model(Observations(jnp.where(held, 0.0, obs.values), obs.mask & ~held))
+    want = jnp.sum(jnp.where(held, (x_in - obs.values) ** 2, 0.0)) / held.sum()
+    np.testing.assert_allclose(loss, want, rtol=1e-10)
+
+
+def test_flax_adapter(getkey):
+    nnx = pytest.importorskip("flax.nnx")
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(3, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return jnp.tanh(self.lin(x))
+
+    net = Net(nnx.Rngs(0))
+    prior = nn.FlaxModule(net)
+    x = jax.random.normal(getkey(), (T, 3))
+    np.testing.assert_allclose(prior(x), net(x), rtol=1e-6)
+    solver_net = nn.FlaxModule(nnx.Conv(6, 3, kernel_size=(3,), rngs=nnx.Rngs(1)))
+
+    class _ChannelsLast(eqx.Module):  # nnx.Conv is channels-last
+        f: nn.FlaxModule
+
+        def __call__(self, z):
+            return self.f(z.T).T
+
+    truth, obs = _windows(getkey(), 1)
+    obs = Observations(obs.values[0], obs.mask[0])
+    model = nn.FourDVarNet(
+        nn.VariationalCost(prior),
+        nn.CNNSolver((3,), network=_ChannelsLast(solver_net)),
+        n_iter=2,
+    )
+    model = jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model
+    )
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def loss(p):
+        return nn.supervised_loss(eqx.combine(p, static), obs, truth[0])
+
+    g = jax.grad(loss)(params)
+    v = jax.tree_util.tree_map(lambda a: jnp.ones_like(a) / a.size, params)
+    jvp = sum(
+        jnp.vdot(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(v))
+    )
+    eps = 1e-6
+    plus = jax.tree_util.tree_map(lambda a, b: a + eps * b, params, v)
+    minus = jax.tree_util.tree_map(lambda a, b: a - eps * b, params, v)
+    fd = (loss(plus) - loss(minus)) / (2 * eps)
+    np.testing.assert_allclose(jvp, fd, rtol=1e-5)
+    flax_grad = g.solver.network.f.state
+    assert any(jnp.any(a != 0) for a in jax.tree_util.tree_leaves(flax_grad))
+
+
+def test_bad_input(getkey):
+    truth, obs = _windows(getkey(), 2)
+    one = Observations(obs.values[0], obs.mask[0])
+    genn = nn.GENN((3,), key=getkey(), width=3, kernel_size=3)
+    model = nn.FourDVarNet(
+        nn.VariationalCost(genn), nn.FixedStepGradient(0.1), n_iter=2
+    )
+    with pytest.raises(ValueError, match="n_iter"):
+        nn.FourDVarNet(nn.VariationalCost(genn), nn.FixedStepGradient(0.1), n_iter=0)
+    with pytest.raises(ValueError, match="n_iter"):
+        model.with_iterations(0)
+    with pytest.raises(ValueError, match="x_init"):
+        model(one, jnp.zeros((T + 1, 3)))
+    with pytest.raises(ValueError, match=r"shape \(T, 3\)"):
+        model(Observations(jnp.zeros((T, 4)), jnp.ones((T, 4), bool)))
+    with pytest.raises(ValueError, match="no observation"):
+        model(Observations(jnp.zeros((T, 3)), jnp.zeros((T, 3), bool)))
+    with pytest.raises(ValueError, match=r"windows \[1\]"):
+        nn.assimilate_batch(model, Observations(obs.values, obs.mask.at[1].set(False)))
+    lstm = nn.ConvLSTMSolver((4,), key=getkey())
+    with pytest.raises(ValueError, match="built for states of shape"):
+        nn.FourDVarNet(nn.VariationalCost(genn), lstm, n_iter=2)(one)
+    with pytest.raises(ValueError, match="layout"):
+        nn.GENN((8, 8), key=getkey())
+    with pytest.raises(ValueError, match="odd"):
+        nn.Conv(3, 3, 4, key=getkey())
+    with pytest.raises(ValueError, match="mode"):
+        nn.make_fourdvarnet_loss("semi")
+    with pytest.raises(ValueError, match="truth"):
+        nn.fit_fourdvarnet(
+            model,
+            nn.make_training_data(obs),
+            key=getkey(),
+            batch_size=2,
+            stages=[nn.CurriculumStage(2, 1)],
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="truth"):
+        nn.make_training_data(obs, truth[:, :-1])
+    with pytest.raises(ValueError, match="step_size"):
+        nn.FixedStepGradient(0.0)
