@@ -1,0 +1,93 @@
+"""Documentation: `mkdocs build --strict` passes and every page's code runs.
+
+The ```python blocks of a page form one script (executed in a subprocess, so that its
+`jax.config` changes stay out of this process). Pages with training loops are marked
+slow. Skipped when mkdocs (the `docs` extra) is not installed.
+"""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+FAST_PAGES = ["index.md", "scaling.md", "tutorials/var_lorenz63.md"]
+SLOW_PAGES = [
+    "tutorials/gaussian_map.md",
+    "tutorials/neural_incremental.md",
+    "tutorials/fourdvarnet_lorenz96.md",
+]
+
+
+def page_script(page: str) -> str:
+    text = (DOCS / page).read_text()
+    return "\n".join(BLOCK.findall(text))
+
+
+def run_script(code: str, timeout: int, env_extra: dict | None = None):
+    env = dict(os.environ)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_every_page_with_code_is_tested():
+    pages = {
+        str(p.relative_to(DOCS))
+        for p in DOCS.rglob("*.md")
+        if BLOCK.search(p.read_text())
+    }
+    assert pages <= set(FAST_PAGES + SLOW_PAGES), pages
+
+
+@pytest.mark.timeout(300)
+def test_mkdocs_build_strict(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings_handlers.python")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for page in ["index.html", "concepts/index.html", "api/var/index.html"]:
+        assert (tmp_path / page).exists(), page
+    api = (tmp_path / "api" / "var" / "index.html").read_text()
+    assert 'id="jaxda.var.GaussNewton"' in api
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("page", FAST_PAGES)
+def test_page_code_runs(page):
+    code = page_script(page)
+    assert code.strip(), f"{page} has no python block"
+    env = {}
+    if page == "scaling.md":
+        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    proc = run_script(code, 280, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("page", SLOW_PAGES)
+def test_tutorial_code_runs(page):
+    proc = run_script(page_script(page), 880)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
