@@ -1,0 +1,51 @@
+"""Smoke tests of the example scripts at tiny sizes (they run end to end)."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+import jaxda.nn as nn
+
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(300)
+def test_lorenz63_incremental_runs(tmp_path):
+    example = _load("lorenz63_incremental")
+    out = tmp_path / "out"
+    argv = [
+        "--train-windows", "32", "--test-windows", "4", "--steps", "2",
+        "--batch-size", "8", "--levels", "1", "--width", "8", "--depth", "1",
+        "--fourdvar-steps", "3", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    results = example.main(argv)
+
+    names = [
+        "first guess", "4DVar", "cold diffusion", "neural incremental",
+        "neural + 4DVar",
+    ]  # fmt: skip
+    assert list(results["rows"]) == names
+    for row in results["rows"].values():
+        assert np.isfinite(row["mse"]) and row["mse"] > 0
+        assert math.isclose(row["rmse"] ** 2, row["mse"], rel_tol=1e-9)
+        assert row["run_s"] > 0
+    for name in ("4DVar", "neural + 4DVar"):
+        assert 1 <= results["rows"][name]["gn_iterations"] <= 3
+    assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
+    model = nn.load_model(out / "model.eqx")
+    assert model.conditional and model.width == 8
+    assert not nn.load_model(out / "ablation.eqx").conditional
+    if results["figure"] is not None:
+        assert (out / "trajectories.png").stat().st_size > 0
