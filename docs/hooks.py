@@ -47,3 +47,44 @@ def on_page_markdown(markdown, page, config, files):
         return f"{match.group(0)}\n    options:\n      members:{members}"
 
     return STUB.sub(expand, markdown)
+
+
+# --------------------------------------------------------------------------------------
+# Docstrings often start a list right after a line such as "**Arguments:**"; Markdown
+# needs a blank line there. This preprocessor inserts it (outside code fences), for
+# the pages and for the docstrings rendered by mkdocstrings.
+
+import markdown  # noqa: E402
+from mkdocs.plugins import event_priority  # noqa: E402
+
+
+ITEM = re.compile(r"^\s{0,3}(?:[-*+]|\d+\.)\s")
+FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+class _ListSpacing(markdown.preprocessors.Preprocessor):
+    def run(self, lines):
+        out, in_fence, in_list = [], False, False
+        for line in lines:
+            if FENCE.match(line):
+                in_fence = not in_fence
+            elif not in_fence:
+                if not line.strip():
+                    in_list = False
+                elif ITEM.match(line):
+                    if not in_list and out and out[-1].strip():
+                        out.append("")
+                    in_list = True
+            out.append(line)
+        return out
+
+
+class ListSpacing(markdown.Extension):
+    def extendMarkdown(self, md):
+        md.preprocessors.register(_ListSpacing(md), "jaxda_list_spacing", 25)
+
+
+@event_priority(100)  # before mkdocstrings reads the markdown extensions
+def on_config(config):
+    config.markdown_extensions.append(ListSpacing())
+    return config

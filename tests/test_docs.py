@@ -91,3 +91,65 @@ def test_page_code_runs(page):
 def test_tutorial_code_runs(page):
     proc = run_script(page_script(page), 880)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_benchmark_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    import json
+
+    recs = [
+        {
+            "problem": p,
+            "method": m,
+            "device": "cpu",
+            "batch": b,
+            "n_devices": 1,
+            "time_per_window_s": t,
+            "mse": e,
+        }
+        for p in ("F21-L63", "B24-L63")
+        for m, t, e in (("gn", 1e-3, 0.2), ("4dvarnet", 1e-4, 0.5))
+        for b in (1, 64)
+    ]
+    recs += [
+        {
+            "problem": "band-b6",
+            "method": "solve",
+            "device": "cpu",
+            "d": d,
+            "time_per_element_s": 1e-7,
+        }
+        for d in (1000, 10000)
+    ]
+    recs += [
+        {
+            "problem": "B24-L63",
+            "method": "sharded-map",
+            "device": "cpu",
+            "batch": 64,
+            "n_devices": n,
+            "windows_per_s": 1e4 * n,
+            "simulated_devices": True,
+        }
+        for n in (1, 2)
+    ]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(recs))
+    out = tmp_path / "figs"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "plot.py"),
+            str(results),
+            "--out-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("accuracy_vs_time.png", "solver_scaling.png", "throughput.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+    assert not list(out.glob("*.tmp"))
