@@ -1,8 +1,9 @@
 """Documentation: `mkdocs build --strict` passes and every page's code runs.
 
 The ```python blocks of a page form one script (executed in a subprocess, so that its
-`jax.config` changes stay out of this process). Pages with training loops are marked
-slow. Skipped when mkdocs (the `docs` extra) is not installed.
+`jax.config` changes stay out of this process). Running the pages is marked slow
+(30 s to a few minutes each on a 2-core CPU): `pytest -m slow tests/test_docs.py`.
+The build test is skipped when mkdocs (the `docs` extra) is not installed.
 """
 
 import os
@@ -73,6 +74,7 @@ def test_mkdocs_build_strict(tmp_path):
     assert 'id="jaxda.var.GaussNewton"' in api
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("page", FAST_PAGES)
 def test_page_code_runs(page):
