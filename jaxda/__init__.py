@@ -4,7 +4,7 @@ Subpackages: `models` (dynamics, `simulate`, flow maps), `obs` (observations, pa
 noise), `data` (twin-experiment datasets and presets), `metrics`, `linalg` (banded and
 block-tridiagonal SPD algebra), `gaussian` (Gaussian MAP / optimal interpolation),
 `var` (4DVar costs and solvers), `nn` (learned DA: neural incremental DA, 4DVarNet),
-`train` (optax training loop).
+`train` (optax training loop), `sharding` (batches over devices).
 """
 
 from . import (
@@ -15,6 +15,7 @@ from . import (
     models as models,
     nn as nn,
     obs as obs,
+    sharding as sharding,
     train as train,
     var as var,
 )
