@@ -8,7 +8,7 @@ import jax
 
 
 def device_name() -> str:
-    """A short description of the default JAX device, e.g. `cpu-2core` or `NVIDIA H100`."""
+    """Short name of the default JAX device (`cpu-2core-x86_64`, `NVIDIA H100`)."""
     dev = jax.devices()[0]
     if dev.platform == "cpu":
         import os

@@ -1,8 +1,8 @@
 """Argument checks used at the public API boundary.
 
 Every public function validates its inputs *before* tracing, with messages that name the
-argument, what was given and what was expected. Checks on traced values (inside `jit`) are
-skipped silently: only concrete values can be inspected in Python.
+argument, what was given and what was expected. Checks on traced values (inside `jit`)
+are skipped silently: only concrete values can be inspected in Python.
 """
 
 from collections.abc import Sequence
@@ -43,7 +43,7 @@ def check_finite(name: str, value) -> None:
 
 
 def check_int(name: str, value, *, minimum: int | None = None) -> int:
-    """Return `value` as an `int`, raising `TypeError`/`ValueError` when it is not one."""
+    """Return `value` as an `int`; `TypeError`/`ValueError` when it is not one."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(
             f"`{name}` must be an int; got {type(value).__name__} ({value!r})."

@@ -27,7 +27,7 @@ def finite_difference_grad(f, x, eps=1e-6):
 
 
 def finite_difference_jvp(f, x, v, eps=1e-6):
-    """Central finite-difference directional derivative `(f(x + eps v) - f(x - eps v))/2eps`."""
+    """Central finite-difference directional derivative of `f` at `x` along `v`."""
     return jax.tree_util.tree_map(
         lambda a, b: (a - b) / (2 * eps), f(x + eps * v), f(x - eps * v)
     )

@@ -1,10 +1,12 @@
 """Learned data assimilation: neural incremental DA (seed 003).
 
 - `NeuralBandPrior`: the learned local Gaussian prior $\\mathcal N(\\mu(z; \\theta, s),
-  P(z; \\theta, s))$ with a banded SPD factorisation; calling it is the assimilation operator.
+  P(z; \\theta, s))$ with a banded SPD factorisation; calling it is the assimilation
+  operator.
 - `assimilate`, `incremental_assimilation` (Algorithm 2), `default_levels`.
 - `incremental_loss` (objective 3.5), `make_incremental_loss` (for `jaxda.train.fit`).
-- `BandedGaussianPrior`: band-precision Gaussian fitted to training windows (first guess).
+- `BandedGaussianPrior`: band-precision Gaussian fitted to training windows (first
+  guess).
 - `save_model`, `load_model`.
 """
 
