@@ -51,6 +51,7 @@ __all__ = [
     "make_train_step",
     "read_checkpoint_header",
     "save_checkpoint",
+    "strong_types",
 ]
 
 _MAGIC = "jaxda-checkpoint"
@@ -96,6 +97,18 @@ class TrainResult:
         return self.state.model
 
 
+def strong_types(tree):
+    """`tree` with every weakly typed JAX array leaf made strongly typed (same dtype
+    and values); other leaves are returned unchanged."""
+
+    def fix(a):
+        if isinstance(a, jax.Array) and getattr(a, "weak_type", False):
+            return jnp.asarray(a, a.dtype)
+        return a
+
+    return jax.tree_util.tree_map(fix, tree)
+
+
 def init_state(model, optimizer: optax.GradientTransformation, key: Key) -> TrainState:
     """Initial `TrainState` at step 0.
 
@@ -106,8 +119,12 @@ def init_state(model, optimizer: optax.GradientTransformation, key: Key) -> Trai
     - `optimizer`: an optax transformation, e.g. `optax.adam(1e-3)`.
     - `key`: base PRNG key of the run (batches and per-example keys derive from it).
 
-    **Returns:** a `TrainState`.
+    **Returns:** a `TrainState` whose model has every weakly typed inexact array leaf
+    (e.g. `jnp.full(3, 8.0)`) made strongly typed with the same dtype: one optax update
+    returns strongly typed arrays, and a weak leaf would otherwise make the compiled
+    train step trace a second time.
     """
+    model = strong_types(model)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     return TrainState(model, opt_state, jnp.asarray(0, dtype=jnp.int32), key)
 

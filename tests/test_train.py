@@ -64,6 +64,39 @@ def test_train_step_compiles_once():
         step(state, jax.tree_util.tree_map(lambda a: a[:3], data))
 
 
+def test_weakly_typed_parameters_compile_once():
+    # `jnp.full(2, 0.0)` is weakly typed; one Adam update returns a strongly typed
+    # array, so without `init_state` strengthening it the step would trace twice.
+    data = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), _problem())
+    model = jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, _model()
+    )
+    model = eqx.tree_at(lambda m: m.bias, model, jnp.full(2, 0.5))
+    assert model.bias.weak_type
+    opt = optax.adam(1e-2)
+    state = train.init_state(model, opt, jax.random.key(0))
+    leaves = jax.tree_util.tree_leaves(state)
+    assert not any(getattr(a, "weak_type", False) for a in leaves)
+    assert state.model.bias.dtype == jnp.float64
+    np.testing.assert_array_equal(state.model.bias, model.bias)
+    step = train.make_train_step(_loss, opt, max_traces=1)
+    it = train.batches(data, 8, jax.random.key(1))
+    for _ in range(3):
+        state, loss = step(state, next(it))
+    assert int(state.step) == 3 and np.isfinite(float(loss))
+    assert not jnp.all(state.model.bias == 0.5)  # the weak leaf was trained
+    res = train.fit(
+        model,
+        _loss,
+        data,
+        key=jax.random.key(2),
+        n_steps=3,
+        batch_size=8,
+        progress=False,
+    )  # fit's guard (max_traces=1) would raise on a retrace
+    assert res.model.bias.dtype == jnp.float64 and not res.model.bias.weak_type
+
+
 def test_deterministic_for_a_seed():
     data = _problem()
     kw = dict(n_steps=12, batch_size=16, progress=False)

@@ -15,9 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import optax
 
 from .._custom_types import Key
@@ -129,11 +127,6 @@ def fit_fourdvarnet(
                 mode, prior_weight=prior_weight, holdout=holdout
             )
 
-    # Weakly typed arrays (e.g. `jnp.full(3, 8.0)`) become strongly typed after one Adam
-    # update, which would retrace the step: make every parameter strongly typed first.
-    model = jax.tree_util.tree_map(
-        lambda a: jnp.asarray(a, a.dtype) if eqx.is_inexact_array(a) else a, model
-    )
     results = []
     for i, stage in enumerate(stages):
         stage = CurriculumStage(*stage)
