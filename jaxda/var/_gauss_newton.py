@@ -250,7 +250,23 @@ def _check_weak(solver, problem):
         )
 
 
-class GaussNewton(AbstractLineSearchGaussNewton):
+class AbstractStructuredGaussNewton(AbstractLineSearchGaussNewton):
+    """Line-search Gauss-Newton on a weak-constraint problem whose steps solve
+    block-tridiagonal systems: the fields and checks shared by `GaussNewton` and
+    `Incremental4DVar`; subclasses give `direction`."""
+
+    method: str = eqx.field(static=True, default="sequential")
+    max_backtracks: int = eqx.field(static=True, default=20)
+    armijo: float = 1e-4
+
+    def __check_init__(self):
+        check_choice("method", self.method, ("sequential", "parallel"))
+
+    def check_problem(self, problem):
+        _check_weak(self, problem)
+
+
+class GaussNewton(AbstractStructuredGaussNewton):
     r"""Gauss-Newton with a backtracking (Armijo) line search, structured in time.
 
     Each step solves the block-tridiagonal normal equations $A\,\delta = -\nabla J$ (see
@@ -265,16 +281,6 @@ class GaussNewton(AbstractLineSearchGaussNewton):
     **Arguments:** `rtol` (1e-8), `atol` (1e-12); `method`; `max_backtracks` (20);
     `armijo` $c$ (1e-4).
     """
-
-    method: str = eqx.field(static=True, default="sequential")
-    max_backtracks: int = eqx.field(static=True, default=20)
-    armijo: float = 1e-4
-
-    def __check_init__(self):
-        check_choice("method", self.method, ("sequential", "parallel"))
-
-    def check_problem(self, problem):
-        _check_weak(self, problem)
 
     def direction(self, problem, u):
         ne = linearise(problem, u)

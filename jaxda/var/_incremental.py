@@ -15,16 +15,9 @@ as the posterior precision is positive definite. In exact arithmetic one outer s
 equals one `GaussNewton` step.
 """
 
-import equinox as eqx
 import jax.numpy as jnp
 
-from .._validation import check_choice
-from ._gauss_newton import (
-    AbstractLineSearchGaussNewton,
-    _check_weak,
-    block_solve,
-    linearise,
-)
+from ._gauss_newton import AbstractStructuredGaussNewton, block_solve, linearise
 
 
 def _block_matvec(diagonal, lower, v):
@@ -56,7 +49,7 @@ def gaussian_map_step(problem, z, method: str = "sequential"):
     return jnp.reshape(x_map, z.shape), ne.grad, ok
 
 
-class Incremental4DVar(AbstractLineSearchGaussNewton):
+class Incremental4DVar(AbstractStructuredGaussNewton):
     r"""Incremental weak-constraint 4DVar: Gaussian-MAP inner solves + line search.
 
     $x_k = \mathrm{MAP}(y; \mu(z_k), P(z_k))$, $z_{k+1} = z_k + \alpha_k (x_k - z_k)$
@@ -66,16 +59,6 @@ class Incremental4DVar(AbstractLineSearchGaussNewton):
     **Arguments:** `rtol` (1e-8), `atol` (1e-12), `max_backtracks` (20), `armijo`
     (1e-4), `method` (`"sequential"`/`"parallel"` block-tridiagonal solver).
     """
-
-    method: str = eqx.field(static=True, default="sequential")
-    max_backtracks: int = eqx.field(static=True, default=20)
-    armijo: float = 1e-4
-
-    def __check_init__(self):
-        check_choice("method", self.method, ("sequential", "parallel"))
-
-    def check_problem(self, problem):
-        _check_weak(self, problem)
 
     def direction(self, problem, z):
         x_map, grad, ok = gaussian_map_step(problem, z, self.method)
