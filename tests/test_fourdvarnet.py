@@ -335,3 +335,88 @@ def test_bad_input(getkey):
         nn.make_training_data(obs, truth[:, :-1])
     with pytest.raises(ValueError, match="step_size"):
         nn.FixedStepGradient(0.0)
+
+
+def test_save_load_round_trip(tmp_path, getkey):
+    from jaxda import train
+    from jaxda.data import Normalisation
+
+    truth, obs = _windows(getkey(), 2)
+    one = Observations(obs.values[0], obs.mask[0])
+    norm = Normalisation(jnp.array([0.0, 0.0, 25.0]), jnp.full(3, 8.0))
+    f32 = lambda m: jax.tree_util.tree_map(  # noqa: E731
+        lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, m
+    )
+
+    # configurations of the other tests (their eager initialisations are compiled)
+    models = {
+        "genn-cnn": nn.FourDVarNet(
+            nn.VariationalCost(
+                nn.GENN((3,), key=getkey(), width=3, kernel_size=3), 0.3, 2.0
+            ),
+            nn.CNNSolver((3,), key=getkey(), hidden=8),
+            n_iter=3,
+            fill=0.5,
+        ),
+        "ode-lstm-f32": f32(
+            nn.FourDVarNet(
+                nn.VariationalCost(
+                    nn.ODEPrior.from_model(
+                        Lorenz63(rho=27.0), 0.01, normalisation=norm, substeps=2
+                    )
+                ),
+                nn.ConvLSTMSolver((3,), key=getkey(), hidden=6),
+                n_iter=2,
+                train_prior=False,
+            )
+        ),
+        "unet-fsgd": nn.FourDVarNet(
+            nn.VariationalCost(
+                nn.UNetPrior((8, 6), 4, key=getkey(), width=4, periodic=(True, True))
+            ),
+            nn.FixedStepGradient(jnp.asarray(0.05)),
+            n_iter=2,
+            checkpoint=True,
+        ),
+    }
+    run = eqx.filter_jit(lambda m, o: m(o))  # one compilation per architecture
+    for name, model in models.items():
+        path = tmp_path / f"{name}.eqx"
+        nn.save_model(path, model)
+        loaded = nn.load_model(path, like=model)
+        assert bool(eqx.tree_equal(loaded, model)), name
+        dtypes = [jnp.result_type(a) for a in jax.tree_util.tree_leaves(loaded)]
+        assert dtypes == [jnp.result_type(a) for a in jax.tree_util.tree_leaves(model)]
+        if name == "unet-fsgd":
+            o = Observations(
+                jax.random.normal(getkey(), (4, 8, 6)), jnp.ones((4, 8, 6), bool)
+            )
+        else:
+            o = one
+        np.testing.assert_array_equal(run(loaded, o), run(model, o))
+    # the loaded architecture (not just the weights) is the saved one
+    loaded = nn.load_model(tmp_path / "ode-lstm-f32.eqx")
+    assert loaded.cost.prior.flow.substeps == 2 and not loaded.train_prior
+    assert loaded.cost.prior.flow.model.rho.dtype == jnp.float32
+    # another architecture, a training checkpoint, a corrupt file, a custom module
+    with pytest.raises(ValueError, match="another architecture"):
+        nn.load_model(tmp_path / "genn-cnn.eqx", like=models["unet-fsgd"])
+    train.save_checkpoint(tmp_path / "state", models["genn-cnn"], {"stage": 0})
+    with pytest.raises(ValueError, match="does not hold a NeuralBandPrior or a Four"):
+        nn.load_model(tmp_path / "state")
+    raw = (tmp_path / "genn-cnn.eqx").read_bytes()
+    (tmp_path / "cut").write_bytes(raw[: len(raw) - 7])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        nn.load_model(tmp_path / "cut")
+    header = train.read_checkpoint_header(tmp_path / "genn-cnn.eqx")
+    header["hyperparameters"]["prior"]["width"] = 4  # weights no longer fit
+    train.save_checkpoint(tmp_path / "lie", models["genn-cnn"], header)
+    with pytest.raises(ValueError, match="invalid architecture"):
+        nn.load_model(tmp_path / "lie")
+    nnx = pytest.importorskip("flax.nnx")
+    flax_prior = nn.FlaxModule(nnx.Linear(3, 3, rngs=nnx.Rngs(0)))
+    with pytest.raises(TypeError, match="cannot describe the prior of type FlaxModule"):
+        nn.save_model(
+            tmp_path / "x",
+            nn.FourDVarNet(nn.VariationalCost(flax_prior), nn.FixedStepGradient(0.1)),
+        )

@@ -218,6 +218,20 @@ class GENN(eqx.Module):
         self.layout = layout
 
     @property
+    def hyperparameters(self) -> dict:
+        """The constructor arguments (JSON-serialisable; `GENN(**hp, key=...)` rebuilds
+        the architecture)."""
+        conv = self.fine.conv_in
+        return {
+            "state_shape": list(self.state_shape),
+            "layout": self.layout,
+            "width": int(self.fine.conv_mid.weight.shape[0]),
+            "kernel_size": [int(k) for k in conv.weight.shape[2:]],
+            "pool": self.pool,
+            "periodic_space": bool(self.layout == "field" and conv.periodic[-1]),
+        }
+
+    @property
     def constrained_convs(self) -> tuple[Conv, Conv]:
         """The two convolutions whose centre tap is forced to zero."""
         return self.coarse.conv_in, self.fine.conv_in
@@ -286,6 +300,17 @@ class UNetPrior(eqx.Module):
         self.dec = Conv(2 * width, width, 3, key=k[5], **kw)
         self.out = Conv(width, c, 1, key=k[6], **kw)
         self.state_shape = state_shape
+
+    @property
+    def hyperparameters(self) -> dict:
+        """The constructor arguments (JSON-serialisable; `UNetPrior(**hp, key=...)`
+        rebuilds the architecture)."""
+        return {
+            "state_shape": list(self.state_shape),
+            "n_times": self.n_times,
+            "width": int(self.enc1a.weight.shape[0]),
+            "periodic": [bool(p) for p in self.enc1a.periodic],
+        }
 
     def __call__(self, x: Float[Array, T * state]) -> Float[Array, T * state]:
         _check_window("x", x, self.state_shape, "UNetPrior")

@@ -148,6 +148,19 @@ class ConvLSTMSolver(AbstractGradientSolver):
         self.state_shape = state_shape
         self.layout = layout
 
+    @property
+    def hyperparameters(self) -> dict:
+        """The constructor arguments (JSON-serialisable; `ConvLSTMSolver(**hp,
+        key=...)` rebuilds the architecture)."""
+        conv = self.cell.gates
+        return {
+            "state_shape": list(self.state_shape),
+            "layout": self.layout,
+            "hidden": self.cell.hidden,
+            "kernel_size": [int(k) for k in conv.weight.shape[2:]],
+            "periodic_space": bool(self.layout == "field" and conv.periodic[-1]),
+        }
+
     def check_state_shape(self, state_shape):
         _check_shape("ConvLSTMSolver", state_shape, self.state_shape)
 
@@ -224,6 +237,21 @@ class CNNSolver(AbstractGradientSolver):
         self.network = network
         self.state_shape = state_shape
         self.layout = layout
+
+    @property
+    def hyperparameters(self) -> dict | None:
+        """The constructor arguments (JSON-serialisable; `CNNSolver(**hp, key=...)`
+        rebuilds the architecture), or None when a custom `network` is used."""
+        if not isinstance(self.network, _SolverCNN):
+            return None
+        conv = self.network.conv1
+        return {
+            "state_shape": list(self.state_shape),
+            "layout": self.layout,
+            "hidden": int(conv.weight.shape[0]),
+            "kernel_size": [int(k) for k in conv.weight.shape[2:]],
+            "periodic_space": bool(self.layout == "field" and conv.periodic[-1]),
+        }
 
     def check_state_shape(self, state_shape):
         _check_shape("CNNSolver", state_shape, self.state_shape)
