@@ -311,28 +311,30 @@ def _simulate_scan(
             )
             return sol.ys[0], sol.result == diffrax.RESULTS.successful
 
+    # One scan over burn-in and output intervals, so the step (a whole `diffeqsolve`
+    # for adaptive solvers) is traced and compiled once: the state after interval k is
+    # written into row k - burn + 1 of the output buffer (row 0 while burning in, which
+    # the last burn-in interval leaves holding the initial state of the output).
     total = n_steps + burn
     keys = None if key is None else jax.random.split(key, total)
+    out = jnp.zeros((n_steps + 1,) + x0.shape, x0.dtype).at[0].set(x0)
 
     def body(carry, inputs):
-        x, ok = carry
+        x, ok, out = carry
         k, sub = inputs
         t = t0 + (k - burn).astype(x.dtype) * dt
         x, ok_k = step(x, t)
         if sub is not None:
             x = x + sigma * jax.random.normal(sub, x.shape, dtype=x.dtype)
-        return (x, ok & ok_k), x
-
-    ks = jnp.arange(total)
-    ok = jnp.array(True)
-    if burn:
-        burn_keys = None if keys is None else keys[:burn]
-        (x0, ok), _ = jax.lax.scan(
-            lambda c, i: (body(c, i)[0], None), (x0, ok), (ks[:burn], burn_keys)
+        out = jax.lax.dynamic_update_index_in_dim(
+            out, x, jnp.maximum(k - burn + 1, 0), axis=0
         )
-    main_keys = None if keys is None else keys[burn:]
-    (_, ok), xs = jax.lax.scan(body, (x0, ok), (ks[burn:], main_keys))
-    return jnp.concatenate([x0[None], xs], axis=0), ok
+        return (x, ok & ok_k, out), None
+
+    (_, ok, out), _ = jax.lax.scan(
+        body, (x0, jnp.array(True), out), (jnp.arange(total), keys)
+    )
+    return out, ok
 
 
 def _simulate_sde(
