@@ -60,6 +60,13 @@ def test_against_dense(d, b, seed):
         chol.inverse_band().to_dense(), in_band(inv, b), atol=1e-8
     )
     np.testing.assert_allclose(chol.inverse_diagonal(), np.diag(inv), rtol=1e-8)
+    # Constructors: the band of a dense matrix, and L L^T from the Cholesky band.
+    np.testing.assert_allclose(
+        SymmetricBandMatrix.from_dense(dense, b).band, A.masked_band(), atol=0
+    )
+    np.testing.assert_allclose(
+        SymmetricBandMatrix.from_lower_factor(chol.factor).to_dense(), dense, atol=1e-10
+    )
     # sample_cov: L z
     z_key = jax.random.key(seed % 1000)
     x = A.sample_cov(z_key, (3,))

@@ -174,3 +174,24 @@ def lower_band_to_dense(lband):
     for k in range(1, min(b1, d)):
         a = a + jnp.diag(lband[k, : d - k], -k)
     return a
+
+
+def lower_band_gram(lband):
+    r"""Band of $A = L L^\top$ for a lower band $L$ (bandwidth $b$, entries past the end
+    of the matrix zero): $A_{i+k, i} = \sum_{m=0}^{b-k} L_{i+k, i-m} L_{i, i-m}$, so $A$
+    has bandwidth $b$ and costs $O(d b^2)$."""
+    b1, d = lband.shape
+    out = jnp.zeros_like(lband)
+    for m in range(b1):
+        # shifted[r, i] = lband[r, i - m] (zero for i < m): column i - m of L.
+        shifted = jnp.pad(lband, ((0, 0), (m, 0)))[:, :d]
+        out = out.at[: b1 - m].add(shifted[m:] * shifted[m][None, :])
+    return out
+
+
+def dense_to_band(a, b: int):
+    """Lower band storage `band[k, i] = a[i + k, i]` (`k = 0..b`) of a square matrix,
+    zero past the end."""
+    d = a.shape[0]
+    rows = [jnp.pad(jnp.diagonal(a, offset=-k), (0, min(k, d))) for k in range(b + 1)]
+    return jnp.stack(rows)

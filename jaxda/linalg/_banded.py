@@ -41,6 +41,27 @@ class SymmetricBandMatrix(eqx.Module):
             band = band.astype(jnp.result_type(float))
         self.band = band
 
+    @classmethod
+    def from_dense(
+        cls, a: Float[ArrayLike, "d d"], bandwidth: int
+    ) -> "SymmetricBandMatrix":
+        r"""The band of width `bandwidth` of the symmetric matrix `a` (its lower
+        triangle is read; entries further from the diagonal are dropped)."""
+        a = jnp.asarray(a)
+        if a.ndim != 2 or a.shape[0] != a.shape[1]:
+            raise ValueError(f"`a` must be a square matrix; got shape {a.shape}.")
+        return cls(K.dense_to_band(a, check_int("bandwidth", bandwidth, minimum=0)))
+
+    @classmethod
+    def from_lower_factor(
+        cls, factor: Float[ArrayLike, "b1 d"]
+    ) -> "SymmetricBandMatrix":
+        r"""$A = L L^\top$ for the lower-triangular band $L$ stored as `factor[k, i]`
+        $= L_{i+k, i}$ (same bandwidth, $O(d b^2)$). $A$ is SPD whenever $L$ has a
+        positive diagonal."""
+        factor = SymmetricBandMatrix(factor).masked_band()
+        return cls(K.lower_band_gram(factor))
+
     @property
     def size(self) -> int:
         """The dimension $d$."""

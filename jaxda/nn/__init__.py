@@ -10,17 +10,11 @@
 - `save_model`, `load_model`.
 """
 
-from ._band import (
-    band_to_dense as band_to_dense,
-    lower_band_gram as lower_band_gram,
-    lower_band_to_dense as lower_band_to_dense,
-)
 from ._band_prior import NeuralBandPrior as NeuralBandPrior
 from ._embedding import sinusoidal_embedding as sinusoidal_embedding
 from ._first_guess import (
     BandedGaussianPrior as BandedGaussianPrior,
     covariance_band as covariance_band,
-    dense_to_band as dense_to_band,
 )
 from ._incremental import (
     IncrementalSolution as IncrementalSolution,
@@ -39,15 +33,11 @@ __all__ = [
     "IncrementalSolution",
     "NeuralBandPrior",
     "assimilate",
-    "band_to_dense",
     "covariance_band",
     "default_levels",
-    "dense_to_band",
     "incremental_assimilation",
     "incremental_loss",
     "load_model",
-    "lower_band_gram",
-    "lower_band_to_dense",
     "make_incremental_loss",
     "neural_then_refine",
     "save_model",

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Float, ScalarLike
 from .._validation import check_int, check_positive
+from ..linalg._band_kernels import lower_band_gram
 from ..obs import Observations
 from . import _band
-from ._band import lower_band_gram
 
 
 def covariance_band(
@@ -59,17 +59,6 @@ def covariance_band(
         [jnp.mean(c * cp[:, k : k + d], axis=0) for k in range(bandwidth + 1)]
     )
     return mu.reshape(x.shape[1:]), band
-
-
-def dense_to_band(a: Float[Array, "d d"], bandwidth: int) -> Float[Array, "b1 d"]:
-    """Lower band storage `band[k, i] = a[i + k, i]` of a square matrix (zero
-    outside)."""
-    a = jnp.asarray(a)
-    rows = []
-    for k in range(bandwidth + 1):
-        diag = jnp.diagonal(a, offset=-k)
-        rows.append(jnp.pad(diag, (0, k)))
-    return jnp.stack(rows)
 
 
 def _precision_factor(cov_band, ridge):
