@@ -30,7 +30,7 @@ def _dense_map(mean, cov, obs, obs_var):
 
 
 def _dense_prior_cov(model, z, s):
-    a = nn.band_to_dense(model.band(z, s))
+    a = SymmetricBandMatrix(model.band(z, s)).to_dense()
     return jnp.linalg.inv(a) if model.form == "precision" else a
 
 
@@ -59,6 +59,12 @@ def _linear_gaussian(n_times=T, n=N, seed=0):
             c[u * n : (u + 1) * n, t * n : (t + 1) * n] = blk
             c[t * n : (t + 1) * n, u * n : (u + 1) * n] = blk.T
     return jnp.asarray(np.stack(m)), jnp.asarray(c), f, q
+
+
+def _lower_dense(factor):
+    """Dense lower-triangular L from band storage `factor[k, i] = L[i + k, i]`."""
+    b1, d = factor.shape
+    return sum(np.diag(factor[k, : d - k], -k) for k in range(min(b1, d)))
 
 
 def _model(key, **kw):
@@ -104,8 +110,8 @@ def test_band_matrix_is_spd_for_random_weights_and_inputs(seed, s, scale, arch):
         _base_model(arch), jax.random.key(seed), jnp.asarray(s), jnp.asarray(scale)
     )
     assert band.shape == (2 * N + 1, T * N)
-    a = np.asarray(nn.band_to_dense(band))
-    lf = np.asarray(nn.lower_band_to_dense(factor))
+    a = np.asarray(SymmetricBandMatrix(band).to_dense())
+    lf = _lower_dense(np.asarray(factor))
     eps = _base_model(arch).min_eig
     np.testing.assert_allclose(
         a, lf @ lf.T + eps * np.eye(T * N), rtol=1e-12, atol=1e-9
@@ -195,9 +201,9 @@ def test_gradients_through_map_equal_dense_autodiff(form, getkey):
 def _oracle_model(mean, prec, key):
     """A NeuralBandPrior whose output is the constant N(mean, prec^{-1})."""
     b = 2 * N
-    model = _model(key, residual=False, bandwidth=b)
+    model = _model(key, residual=False, bandwidth=b, form="precision")
     lf = np.linalg.cholesky(np.asarray(prec) - model.min_eig * np.eye(T * N))
-    fac = np.asarray(nn.dense_to_band(jnp.asarray(lf), b))
+    fac = np.asarray(SymmetricBandMatrix.from_dense(lf, b).band)
     c = model.max_entry
     raw = c * np.arctanh(fac / c)
     raw[0] = np.log(np.expm1(raw[0]))  # inverse softplus
@@ -242,11 +248,13 @@ def test_oracle_prior_gives_exact_posterior_mean(getkey):
 def test_banded_first_guess_oracle_and_fit(getkey):
     mean, cov, f, q = _linear_gaussian()
     prior = nn.BandedGaussianPrior.from_covariance(
-        mean, nn.dense_to_band(cov, 2 * N), ridge=0.0
+        mean, SymmetricBandMatrix.from_dense(cov, 2 * N).band, ridge=0.0
     )
     # Exact: the precision of a linear-Gaussian trajectory is banded (b = 2n - 1 <= 2n).
     np.testing.assert_allclose(
-        nn.band_to_dense(prior.precision_band), jnp.linalg.inv(cov), atol=1e-8
+        SymmetricBandMatrix(prior.precision_band).to_dense(),
+        jnp.linalg.inv(cov),
+        atol=1e-8,
     )
     obs = _obs(getkey())
     np.testing.assert_allclose(
@@ -256,7 +264,7 @@ def test_banded_first_guess_oracle_and_fit(getkey):
     lf = jnp.linalg.cholesky(cov)
     xs = mean.reshape(-1) + jax.random.normal(getkey(), (20000, T * N)) @ lf.T
     fitted = nn.BandedGaussianPrior.fit(xs.reshape(-1, T, N), 2 * N)
-    qd = np.asarray(nn.band_to_dense(fitted.precision_band))
+    qd = np.asarray(SymmetricBandMatrix(fitted.precision_band).to_dense())
     assert np.linalg.eigvalsh(qd).min() > 0
     np.testing.assert_allclose(fitted.mean, mean, atol=0.05)
     np.testing.assert_allclose(

@@ -14,20 +14,24 @@ weights). Every banded SPD matrix with eigenvalues above $\varepsilon$ is of thi
 (the Cholesky factor of $A - \varepsilon I$ keeps the band), up to the bound $c$ on its
 entries.
 
-By default $L L^\top$ is the prior **precision** $Q = P^{-1}$ (`form="precision"`), not
-the covariance. Both keep the MAP at $O(d b^2)$ (precision form: $(Q + H^\top R^{-1} H)$
-is banded; covariance form with a mask: $M P M + R$ is banded), but they are different
-models:
+$L L^\top$ is either the prior **covariance** $P$ (`form="covariance"`, the default and
+the paper's wording) or the prior **precision** $Q = P^{-1}$ (`form="precision"`). Both
+keep the MAP at $O(d b^2)$ (covariance form with a mask: $M P M + R$ is banded;
+precision form: $Q + H^\top R^{-1} H$ is banded), but they are different models:
 
+- a banded covariance makes states more than $b/n$ time steps apart uncorrelated: the
+  increment $x_{\mathrm{MAP}} - \mu$ is local to the observations, and the network has
+  to carry information to the rest of the window through the mean $\mu(z)$ (which sees
+  the whole of $z$, and $z$ already holds the observations);
 - a banded precision is a Gauss-Markov model (the Gauss-Newton Hessian of
   weak-constraint 4DVar, eq. 2.7a, is block-tridiagonal, i.e. banded with $b = 2n - 1$;
   the exact prior of a linear-Gaussian model is of this form), whose covariance is
-  dense: one observation informs the whole window;
-- a banded covariance (the paper's literal wording) makes states more than $b/n$ time
-  steps apart uncorrelated, so with sparse observations most of the window receives no
-  increment and $x_{\mathrm{MAP}} = \mu$ there.
+  dense: one observation informs the whole window.
 
-`form="covariance"` is kept for the paper's variant.
+The default follows a measurement: on B24-L63 (`examples/lorenz63_incremental.py` with
+its defaults, test observation phases never seen in training) the neural incremental
+MSE was 0.064 with `form="covariance"` and 0.122 with `form="precision"`, same data,
+seed and training budget. The exact-prior (oracle) tests use `form="precision"`.
 """
 
 import math
@@ -38,7 +42,7 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Float, Key, ScalarLike
 from .._validation import check_choice, check_int, check_positive
-from ._band import band_valid_mask, lower_band_gram
+from ..linalg._band_kernels import lower_band_gram, valid_band_mask
 from ._embedding import sinusoidal_embedding
 
 
@@ -114,8 +118,8 @@ class NeuralBandPrior(eqx.Module):
     \theta, s))$.
 
     Two networks (as in seed 003): one for the mean, one for the banded factor $L$ of $L
-    L^\top$ ($= P^{-1}$ with `form="precision"`, the default, or $= P$ with
-    `form="covariance"`, plus $\varepsilon I$; see the module docstring). The level $s$
+    L^\top$ ($= P$ with `form="covariance"`, the default, or $= P^{-1}$ with
+    `form="precision"`, plus $\varepsilon I$; see the module docstring). The level $s$
     enters through a sinusoidal embedding concatenated to the input. With
     `residual=True` the mean is $z + f(z, s)$.
 
@@ -139,7 +143,7 @@ class NeuralBandPrior(eqx.Module):
     - `embed_dim`: size of the level embedding (default 16).
     - `kernel_size`: convolution width in time (`"conv"` only, odd, default 5).
     - `activation`: `"silu"` (default), `"tanh"`, `"gelu"` or `"relu"`.
-    - `form`: `"precision"` (default) or `"covariance"`.
+    - `form`: `"covariance"` (default) or `"precision"`.
     - `conditional`: `False` for the unconditional cold-diffusion ablation.
     - `residual`: mean $= z + f$ (default) or $f$.
     - `max_entry`: $c$, bound on the entries of $L$ (soft clip $c \tanh(\cdot / c)$).
@@ -181,7 +185,7 @@ class NeuralBandPrior(eqx.Module):
         embed_dim: int = 16,
         kernel_size: int = 5,
         activation: str = "silu",
-        form: str = "precision",
+        form: str = "covariance",
         conditional: bool = True,
         residual: bool = True,
         max_entry: float = 30.0,
@@ -324,7 +328,7 @@ class NeuralBandPrior(eqx.Module):
         c = jnp.asarray(self.max_entry, raw.dtype)
         raw = raw.at[0].set(jax.nn.softplus(raw[0]))
         lb = c * jnp.tanh(raw / c)
-        return jnp.where(band_valid_mask(self.bandwidth, self.size), lb, 0)
+        return jnp.where(valid_band_mask(self.bandwidth, self.size), lb, 0)
 
     def band(self, z: Float[Array, "T *state"], s: ScalarLike) -> Float[Array, "b1 d"]:
         r"""Band storage of $L L^\top + \varepsilon I$ (the precision $Q$ or the
