@@ -12,6 +12,11 @@ Writes PNG files (each atomically: a temporary file, then a rename):
 - `throughput.png`: windows per second against batch size (records with
   `n_devices == 1`), and against `n_devices` (sharded records), one line per method.
 
+- `summary.md`: one Markdown table per problem and device (every method with an
+  accuracy field: MSE, time per window at the recorded batch and at batch 1 where
+  measured, iterations, compile time, fraction of windows far from the truth), the
+  tables shown in the README and the docs.
+
 A figure with no matching records is skipped (and reported). Uses matplotlib's Agg
 backend (no display needed).
 """
@@ -211,6 +216,52 @@ def plot_throughput(records, out_dir: pathlib.Path):
     return path
 
 
+def _fmt(x, scale: float = 1.0, digits: int = 3) -> str:
+    return f"{scale * x:.{digits}g}" if _number(x) else ""
+
+
+def write_summary(records, out_dir: pathlib.Path, metric: str = "mse"):
+    """Markdown tables (one per problem and device) of the accuracy records."""
+    recs = [
+        r
+        for r in records
+        if _number(r.get(metric)) and not str(r.get("method", "")).startswith("ratio:")
+    ]
+    if not recs:
+        return None
+    groups = defaultdict(list)
+    for r in recs:
+        groups[(r["problem"], r.get("device", "?"), r.get("suite", ""))].append(r)
+    lines = []
+    for (problem, device, suite), rows in sorted(groups.items()):
+        dtype = rows[0].get("dtype", "")
+        lines += [
+            f"**{problem}** ({device}, {suite or '?'} suite, {dtype})",
+            "",
+            f"| method | {metric} | batch | ms / window | ms, batch 1 | iterations "
+            "| compile s | far from truth |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted(rows, key=lambda r: r[metric]):
+            lines.append(
+                f"| {r['method']} | {_fmt(r[metric])} | {r.get('batch', '')} "
+                f"| {_fmt(r.get('time_per_window_s'), 1e3)} "
+                f"| {_fmt(r.get('latency_s'), 1e3)} "
+                f"| {_fmt(r.get('iterations'), digits=2)} "
+                f"| {_fmt(r.get('compile_s'), digits=2)} "
+                f"| {_fmt(r.get('far_fraction'), digits=2)} |"
+            )
+        lines.append("")
+    path = out_dir / "summary.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=pathlib.Path)
@@ -222,6 +273,7 @@ def main(argv=None) -> int:
         "accuracy": plot_accuracy(records, args.out_dir, args.metric),
         "scaling": plot_scaling(records, args.out_dir),
         "throughput": plot_throughput(records, args.out_dir),
+        "summary": write_summary(records, args.out_dir, args.metric),
     }
     for name, path in made.items():
         print(f"{name}: {path if path else 'no matching records, skipped'}")

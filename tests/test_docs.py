@@ -155,3 +155,6 @@ def test_benchmark_plots(tmp_path):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     assert not list(out.glob("*.tmp"))
+    summary = (out / "summary.md").read_text()
+    assert summary.count("| method | mse |") == 2  # F21-L63 and B24-L63
+    assert "| 4dvarnet | 0.5 | 1 | 0.1 |" in summary
