@@ -3,8 +3,11 @@
 Trains learned variational costs and solvers on the F21-L63 / F21-L96 presets (smaller
 than the paper unless you ask for more), evaluates them beside the 4DVar baselines
 (fixed-step gradient descent and structured Gauss-Newton on the true RK4 cost), prints a
-table shaped like the paper's, and saves the energy-pathway figure (4DVar cost and
-reconstruction error against iteration) and a JSON record in `--out`.
+table shaped like the paper's (prior x solver x learning scheme: supervised MSE,
+unsupervised = the 4DVar cost as loss (eq. 13), semi-supervised = held-out observations
+as target), and saves in `--out` the trained models (`model_<system>_<config>.eqx`, see
+`jaxda.nn.load_model`), the energy-pathway figure (4DVar cost and reconstruction error
+against iteration) and a JSON record (with the run size), all written atomically.
 
 Metrics (all on the test windows):
 
@@ -17,13 +20,18 @@ Metrics (all on the test windows):
 Example (about 10 minutes on 2 CPU cores):
 
     python examples/fourdvarnet_lorenz.py --system l63 --n-train 512 --steps 600
+
+The functions `setup`, `build`, `train_config`, `gauss_newton` are reused by
+`benchmarks/bench_fourdvarnet.py`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import tempfile
 import time
 import zlib
 
@@ -64,9 +72,58 @@ PAPER = {
 # from the text; we list them as printed.)
 PRESET = {"l63": "F21-L63", "l96": "F21-L96"}
 DEFAULT_CONFIGS = {
-    "l63": ["supervised-genn-cnn", "unsupervised-ode-cnn"],
-    "l96": ["supervised-genn-lstm", "unsupervised-ode-cnn"],
+    "l63": ["supervised-genn-cnn", "unsupervised-genn-cnn", "semisupervised-genn-cnn"],
+    "l96": ["supervised-genn-lstm", "unsupervised-ode-cnn", "semisupervised-genn-lstm"],
 }
+
+
+@dataclasses.dataclass
+class Setup:
+    """Data of one system: train / test splits, normalisation, normalised arrays."""
+
+    system: str
+    preset: jd.Preset
+    train: jd.Dataset
+    test: jd.Dataset
+    norm: jd.Normalisation
+    obs_tr: Observations
+    truth_tr: jax.Array
+    obs_te: Observations
+    truth_te: jax.Array
+    rk4: nn.ODEPrior  # the true RK4 prior in normalised units
+
+    @property
+    def noise_var(self) -> float:
+        return self.preset.noise_std**2
+
+
+def setup(system: str, seed: int, n_train: int, n_test: int) -> Setup:
+    """Simulate the F21 train / test windows of `system` ("l63" or "l96")."""
+    preset = jd.get_preset(PRESET[system])
+    train, test = jd.make_preset_splits(
+        PRESET[system], seed, n_train=n_train, n_test=n_test
+    )
+    norm = jd.Normalisation.fit(train.truth)
+    rk4 = nn.ODEPrior.from_model(preset.model, preset.dt, normalisation=norm)
+    return Setup(
+        system,
+        preset,
+        train,
+        test,
+        norm,
+        norm.apply_obs(train.obs),
+        norm.apply(train.truth),
+        norm.apply_obs(test.obs),
+        norm.apply(test.truth),
+        rk4,
+    )
+
+
+def first_guess(s: Setup) -> jax.Array:
+    """Interpolated test observations, never-observed components at the mean
+    (original units)."""
+    fill = np.asarray(s.norm.mean)
+    return jax.vmap(lambda o: jd.interpolate_observations(o, fill))(s.test.obs)
 
 
 def build(system, prior_name, solver_name, norm, preset, key, n_iter):
@@ -95,6 +152,45 @@ def build(system, prior_name, solver_name, norm, preset, key, n_iter):
     return nn.FourDVarNet(cost, solver, n_iter=n_iter, train_prior=prior_name != "ode")
 
 
+def train_config(
+    cfg: str,
+    s: Setup,
+    *,
+    steps: int,
+    lr: float,
+    batch: int,
+    seed: int,
+    progress: bool = False,
+) -> tuple[nn.FourDVarNet, dict]:
+    """Train configuration `cfg` = "mode-prior-solver" (e.g. "supervised-genn-cnn")
+    with the curriculum K = 5 -> 10 -> 20 and Adam (`lr`, divided by 10 in the last
+    stage), gradient clipping at norm 1. **Returns:** `(model, info)`."""
+    mode, prior_name, solver_name = cfg.split("-")
+    key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(cfg.encode()) % 2**31)
+    model = build(s.system, prior_name, solver_name, s.norm, s.preset, key, 5)
+    stages = nn.default_curriculum(steps, learning_rate=lr, iterations=(5, 10, 20))
+    data = nn.make_training_data(s.obs_tr, s.truth_tr)
+    t0 = time.perf_counter()
+    res = nn.fit_fourdvarnet(
+        model,
+        data,
+        key=key,
+        batch_size=batch,
+        stages=stages,
+        mode=mode,
+        prior_weight=0.1 if mode == "supervised" else 0.0,
+        clip_norm=1.0,
+        progress=progress,
+        print_every=50,
+    )
+    info = {
+        "train_s": time.perf_counter() - t0,
+        "train_steps": sum(st.n_steps for st in stages),
+        "final_loss": float(np.mean(res.losses[-20:])),
+    }
+    return res.model, info
+
+
 def scores(x, truth, obs, norm, prior, rk4_prior):
     """R-score (orig units), 4DVar-score and ODE-score (normalised) of a batch."""
     r = float(jnp.mean((norm.invert(x) - norm.invert(truth)) ** 2))
@@ -113,7 +209,8 @@ def scores(x, truth, obs, norm, prior, rk4_prior):
 
 
 def gauss_newton(preset, obs_var, model_var, n_steps, path=False):
-    """A jitted, vmapped `(values, mask, x_init) -> estimates` (or iterates)."""
+    """A jitted, vmapped `(values, mask, x_init) -> (estimates, iterations)` (or the
+    iterates with `path=True`)."""
     flow = flow_map(preset.model, preset.dt)
     solver = GaussNewton()
 
@@ -122,7 +219,8 @@ def gauss_newton(preset, obs_var, model_var, n_steps, path=False):
             flow, Observations(values, mask), obs_var, model_var
         )
         if not path:
-            return solver.run(problem, x0, n_steps).x
+            sol = solver.run(problem, x0, n_steps)
+            return sol.x, sol.n_steps
         state = solver.init(problem, x0)
 
         def body(s, _):
@@ -161,26 +259,34 @@ def gradient_descent(preset, obs_orig, x_init, obs_var, model_var, n_steps, reco
     return eqx.filter_jit(jax.vmap(one))(obs_orig.values, obs_orig.mask, x_init)
 
 
+def _atomic(path, write, mode="w"):
+    """Write `path` through a temporary file in the same folder and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def run_system(system, args):
-    preset = jd.get_preset(PRESET[system])
     t0 = time.perf_counter()
-    train, test = jd.make_preset_splits(
-        PRESET[system], args.seed, n_train=args.n_train, n_test=args.n_test
-    )
+    s = setup(system, args.seed, args.n_train, args.n_test)
+    preset, test, norm = s.preset, s.test, s.norm
+    obs_te, truth_te, rk4 = s.obs_te, s.truth_te, s.rk4
     print(
         f"[{system}] data: {args.n_train} train / {args.n_test} test windows, "
         f"{time.perf_counter() - t0:.1f} s"
     )
-    norm = jd.Normalisation.fit(train.truth)
-    obs_tr, truth_tr = norm.apply_obs(train.obs), norm.apply(train.truth)
-    obs_te, truth_te = norm.apply_obs(test.obs), norm.apply(test.truth)
-    rk4 = nn.ODEPrior.from_model(preset.model, preset.dt, normalisation=norm)
-    rows, paths, timings = [], {}, {}
-    noise_var = preset.noise_std**2
+    rows, paths, timings, training = [], {}, {}, {}
+    noise_var = s.noise_var
 
     # -- baselines on the true RK4 cost (original units) --
-    fill = np.asarray(norm.mean)
-    x0 = jax.vmap(lambda o: jd.interpolate_observations(o, fill))(test.obs)
+    x0 = first_guess(s)
     record = np.unique(np.geomspace(1, args.gd_steps, 25).astype(int))
     t0 = time.perf_counter()
     x_gd, gd_path = gradient_descent(
@@ -197,7 +303,7 @@ def run_system(system, args):
     gn = gauss_newton(preset, noise_var, args.model_var, 20)
     jax.block_until_ready(gn(test.obs.values, test.obs.mask, x0))
     t0 = time.perf_counter()
-    x_gn = jax.block_until_ready(gn(test.obs.values, test.obs.mask, x0))
+    x_gn, _ = jax.block_until_ready(gn(test.obs.values, test.obs.mask, x0))
     timings["gauss_newton"] = (time.perf_counter() - t0) / args.n_test
     r, fv, od = scores(norm.apply(x_gn), truth_te, obs_te, norm, rk4, rk4)
     rows.append(("none", "ode", "4dvar", "GN <=20 it", r, fv, od))
@@ -208,30 +314,21 @@ def run_system(system, args):
     print(f"[{system}] GN: R={r:.3f}, {timings['gauss_newton'] * 1e3:.2f} ms/window")
 
     # -- learned configurations --
-    data = nn.make_training_data(obs_tr, truth_tr)
     for cfg in args.configs or DEFAULT_CONFIGS[system]:
         mode, prior_name, solver_name = cfg.split("-")
-        key = jax.random.fold_in(
-            jax.random.key(args.seed), zlib.crc32(cfg.encode()) % 2**31
+        trained, info = train_config(
+            cfg,
+            s,
+            steps=args.steps,
+            lr=args.lr,
+            batch=args.batch,
+            seed=args.seed,
+            progress=args.progress,
         )
-        model = build(system, prior_name, solver_name, norm, preset, key, 5)
-        stages = nn.default_curriculum(
-            args.steps, learning_rate=args.lr, iterations=(5, 10, 20)
-        )
-        t0 = time.perf_counter()
-        res = nn.fit_fourdvarnet(
-            model,
-            data,
-            key=key,
-            batch_size=args.batch,
-            stages=stages,
-            mode=mode,
-            prior_weight=0.1 if mode == "supervised" else 0.0,
-            clip_norm=1.0,
-            progress=False,
-        )
-        train_s = time.perf_counter() - t0
-        model = res.model
+        path = os.path.join(args.out, f"model_{system}_{cfg}.eqx")
+        nn.save_model(path, trained)  # atomic
+        model = nn.load_model(path)  # as a user would
+        training[cfg] = info
         run = lambda m=model: nn.assimilate_batch(m, obs_te)  # noqa: E731
         jax.block_until_ready(run())
         t0 = time.perf_counter()
@@ -242,11 +339,11 @@ def run_system(system, args):
         _, p = nn.assimilate_batch(model, obs_te, return_path=True)
         paths[cfg] = (np.arange(p.shape[1]), p.swapaxes(0, 1))
         print(
-            f"[{system}] {cfg}: R={r:.3f}, train {train_s:.0f} s "
-            f"({sum(s.n_steps for s in stages)} steps), "
+            f"[{system}] {cfg}: R={r:.3f}, train {info['train_s']:.0f} s "
+            f"({info['train_steps']} steps, final loss {info['final_loss']:.4g}), "
             f"{timings[cfg] * 1e3:.2f} ms/window, "
             f"lam_obs={float(model.cost.lam_obs):.3g} "
-            f"lam_prior={float(model.cost.lam_prior):.3g}"
+            f"lam_prior={float(model.cost.lam_prior):.3g}, saved {path}"
         )
 
     # -- table --
@@ -255,14 +352,14 @@ def run_system(system, args):
         f"{preset.n_train} / {preset.n_test})"
     )
     print(
-        f"{'scheme':<13}{'prior':<6}{'solver':<7}{'iters':<12}{'R-score':>9}"
+        f"{'scheme':<15}{'prior':<6}{'solver':<7}{'iters':<12}{'R-score':>9}"
         f"{'paper':>8}{'4DVar-score':>13}{'ODE-score':>11}"
     )
     for mode, prior, solver, it, r, fv, od in rows:
         ref = PAPER[system].get((mode, prior, solver))
         ref = f"{ref:.2f}" if ref is not None else "-"
         print(
-            f"{mode:<13}{prior:<6}{solver:<7}{it:<12}{r:>9.3f}{ref:>8}{fv:>13.3e}"
+            f"{mode:<15}{prior:<6}{solver:<7}{it:<12}{r:>9.3f}{ref:>8}{fv:>13.3e}"
             f"{od:>11.2e}"
         )
 
@@ -304,7 +401,11 @@ def run_system(system, args):
         axes[1].legend(fontsize=8)
         fig.suptitle(f"{PRESET[system]}: energy pathways")
         fig.tight_layout()
-        fig.savefig(os.path.join(args.out, f"pathways_{system}.png"), dpi=120)
+        _atomic(
+            os.path.join(args.out, f"pathways_{system}.png"),
+            lambda f: fig.savefig(f, format="png", dpi=120),
+            "wb",
+        )
     except ImportError:
         print("matplotlib missing: no figure")
     return {
@@ -314,6 +415,9 @@ def run_system(system, args):
         "steps": args.steps,
         "batch": args.batch,
         "model_var": args.model_var,
+        "paper_n_train": preset.n_train,
+        "paper_n_test": preset.n_test,
+        "device": str(jax.devices()[0]),
         "rows": [
             dict(
                 zip(
@@ -332,6 +436,7 @@ def run_system(system, args):
             for row in rows
         ],
         "time_per_window_s": timings,
+        "training": training,
         "pathways": {
             k: {"iter": v[0].tolist(), "cost": v[1].tolist(), "mse": v[2].tolist()}
             for k, v in curves.items()
@@ -363,14 +468,17 @@ def main():
         help="mode-prior-solver, e.g. supervised-genn-cnn unsupervised-ode-lstm",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action="store_true", help="show training progress")
     p.add_argument("--out", default="fourdvarnet_out")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     systems = ("l63", "l96") if args.system == "both" else (args.system,)
     out = [run_system(s, args) for s in systems]
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "results": out}, f, indent=1)
-    print(f"\nwrote {args.out}/results.json and pathways_*.png")
+    _atomic(
+        os.path.join(args.out, "results.json"),
+        lambda f: json.dump({"args": vars(args), "results": out}, f, indent=1),
+    )
+    print(f"\nwrote {args.out}/results.json, pathways_*.png and model_*.eqx")
 
 
 if __name__ == "__main__":
