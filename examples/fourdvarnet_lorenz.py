@@ -266,6 +266,9 @@ def _atomic(path, write, mode="w"):
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0o600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

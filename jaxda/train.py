@@ -334,6 +334,9 @@ def save_checkpoint(path: str | os.PathLike, tree, header: dict | None = None) -
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates files readable by owner only
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
