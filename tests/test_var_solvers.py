@@ -24,9 +24,12 @@ from jaxda.var import (
     JaxoptLevenbergMarquardt,
     JointStateParameter,
     LevenbergMarquardt,
+    ModelErrorContinuation,
     OptaxSolver,
+    QuasiStatic,
     StrongConstraint4DVar,
     WeakConstraint4DVar,
+    cycle,
     solve,
 )
 
@@ -94,15 +97,105 @@ def linear_problem():
     return prob, ref
 
 
+def linear_problem_numpy(prob):
+    """`(M, q, xb, B, y, mask, R)` of the `linear_problem` fixture as numpy arrays."""
+    M = np.eye(3) + prob.flow.dt * np.asarray(prob.flow.model.F)
+    return (
+        M,
+        np.asarray(prob.model_var),
+        np.asarray(prob.background.mean),
+        np.asarray(prob.background.var),
+        np.asarray(prob.obs.values),
+        np.asarray(prob.obs.mask),
+        np.asarray(prob.obs_var),
+    )
+
+
 @pytest.mark.parametrize(
     "solver", [GaussNewton(), Incremental4DVar(), JaxoptGaussNewton()], ids=type
 )
 def test_one_gauss_newton_step_is_the_kalman_smoother(linear_problem, solver):
     prob, ref = linear_problem
     x0 = jnp.zeros(prob.shape)
-    sol = solve(prob, solver, x0, max_steps=1)
+    # Under an outer jit: the jaxopt wrappers' own code would otherwise run eagerly.
+    sol = eqx.filter_jit(solve)(prob, solver, x0, max_steps=1)
     assert int(sol.n_steps) == 1
     np.testing.assert_allclose(sol.x, ref, rtol=1e-8, atol=1e-8)
+
+
+def test_quasi_static_stages_are_kalman_smoothers_of_growing_windows(linear_problem):
+    """On a linear-Gaussian problem one GN step solves each stage exactly, so after the
+    intermediate stages the estimate is the smoother of the observations before the
+    last intermediate stage's end (the final stage is capped at 0 steps here)."""
+    prob, _ = linear_problem
+    M, q, xb, B, y, mask, R = linear_problem_numpy(prob)
+    qs = QuasiStatic(GaussNewton(), n_stages=3, steps_per_stage=1)
+    sol = solve(prob, qs, jnp.zeros(prob.shape), max_steps=0)
+    # Stages use the observations at t < ceil(12/3) = 4, then t < 8.
+    early = mask & (np.arange(12)[:, None] < 8)
+    ref8 = kalman_smoother(M, np.diag(q), xb, np.diag(B), y * early, early, R)
+    np.testing.assert_allclose(sol.x, ref8, rtol=1e-8, atol=1e-8)
+    assert int(sol.n_steps) == 2
+    # The reported cost is the full problem's.
+    np.testing.assert_allclose(sol.cost, prob.cost(jnp.asarray(ref8)), rtol=1e-8)
+    assert sol.result == RESULTS.max_steps_reached
+
+
+def test_model_error_continuation_stages_solve_the_inflated_problems(linear_problem):
+    """Each stage is the smoother with Q scaled by its factor (one exact GN step on a
+    linear problem); with the last stage capped at 0 steps the estimate is the last
+    inflated stage's smoother, and its reported cost is the problem's own."""
+    prob, _ = linear_problem
+    M, q, xb, B, y, mask, R = linear_problem_numpy(prob)
+    cont = ModelErrorContinuation(GaussNewton(), (100.0, 3.0), steps_per_stage=1)
+    sol = solve(prob, cont, jnp.zeros(prob.shape), max_steps=0)
+    ref = kalman_smoother(M, np.diag(3.0 * q), xb, np.diag(B), y, mask, R)
+    np.testing.assert_allclose(sol.x, ref, rtol=1e-8, atol=1e-8)
+    assert int(sol.n_steps) == 2
+    np.testing.assert_allclose(sol.cost, prob.cost(jnp.asarray(ref)), rtol=1e-8)
+    with pytest.raises(TypeError, match="needs a WeakConstraint4DVar"):
+        solve(StrongConstraint4DVar(prob.flow, prob.obs, 1.0), cont, jnp.zeros(3))
+    with pytest.raises(ValueError, match="`inflation` must be finite and > 0"):
+        ModelErrorContinuation(GaussNewton(), (10.0, -1.0))
+
+
+def test_cycle_matches_a_numpy_loop_of_linear_strong_constraint_windows():
+    """Cycled strong-constraint 4DVar on a linear model: each window's analysis is the
+    exact least-squares x0, the next background is its forecast."""
+    n, dt, N, L, S, bvar, r = 3, 0.1, 10, 4, 2, 0.5, 0.3
+    F = jnp.array([[-0.1, 1.0, 0.0], [-1.0, -0.1, 0.5], [0.0, -0.5, -0.2]])
+    flow = flow_map(LinearDynamics(F), dt, "euler")
+    M = np.eye(n) + dt * np.asarray(F)
+    rng = np.random.default_rng(0)
+    mask = rng.random((N, n)) < 0.5
+    y = rng.normal(size=(N, n)) * mask
+    xb = np.array([1.0, -1.0, 0.5])
+    res = cycle(
+        flow,
+        Observations(jnp.asarray(y), jnp.asarray(mask)),
+        obs_var=r,
+        window=L,
+        shift=S,
+        x_b=jnp.asarray(xb),
+        background_var=bvar,
+        solver=DenseGaussNewton(),
+        max_steps=3,
+    )
+    powers = [np.linalg.matrix_power(M, t) for t in range(L)]
+    analysis = []
+    for k in range((N - L) // S + 1):
+        A, b = np.eye(n) / bvar, xb / bvar
+        for t in range(L):
+            w = mask[k * S + t] / r
+            A = A + powers[t].T @ (w[:, None] * powers[t])
+            b = b + powers[t].T @ (w * y[k * S + t])
+        traj = np.stack([P @ np.linalg.solve(A, b) for P in powers])
+        analysis.append(traj[: L - S] if k == 0 else traj[L - S :])
+        if k == 0:
+            analysis.append(traj[L - S :])
+        xb = M @ traj[S - 1]
+    np.testing.assert_allclose(res.analysis, np.concatenate(analysis), rtol=1e-9)
+    assert bool(jnp.all(res.converged))
 
 
 @pytest.mark.parametrize(
@@ -110,7 +203,7 @@ def test_one_gauss_newton_step_is_the_kalman_smoother(linear_problem, solver):
 )
 def test_levenberg_marquardt_reaches_the_kalman_smoother(linear_problem, solver):
     prob, ref = linear_problem
-    sol = solve(prob, solver, jnp.zeros(prob.shape), max_steps=40)
+    sol = eqx.filter_jit(solve)(prob, solver, jnp.zeros(prob.shape), max_steps=40)
     assert bool(sol.converged)
     np.testing.assert_allclose(sol.x, ref, rtol=1e-7, atol=1e-7)
 
@@ -119,7 +212,8 @@ def test_levenberg_marquardt_reaches_the_kalman_smoother(linear_problem, solver)
 def l63_problem():
     key = jax.random.key(2)
     T = 25
-    flow = flow_map(Lorenz63(), 0.01)
+    # Euler steps: the same nonlinear problem class, half the compile time of RK4.
+    flow = flow_map(Lorenz63(), 0.01, "euler")
     truth = rollout(flow, jnp.array([1.0, 2.0, 20.0]), 300)[-T:]
     mask = jnp.zeros((T, 3), bool).at[::4, 0].set(True).at[::6, 2].set(True)
     y = truth + jnp.sqrt(2.0) * jax.random.normal(key, truth.shape)
@@ -240,11 +334,14 @@ def test_strong_constraint_jacobians_through_diffrax_forward_and_reverse(l63_pro
     rev = problem(diffrax.RecursiveCheckpointAdjoint())
     fwd = problem(diffrax.ForwardMode())
     jac_rev = jax.jit(jax.jacrev(rev.residuals))(x0)
-    jac_fwd = jax.jit(jax.jacfwd(fwd.residuals))(x0)
+    # One compilation: the forward Jacobian and (aux) diffrax's trajectory.
+    jac_fwd, traj = jax.jit(
+        jax.jacfwd(lambda x: (fwd.residuals(x), fwd.trajectory(x)), has_aux=True)
+    )(x0)
     np.testing.assert_allclose(jac_rev, jac_fwd, rtol=1e-10, atol=1e-12)
     # The Euler flow map of jaxda.models gives the same trajectory.
     euler = StrongConstraint4DVar(flow_map(Lorenz63(), 0.01, "euler"), obs, 2.0, bg)
-    np.testing.assert_allclose(fwd.trajectory(x0), euler.trajectory(x0), rtol=1e-10)
+    np.testing.assert_allclose(traj, eqx.filter_jit(euler.trajectory)(x0), rtol=1e-10)
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """4DVar: weak- and strong-constraint costs, solvers and cycled assimilation."""
 
+from ._continuation import ModelErrorContinuation as ModelErrorContinuation
 from ._costs import (
     AbstractVarProblem as AbstractVarProblem,
     Background as Background,

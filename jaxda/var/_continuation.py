@@ -1,0 +1,86 @@
+r"""Model-error continuation: solve with an inflated $Q$ first, then the problem's $Q$.
+
+A weak-constraint cost with a small model-error variance $Q$ over a long window of a
+chaotic model is nearly the strong-constraint cost: many local minima, and Gauss-Newton
+from a poor first guess (e.g. an interpolation of the observations) stalls far from the
+truth. With $Q$ inflated by a factor $f \gg 1$ the dynamics term is a weaker
+smoothness prior and the cost is much closer to convex; its minimiser is a good first
+guess for a less inflated problem. The stages run in one `lax.scan` over the factors
+$f_1 > f_2 > \dots$, then the problem itself is solved.
+
+Measured on 8 F21-L96 windows (Lorenz-96, 200 steps of 0.05, half the components
+observed every 4 steps, $R = 2$, $Q = 10^{-4}$): Gauss-Newton from the interpolated
+guess, 20 steps, ended at a mean cost of $1.2\cdot 10^6$ and window MSE 14.8 (every
+window far from the truth); with factors (200, 10) and 20 steps per stage (60 in all)
+at $1.9\cdot 10^3$ and MSE 2.7, no window far from the truth.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._validation import check_int, check_positive
+from ._costs import WeakConstraint4DVar
+from ._solution import AbstractSolver, Solution
+
+
+class ModelErrorContinuation(AbstractSolver):
+    r"""Run `solver` on the problem with $Q$ multiplied by each of `inflation` in turn,
+    then on the problem itself (see the module docstring).
+
+    Stage $j$ minimises the weak-constraint cost with model-error variance $f_j Q$ from
+    the previous stage's estimate (at most `steps_per_stage` steps); the last stage
+    uses `solve`'s `max_steps`. `Solution.n_steps` is the total over the stages,
+    `converged`/`result`/`cost` are those of the last stage (the problem's own cost).
+
+    **Arguments:** `solver` (a solver for `WeakConstraint4DVar`, e.g. `GaussNewton()`),
+    `inflation` (factors $f_j > 0$, applied in the given order; default `(200.0,
+    10.0)`), `steps_per_stage` (>= 0; default 20).
+    """
+
+    solver: AbstractSolver
+    inflation: tuple[float, ...] = eqx.field(static=True, default=(200.0, 10.0))
+    steps_per_stage: int = eqx.field(static=True, default=20)
+
+    def __check_init__(self):
+        if not isinstance(self.solver, AbstractSolver):
+            raise TypeError(
+                "`solver` must be a jaxda.var solver; got "
+                f"{type(self.solver).__name__}."
+            )
+        if not isinstance(self.inflation, tuple) or not self.inflation:
+            raise TypeError(
+                "`inflation` must be a non-empty tuple of factors; got "
+                f"{self.inflation!r}."
+            )
+        for f in self.inflation:
+            check_positive("inflation", f)
+        check_int("steps_per_stage", self.steps_per_stage, minimum=0)
+
+    def check_problem(self, problem):
+        if not isinstance(problem, WeakConstraint4DVar):
+            raise TypeError(
+                "ModelErrorContinuation needs a WeakConstraint4DVar; got "
+                f"{type(problem).__name__}."
+            )
+        self.solver.check_problem(problem)
+
+    def init(self, problem, u0):  # pragma: no cover - runs through `run`
+        raise NotImplementedError("ModelErrorContinuation runs through `run`.")
+
+    def step(self, problem, state):  # pragma: no cover
+        raise NotImplementedError("ModelErrorContinuation runs through `run`.")
+
+    def run(self, problem, u0, max_steps: int) -> Solution:
+        q = jnp.asarray(problem.model_var)
+        factors = jnp.asarray(self.inflation, dtype=jnp.result_type(q, float))
+
+        def body(carry, f):
+            u, n = carry
+            stage = eqx.tree_at(lambda p: p.model_var, problem, q * f)
+            sol = self.solver.run(stage, u, self.steps_per_stage)
+            return (sol.x, n + sol.n_steps), None
+
+        (u, n), _ = jax.lax.scan(body, (u0, jnp.array(0)), factors)
+        sol = self.solver.run(problem, u, max_steps)
+        return eqx.tree_at(lambda s: s.n_steps, sol, sol.n_steps + n)
