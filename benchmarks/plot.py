@@ -14,7 +14,8 @@ Writes PNG files (each atomically: a temporary file, then a rename):
 
 - `summary.md`: one Markdown table per problem and device (every method with an
   accuracy field: MSE, time per window at the recorded batch and at batch 1 where
-  measured, iterations, compile time, fraction of windows far from the truth), the
+  measured, iterations, converged fraction, compile time, fraction of windows far
+  from the truth), the
   tables shown in the README and the docs.
 
 A figure with no matching records is skipped (and reported). Uses matplotlib's Agg
@@ -231,16 +232,16 @@ def write_summary(records, out_dir: pathlib.Path, metric: str = "mse"):
         return None
     groups = defaultdict(list)
     for r in recs:
-        groups[(r["problem"], r.get("device", "?"), r.get("suite", ""))].append(r)
+        fields = ("device", "suite", "dtype")
+        groups[(r["problem"], *(r.get(k, "") for k in fields))].append(r)
     lines = []
-    for (problem, device, suite), rows in sorted(groups.items()):
-        dtype = rows[0].get("dtype", "")
+    for (problem, device, suite, dtype), rows in sorted(groups.items()):
         lines += [
             f"**{problem}** ({device}, {suite or '?'} suite, {dtype})",
             "",
             f"| method | {metric} | batch | ms / window | ms, batch 1 | iterations "
-            "| compile s | far from truth |",
-            "|---|---|---|---|---|---|---|---|",
+            "| converged | compile s | far from truth |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in sorted(rows, key=lambda r: r[metric]):
             lines.append(
@@ -248,6 +249,7 @@ def write_summary(records, out_dir: pathlib.Path, metric: str = "mse"):
                 f"| {_fmt(r.get('time_per_window_s'), 1e3)} "
                 f"| {_fmt(r.get('latency_s'), 1e3)} "
                 f"| {_fmt(r.get('iterations'), digits=2)} "
+                f"| {_fmt(r.get('converged_fraction'), digits=2)} "
                 f"| {_fmt(r.get('compile_s'), digits=2)} "
                 f"| {_fmt(r.get('far_fraction'), digits=2)} |"
             )
