@@ -70,8 +70,8 @@ def save_atomic(fig, path: pathlib.Path) -> None:
         plt.close(fig)
 
 
-def _grid(n_panels: int, width: float = 4.2, height: float = 3.4):
-    cols = min(n_panels, 3)
+def _grid(n_panels: int, width: float = 4.2, height: float = 3.4, max_cols: int = 3):
+    cols = min(n_panels, max_cols)
     rows = math.ceil(n_panels / cols)
     fig, axes = plt.subplots(
         rows,
@@ -105,7 +105,7 @@ def plot_accuracy(records, out_dir: pathlib.Path, metric: str = "mse"):
     by_problem = defaultdict(list)
     for r in recs:
         by_problem[r["problem"]].append(r)
-    fig, axes = _grid(len(by_problem))
+    fig, axes = _grid(len(by_problem), width=6.4, max_cols=2)
     markers = "os^vD<>pP*Xh"
     for ax, (problem, rows) in zip(axes, sorted(by_problem.items())):
         labels = sorted({_label(r, devices) for r in rows})
@@ -115,6 +115,7 @@ def plot_accuracy(records, out_dir: pathlib.Path, metric: str = "mse"):
                 [r["time_per_window_s"] for r in pts],
                 [r[metric] for r in pts],
                 marker=markers[i % len(markers)],
+                color=plt.cm.tab20(i % 20),
                 label=label,
             )
         ax.set_xscale("log")
@@ -124,7 +125,7 @@ def plot_accuracy(records, out_dir: pathlib.Path, metric: str = "mse"):
         ax.set_xlabel("time per window [s]")
         ax.set_ylabel(metric)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(f"Accuracy ({metric}) against time per window")
     path = out_dir / "accuracy_vs_time.png"
     save_atomic(fig, path)
