@@ -6,6 +6,8 @@ over columns with a rolling window of the last `b` columns (the inner band opera
 are elementwise products and reductions, no per-column matmul).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -176,6 +178,7 @@ def lower_band_to_dense(lband):
     return a
 
 
+@jax.jit
 def lower_band_gram(lband):
     r"""Band of $A = L L^\top$ for a lower band $L$ (bandwidth $b$, entries past the end
     of the matrix zero): $A_{i+k, i} = \sum_{m=0}^{b-k} L_{i+k, i-m} L_{i, i-m}$, so $A$
@@ -189,6 +192,7 @@ def lower_band_gram(lband):
     return out
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def dense_to_band(a, b: int):
     """Lower band storage `band[k, i] = a[i + k, i]` (`k = 0..b`) of a square matrix,
     zero past the end."""
