@@ -16,15 +16,15 @@ at $1.9\cdot 10^3$ and MSE 2.7, no window far from the truth.
 """
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 
-from .._validation import check_int, check_positive
+from .._validation import check_positive
 from ._costs import WeakConstraint4DVar
-from ._solution import AbstractSolver, Solution
+from ._solution import AbstractSolver
+from ._staged import AbstractStagedSolver
 
 
-class ModelErrorContinuation(AbstractSolver):
+class ModelErrorContinuation(AbstractStagedSolver):
     r"""Run `solver` on the problem with $Q$ multiplied by each of `inflation` in turn,
     then on the problem itself (see the module docstring).
 
@@ -43,11 +43,6 @@ class ModelErrorContinuation(AbstractSolver):
     steps_per_stage: int = eqx.field(static=True, default=20)
 
     def __check_init__(self):
-        if not isinstance(self.solver, AbstractSolver):
-            raise TypeError(
-                "`solver` must be a jaxda.var solver; got "
-                f"{type(self.solver).__name__}."
-            )
         if not isinstance(self.inflation, tuple) or not self.inflation:
             raise TypeError(
                 "`inflation` must be a non-empty tuple of factors; got "
@@ -55,7 +50,6 @@ class ModelErrorContinuation(AbstractSolver):
             )
         for f in self.inflation:
             check_positive("inflation", f)
-        check_int("steps_per_stage", self.steps_per_stage, minimum=0)
 
     def check_problem(self, problem):
         if not isinstance(problem, WeakConstraint4DVar):
@@ -65,22 +59,9 @@ class ModelErrorContinuation(AbstractSolver):
             )
         self.solver.check_problem(problem)
 
-    def init(self, problem, u0):  # pragma: no cover - runs through `run`
-        raise NotImplementedError("ModelErrorContinuation runs through `run`.")
-
-    def step(self, problem, state):  # pragma: no cover
-        raise NotImplementedError("ModelErrorContinuation runs through `run`.")
-
-    def run(self, problem, u0, max_steps: int) -> Solution:
+    def stage_inputs(self, problem):
         q = jnp.asarray(problem.model_var)
-        factors = jnp.asarray(self.inflation, dtype=jnp.result_type(q, float))
+        return jnp.asarray(self.inflation, dtype=jnp.result_type(q, float))
 
-        def body(carry, f):
-            u, n = carry
-            stage = eqx.tree_at(lambda p: p.model_var, problem, q * f)
-            sol = self.solver.run(stage, u, self.steps_per_stage)
-            return (sol.x, n + sol.n_steps), None
-
-        (u, n), _ = jax.lax.scan(body, (u0, jnp.array(0)), factors)
-        sol = self.solver.run(problem, u, max_steps)
-        return eqx.tree_at(lambda s: s.n_steps, sol, sol.n_steps + n)
+    def stage_problem(self, problem, f):
+        return eqx.tree_at(lambda p: p.model_var, problem, problem.model_var * f)

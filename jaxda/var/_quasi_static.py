@@ -28,15 +28,15 @@ every 8 steps over 2 time units; `benchmarks/bench_var.py`):
 """
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 
 from .._validation import check_int
 from ._costs import StrongConstraint4DVar, WeakConstraint4DVar
-from ._solution import AbstractSolver, Solution
+from ._solution import AbstractSolver
+from ._staged import AbstractStagedSolver
 
 
-class QuasiStatic(AbstractSolver):
+class QuasiStatic(AbstractStagedSolver):
     r"""Run `solver` on windows growing in `n_stages` stages (see the module docstring).
 
     `Solution.n_steps` is the total over the stages, `converged`/`result` are those of
@@ -52,13 +52,7 @@ class QuasiStatic(AbstractSolver):
     steps_per_stage: int = eqx.field(static=True, default=20)
 
     def __check_init__(self):
-        if not isinstance(self.solver, AbstractSolver):
-            raise TypeError(
-                "`solver` must be a jaxda.var solver; got "
-                f"{type(self.solver).__name__}."
-            )
         check_int("n_stages", self.n_stages, minimum=1)
-        check_int("steps_per_stage", self.steps_per_stage, minimum=0)
 
     def check_problem(self, problem):
         if not isinstance(problem, WeakConstraint4DVar | StrongConstraint4DVar):
@@ -68,28 +62,13 @@ class QuasiStatic(AbstractSolver):
             )
         self.solver.check_problem(problem)
 
-    def init(self, problem, u0):  # pragma: no cover - runs through `run`
-        raise NotImplementedError("QuasiStatic runs through `run`.")
+    def stage_inputs(self, problem):
+        return jnp.arange(self.n_stages - 1)
 
-    def step(self, problem, state):  # pragma: no cover
-        raise NotImplementedError("QuasiStatic runs through `run`.")
-
-    def run(self, problem, u0, max_steps: int) -> Solution:
-        T = problem.obs.mask.shape[0]
-        times = jnp.arange(T).reshape((T,) + (1,) * (problem.obs.mask.ndim - 1))
-
-        def stage_problem(k):
-            mask = problem.obs.mask & (times < k)
-            return eqx.tree_at(lambda p: p.obs.mask, problem, mask)
-
-        def body(carry, j):
-            u, n = carry
-            k = -((-(j + 1) * T) // self.n_stages)  # ceil((j + 1) T / S)
-            sol = self.solver.run(stage_problem(k), u, self.steps_per_stage)
-            return (sol.x, n + sol.n_steps), None
-
-        (u, n), _ = jax.lax.scan(
-            body, (u0, jnp.array(0)), jnp.arange(self.n_stages - 1)
-        )
-        sol = self.solver.run(problem, u, max_steps)
-        return eqx.tree_at(lambda s: s.n_steps, sol, sol.n_steps + n)
+    def stage_problem(self, problem, j):
+        # Observations at times t < k_j, k_j = ceil((j + 1) T / S).
+        mask = problem.obs.mask
+        T = mask.shape[0]
+        times = jnp.arange(T).reshape((T,) + (1,) * (mask.ndim - 1))
+        k = -((-(j + 1) * T) // self.n_stages)
+        return eqx.tree_at(lambda p: p.obs.mask, problem, mask & (times < k))
