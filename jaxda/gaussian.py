@@ -28,9 +28,16 @@ the implicit rules of `jaxda.linalg.solve`. Every function handles one problem a
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._custom_types import Array, ArrayLike, Bool, Float
-from ._validation import check_choice, check_positive, check_same_shape, is_concrete
+from ._validation import (
+    check_choice,
+    check_int,
+    check_positive,
+    check_same_shape,
+    is_concrete,
+)
 from .linalg import BlockTridiagonal, SymmetricBandMatrix
 from .linalg._implicit import factor_solve
 
@@ -148,17 +155,43 @@ def map_covariance(
     y: Float[ArrayLike, " *shape"],
     mask: Bool[ArrayLike, " *shape"],
     obs_var: Float[ArrayLike, " *shape"] | float,
+    *,
+    max_obs: int | None = None,
 ) -> GaussianMAP:
     r"""MAP of $x$ with prior covariance $P$: $x = \mu + P H^\top (H P H^\top + R)^{-1}
     (y - H\mu)$.
 
-    With $S = M P M + \tilde R$ (same band / blocks as $P$; see the module docstring)
-    and $z = S^{-1} M (y - \mu)$: $x = \mu + P z$. $O(d b^2)$ for a band, $O(T n^3)$
-    for blocks, $O(d^3)$ for a dense `P` of shape `(d, d)`.
+    Two forms, equal up to rounding:
 
-    **Returns:** a `GaussianMAP` (`mean`, `ok`: whether $S$ was SPD).
+    - **State space** (`max_obs=None`, any mask): with $S = M P M + \tilde R$ (same band
+      / blocks as $P$; see the module docstring) and $z = S^{-1} M (y - \mu)$, $x = \mu
+      + P z$. $O(d b^2)$ for a band, $O(T n^3)$ for blocks, $O(d^3)$ for a dense `P`
+      of shape `(d, d)`; the structured factorisations are a sequential pass over $d$.
+    - **Observation space** (`max_obs=m`): the observed indices $o_1 < \dots < o_p$
+      ($p \le m$) are gathered into a static buffer of length $m$, $H P H^\top + R =
+      (P_{o_i o_j} + r_{o_i}\delta_{ij})$ is factorised densely, $w = (H P H^\top +
+      R)^{-1}(y - \mu)_o$, and $x = \mu + P H^\top w$ (one matvec). $O(m^3 + d b)$
+      with no sequential pass: far cheaper when observations are sparse (seed 003's
+      windows hold 4 observations for $d = 96$). Unused buffer slots are decoupled
+      identity rows. A mask with more than `max_obs` observations gives `ok=False`
+      and a NaN mean (a `ValueError` here when the mask is concrete); the observation
+      patterns of `jaxda.obs` give the bound as `pattern.max_count(T, state_shape)`.
+
+    Derivatives with respect to `mu`, `y`, `obs_var` and `P` are implicit (state space,
+    structured `P`) or autodiff through the dense $m \times m$ Cholesky.
+
+    **Returns:** a `GaussianMAP` (`mean`, `ok`: whether the system was SPD and, with
+    `max_obs`, the observations fitted the buffer).
     """
     mu, y, mask, obs_var = _validate(mu, y, mask, obs_var)
+    if max_obs is not None:
+        max_obs = check_int("max_obs", max_obs, minimum=1)
+        count = int(np.sum(np.asarray(mask))) if is_concrete(mask) else 0
+        if count > max_obs:
+            raise ValueError(
+                f"`mask` holds {count} observations but `max_obs` is "
+                f"{max_obs}; give max_obs >= the number of observed entries."
+            )
     d = mu.size
     if isinstance(P, SymmetricBandMatrix | BlockTridiagonal):
         _vector_shape(P, d)
@@ -170,7 +203,38 @@ def map_covariance(
                 f"array of shape {(d, d)}; got {type(P).__name__} of shape "
                 f"{getattr(P, 'shape', None)}."
             )
+    if max_obs is not None:
+        return _map_covariance_obs_space(mu, P, y, mask, obs_var, max_obs)
     return _map_covariance(mu, P, y, mask, obs_var)
+
+
+def _entries(P, rows, cols):
+    if isinstance(P, SymmetricBandMatrix | BlockTridiagonal):
+        return P.entries(rows, cols)
+    return P[rows, cols]
+
+
+def _matvec(P, z):
+    if isinstance(P, SymmetricBandMatrix | BlockTridiagonal):
+        return P.matvec(z.reshape(_vector_shape(P, z.size))).reshape(-1)
+    return P @ z
+
+
+@eqx.filter_jit
+def _map_covariance_obs_space(mu, P, y, mask, obs_var, max_obs):
+    mu, m, var, innov = _prepare(mu, y, mask, obs_var)
+    count = jnp.sum(m)
+    (idx,) = jnp.nonzero(m, size=max_obs, fill_value=0)
+    used = jnp.arange(max_obs) < count
+    pair = used[:, None] & used[None, :]
+    s_mat = jnp.where(pair, _entries(P, idx[:, None], idx[None, :]), 0.0)
+    s_mat = s_mat + jnp.diag(jnp.where(used, var[idx], 1.0))
+    low = jnp.linalg.cholesky(s_mat)
+    w = jax.scipy.linalg.cho_solve((low, True), jnp.where(used, innov[idx], 0.0))
+    z = jnp.zeros_like(innov).at[idx].add(jnp.where(used, w, 0.0))
+    ok = jnp.all(jnp.isfinite(low)) & (count <= max_obs)
+    mean = jnp.where(ok, mu + _matvec(P, z).reshape(mu.shape), jnp.nan)
+    return GaussianMAP(mean, ok)
 
 
 @eqx.filter_jit

@@ -322,6 +322,18 @@ class AbstractPattern(eqx.Module):
     ) -> Bool[Array, " T *state"]:
         """The mask of one window."""
 
+    def max_count(self, n_times: int, state_shape: tuple[int, ...]) -> int:
+        """The largest number of observed entries a window of this shape can have: the
+        static buffer size `max_obs` of the observation-space Gaussian MAP
+        (`jaxda.gaussian.map_covariance`).
+
+        The default counts one mask, which is exact for the patterns whose count does
+        not depend on the key (all of them here but `RandomPhasePattern`, which
+        overrides it); a user pattern whose count varies must override it.
+        """
+        mask = self(jax.random.key(0), n_times, tuple(state_shape))
+        return int(jnp.sum(mask))
+
 
 class FullPattern(AbstractPattern):
     """Every component at every time (see `full`)."""
@@ -397,6 +409,23 @@ class RandomPhasePattern(AbstractPattern):
             raise TypeError(f"`phases` must hold ints; got dtype {self.phases.dtype}.")
         if is_concrete(self.phases) and np.any(np.asarray(self.phases) < 0):
             raise ValueError(f"`phases` must be >= 0; got {self.phases}.")
+
+    def max_count(self, n_times, state_shape):
+        """The count of the phase with the most observations."""
+        return max(
+            int(
+                jnp.sum(
+                    every_k_steps(
+                        n_times,
+                        state_shape,
+                        self.k,
+                        components=self.components,
+                        offset=int(p),
+                    )
+                )
+            )
+            for p in np.unique(np.asarray(self.phases))
+        )
 
     def __call__(self, key, n_times, state_shape):
         phase = jax.random.choice(key, self.phases)

@@ -1,5 +1,7 @@
 """Gaussian MAP: Kalman-smoother exactness, covariance == precision == dense."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,6 +134,11 @@ def test_covariance_precision_dense_agree(d, b, seed):
     np.testing.assert_allclose(
         map_dense(mu, y, r, mask=mask, cov=dense), expected, atol=1e-9
     )
+    # observation space: only the observed block is factorised (buffer of d slots)
+    for prior in (mat, dense):
+        res = map_covariance(mu, prior, y, mask, r, max_obs=d)
+        assert bool(res.ok)
+        np.testing.assert_allclose(res.mean, expected, atol=1e-9)
     h = np.eye(d)[mask]
     np.testing.assert_allclose(
         map_dense(mu, y[mask], r[mask], H=h, cov=dense), expected, atol=1e-9
@@ -185,7 +192,9 @@ def test_gradients_against_dense_and_finite_differences():
     r = jnp.asarray(rng.uniform(0.2, 1.0, size=d))
     w = jnp.asarray(rng.normal(size=d))
 
-    for form, dense_kw in [(map_precision, "precision"), (map_covariance, "cov")]:
+    obs_space = functools.partial(map_covariance, max_obs=d)
+    forms = [(map_precision, "precision"), (map_covariance, "cov"), (obs_space, "cov")]
+    for form, dense_kw in forms:
 
         @jax.jit
         def loss(band, mu, y, r, form=form):
@@ -213,6 +222,35 @@ def test_gradients_against_dense_and_finite_differences():
             jax.jvp(loss_dense, args, tangents)[1],
             rtol=1e-9,
         )
+
+
+def test_observation_space_block_tridiagonal_and_buffer_overflow():
+    rng = np.random.default_rng(5)
+    *_, cov, mu = lgssm(rng, 6, 3)  # an SPD block-tridiagonal matrix, as a covariance
+    y = rng.normal(size=mu.shape)
+    mask = rng.uniform(size=mu.shape) < 0.3
+    count = int(mask.sum())
+    expected = numpy_map_cov(
+        mu.ravel(),
+        np.asarray(cov.to_dense()),
+        y.ravel(),
+        mask.ravel(),
+        np.full(18, 0.4),
+    ).reshape(mu.shape)
+    for max_obs in (count, count + 3):
+        res = map_covariance(mu, cov, y, mask, 0.4, max_obs=max_obs)
+        assert bool(res.ok)
+        np.testing.assert_allclose(res.mean, expected, atol=1e-9)
+    np.testing.assert_allclose(map_covariance(mu, cov, y, mask, 0.4).mean, expected)
+    # more observations than the buffer: an error at the boundary, a flag inside jit
+    with pytest.raises(ValueError, match=f"holds {count} observations but `max_obs`"):
+        map_covariance(mu, cov, y, mask, 0.4, max_obs=count - 1)
+    res = jax.jit(lambda mk: map_covariance(mu, cov, y, mk, 0.4, max_obs=count - 1))(
+        mask
+    )
+    assert not bool(res.ok) and bool(jnp.all(jnp.isnan(res.mean)))
+    with pytest.raises(ValueError, match="max_obs"):
+        map_covariance(mu, cov, y, mask, 0.4, max_obs=0)
 
 
 def test_float32_and_flag():

@@ -46,6 +46,8 @@ def test_against_dense(d, b, seed):
     v = rng.normal(size=(d, 2))
     np.testing.assert_allclose(A.matvec(v), dense @ v, atol=1e-12)
     np.testing.assert_allclose(A.matvec(v[:, 0]), dense @ v[:, 0], atol=1e-12)
+    idx = np.arange(d)
+    np.testing.assert_array_equal(A.entries(idx[:, None], idx[None, :]), dense)
     chol = A.cholesky()
     assert bool(chol.is_spd)
     np.testing.assert_allclose(

@@ -43,6 +43,8 @@ def test_against_dense(t, n, seed):
     A = BlockTridiagonal(diag, low)
     assert (A.num_blocks, A.block_size, A.size) == (t, n, t * n)
     np.testing.assert_allclose(A.to_dense(), dense, atol=1e-12)
+    idx = np.arange(t * n)
+    np.testing.assert_allclose(A.entries(idx[:, None], idx[None, :]), dense, atol=1e-12)
     x = rng.normal(size=(t, n, 2))
     np.testing.assert_allclose(
         A.matvec(x).reshape(t * n, 2), dense @ x.reshape(t * n, 2), atol=1e-12

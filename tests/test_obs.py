@@ -155,6 +155,15 @@ def test_pattern_objects():
     rc = O.RandomComponentsPattern(20, every=4)
     assert int(rc(key, 200, (40,)).sum()) == 50 * 20
     assert O.FullPattern()(key, 3, (2,)).all()
+    # max_count bounds every draw and is attained: phases 0..9, k = 4, T = 30 gives
+    # 8 times for phases 0 and 1, fewer for later phases
+    assert every.max_count(200, (3,)) == 22  # times 16, 24, ..., 184
+    assert rc.max_count(200, (40,)) == 1000
+    assert O.FullPattern().max_count(3, (2,)) == 6
+    late = O.RandomPhasePattern(4, tuple(range(10)), (0, 2))
+    counts = jax.vmap(lambda k: late(k, 30, (3,)).sum())(keys)
+    assert late.max_count(30, (3,)) == 16 == int(counts.max())
+    assert int(counts.min()) < 16
 
 
 def test_bad_patterns():

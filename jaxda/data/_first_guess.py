@@ -10,6 +10,7 @@ r"""First guesses built from the observations alone.
 import jax
 import jax.numpy as jnp
 
+from .. import gaussian
 from .._custom_types import Array, ArrayLike, Float
 from .._validation import check_positive
 from ..obs import Observations
@@ -88,19 +89,23 @@ def gaussian_first_guess(
     mean: Float[ArrayLike, " d"],
     cov: Float[ArrayLike, "d d"],
     noise_var: float | Float[ArrayLike, ""],
+    *,
+    max_obs: int | None = None,
 ) -> Float[Array, " T *state"]:
     r"""Gaussian MAP of one window under the prior $\mathcal N(\mu, P)$ and noise
     $\mathcal N(0, r I)$.
 
     $x = \mu + P H^\top (H P H^\top + r I)^{-1}(y - H\mu)$ with $H$ selecting the
-    observed entries. It is computed with fixed shapes as
-    $x = \mu + P D\,(D P D + r I)^{-1} D (y - \mu)$, $D = \mathrm{diag}(m)$, which
-    equals the formula above (unobserved rows decouple), so it vmaps over windows with
-    different masks. A dense $O(d^3)$ solve: meant for small windows such as seed 003's
-    ($d = 96$).
+    observed entries (`jaxda.gaussian.map_covariance` with a dense $P$). By default
+    it is computed with fixed shapes as $x = \mu + P D\,(D P D + \tilde R)^{-1} D (y -
+    \mu)$, $D = \mathrm{diag}(m)$, which equals the formula above (unobserved rows
+    decouple): a dense $O(d^3)$ solve, meant for small windows such as seed 003's ($d =
+    96$). With `max_obs` (a bound on the observations per window, e.g.
+    `pattern.max_count(T, state_shape)`) only the $m \times m$ observed block is
+    factorised, $O(m^3 + d m)$. Both vmap over windows with different masks.
 
     **Arguments:** `obs` of one window; `mean` `(d,)` and `cov` `(d, d)` from
-    `empirical_moments`; `noise_var` $r > 0$.
+    `empirical_moments`; `noise_var` $r > 0$; `max_obs` (optional static int).
 
     **Returns:** the first guess `(T, *state)`.
     """
@@ -119,10 +124,12 @@ def gaussian_first_guess(
             "observations of "
             f"shape {obs.shape}; got {mean.shape} and {cov.shape}."
         )
-    m = obs.mask.reshape(-1).astype(y.dtype)
-    a = m[:, None] * cov * m[None, :] + jnp.asarray(noise_var, y.dtype) * jnp.eye(
-        d, dtype=y.dtype
+    out = gaussian.map_covariance(
+        mean.reshape(obs.shape),
+        cov,
+        obs.values,
+        obs.mask,
+        jnp.asarray(noise_var, y.dtype),
+        max_obs=max_obs,
     )
-    z = jax.scipy.linalg.solve(a, m * (y - mean), assume_a="pos")
-    x = mean + cov @ (m * z)
-    return x.reshape(obs.shape)
+    return out.mean

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._custom_types import Array, ArrayLike, Bool, Float, Key
+from .._custom_types import Array, ArrayLike, Bool, Float, Int, Key
 from .._validation import check_int
 from . import _band_kernels as K, _implicit
 
@@ -85,6 +85,20 @@ class SymmetricBandMatrix(eqx.Module):
     def diagonal(self) -> Float[Array, " d"]:
         """The main diagonal of $A$."""
         return self.band[0]
+
+    def entries(
+        self, rows: Int[ArrayLike, "*shape"], cols: Int[ArrayLike, "*shape"]
+    ) -> Float[Array, "*shape"]:
+        r"""The entries $A_{r_k, c_k}$ for index arrays `rows` and `cols` (broadcast
+        together): read from the band, zero outside it; one gather, differentiable
+        with respect to `band`."""
+        rows, cols = jnp.broadcast_arrays(jnp.asarray(rows), jnp.asarray(cols))
+        offset = jnp.abs(rows - cols)
+        inside = offset <= self.bandwidth
+        value = self.masked_band()[
+            jnp.minimum(offset, self.bandwidth), jnp.minimum(rows, cols)
+        ]
+        return jnp.where(inside, value, 0.0)
 
     def to_dense(self) -> Float[Array, "d d"]:
         """The dense matrix (for tests and small problems: $O(d^2)$ memory)."""

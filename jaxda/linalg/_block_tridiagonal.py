@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._custom_types import Array, ArrayLike, Bool, Float, Key
+from .._custom_types import Array, ArrayLike, Bool, Float, Int, Key
 from .._validation import check_choice, check_int
 from . import _blocktri_kernels as TK, _implicit
 
@@ -79,6 +79,28 @@ class BlockTridiagonal(eqx.Module):
         x = jnp.asarray(x)
         y = TK.blocktri_matvec(self.diagonal, self.lower, x.reshape(*x.shape[:2], -1))
         return y.reshape(x.shape)
+
+    def entries(
+        self, rows: Int[ArrayLike, "*shape"], cols: Int[ArrayLike, "*shape"]
+    ) -> Float[Array, "*shape"]:
+        r"""The entries $A_{r_k, c_k}$ for flat indices $i = t n + j$ (`rows` and
+        `cols` broadcast together): read from the blocks, zero outside them; one
+        gather per block kind, differentiable with respect to the blocks."""
+        rows, cols = jnp.broadcast_arrays(jnp.asarray(rows), jnp.asarray(cols))
+        n, t_max = self.block_size, self.num_blocks - 1
+        tr, a = jnp.divmod(rows, n)
+        tc, b = jnp.divmod(cols, n)
+        diag = self.diagonal[tr, a, b]
+        if t_max == 0:
+            return jnp.where(tr == tc, diag, 0.0)
+        lo = jnp.clip(jnp.minimum(tr, tc), 0, t_max - 1)
+        below = self.lower[lo, a, b]  # A[t+1, t] block, row block tr = tc + 1
+        above = self.lower[lo, b, a]  # its transpose, row block tr = tc - 1
+        return jnp.where(
+            tr == tc,
+            diag,
+            jnp.where(tr == tc + 1, below, jnp.where(tc == tr + 1, above, 0.0)),
+        )
 
     def to_dense(self) -> Float[Array, "d d"]:
         """Dense `(T n, T n)` matrix (tests and small problems only)."""

@@ -342,9 +342,9 @@ class NeuralBandPrior(eqx.Module):
         `band`)."""
         return self.mean(z, s), self.band(z, s)
 
-    def __call__(self, z, obs, s, obs_var):
+    def __call__(self, z, obs, s, obs_var, *, max_obs=None):
         """The assimilation operator $A(z, y; \\theta, s)$; see
         `jaxda.nn.assimilate`."""
         from ._incremental import assimilate
 
-        return assimilate(self, z, obs, s, obs_var)
+        return assimilate(self, z, obs, s, obs_var, max_obs=max_obs)

@@ -62,6 +62,8 @@ def assimilate(
     obs: Observations,
     s: ScalarLike,
     obs_var: ScalarLike | Float[Array, "T *state"],
+    *,
+    max_obs: int | None = None,
 ) -> Float[Array, "T *state"]:
     r"""The neural assimilation operator (eq. 3.2) at level $s$.
 
@@ -79,13 +81,18 @@ def assimilate(
     - `obs`: `Observations` of the same shape.
     - `s`: level in $[0, 1]$.
     - `obs_var`: observation noise variance $r > 0$ (scalar or per entry).
+    - `max_obs`: optional static bound on the number of observed entries per window
+      (e.g. `pattern.max_count(T, state_shape)`): the covariance-form MAP is then
+      solved in observation space, $O(m^3 + d b)$ with no sequential pass over the
+      window (`jaxda.gaussian.map_covariance`). A window with more observations gives
+      NaN (and `ok=False` in `incremental_assimilation`).
 
     **Returns:** the estimate `(T, *state)`.
     """
-    return _assimilate(model, z, obs, s, obs_var)[0]
+    return _assimilate(model, z, obs, s, obs_var, max_obs)[0]
 
 
-def _assimilate(model, z, obs, s, obs_var):
+def _assimilate(model, z, obs, s, obs_var, max_obs=None):
     """`(estimate, ok)`; `ok` is False when the MAP's Cholesky failed."""
     mean = model.mean(z, s)
     if not model.conditional:
@@ -93,7 +100,7 @@ def _assimilate(model, z, obs, s, obs_var):
     obs = _check_obs(model, obs)
     check_positive("obs_var", obs_var)
     band = model.band(z, s)
-    x, ok = _band.band_gaussian_map(mean, band, model.form, obs, obs_var)
+    x, ok = _band.band_gaussian_map(mean, band, model.form, obs, obs_var, max_obs)
     return x.reshape(mean.shape), ok
 
 
@@ -141,6 +148,8 @@ def incremental_assimilation(
     obs: Observations,
     obs_var: ScalarLike | Float[Array, "T *state"],
     levels: Float[Array, " L"] | None = None,
+    *,
+    max_obs: int | None = None,
 ) -> IncrementalSolution:
     r"""Algorithm 2 of seed 003: coarse-to-fine neural assimilation from a first guess.
 
@@ -157,6 +166,11 @@ def incremental_assimilation(
     - `obs`: `Observations`; `obs_var`: noise variance $r > 0$.
     - `levels`: the training levels $s_0 > \dots > s_\ell$ (default
       `default_levels(5)`).
+    - `max_obs`: optional static bound on the number of observed entries per window
+      (e.g. `pattern.max_count(T, state_shape)`): the covariance-form MAP is then
+      solved in observation space, $O(m^3 + d b)$ with no sequential pass over the
+      window (`jaxda.gaussian.map_covariance`). A window with more observations gives
+      NaN (and `ok=False` in `incremental_assimilation`).
 
     **Returns:** an `IncrementalSolution` (`.x` is the estimate).
     """
@@ -166,17 +180,22 @@ def incremental_assimilation(
         _check_obs(model, obs)
         check_positive("obs_var", obs_var)
     levels = _check_levels(default_levels(5, z0.dtype) if levels is None else levels)
-    return _algorithm2(model, z0, obs, jnp.asarray(obs_var, z0.dtype), levels)
+    max_obs = _check_max_obs(max_obs)
+    return _algorithm2(model, z0, obs, jnp.asarray(obs_var, z0.dtype), levels, max_obs)
+
+
+def _check_max_obs(max_obs):
+    return None if max_obs is None else check_int("max_obs", max_obs, minimum=1)
 
 
 @eqx.filter_jit
-def _algorithm2(model, z0, obs, obs_var, levels):
+def _algorithm2(model, z0, obs, obs_var, levels, max_obs):
     levels = levels.astype(z0.dtype)
     nxt = jnp.concatenate([levels[1:], jnp.zeros((1,), levels.dtype)])
 
     def body(z, sk):
         s, s_next = sk
-        x, ok = _assimilate(model, z, obs, s, obs_var)
+        x, ok = _assimilate(model, z, obs, s, obs_var, max_obs)
         return z + (s - s_next) * (x - z0), (x, z, ok)
 
     z_last, (xs, zs, oks) = jax.lax.scan(body, z0, (levels, nxt))
@@ -191,25 +210,29 @@ def incremental_loss(
     obs: Observations,
     obs_var: ScalarLike | Float[Array, "T *state"],
     levels: Float[Array, " L"] | None = None,
+    *,
+    max_obs: int | None = None,
 ) -> Scalar:
     r"""Objective (3.5) for one training pair, averaged over levels and entries.
 
     $\frac{1}{(\ell + 1) d}\sum_{k=0}^{\ell} \|A(s_k z_0 + (1 - s_k) x, y; \theta, s_k)
     - x\|^2$. Gradients flow through the MAP by implicit differentiation
-    (`jaxda.gaussian`); $z_0$ is treated as data (no gradient).
+    (`jaxda.gaussian`, or autodiff through the $m \times m$ Cholesky with `max_obs`, see
+    `assimilate`); $z_0$ is treated as data (no gradient).
 
     **Returns:** a scalar.
     """
     model._check_z(x)
     model._check_z(z0)
     levels = _check_levels(default_levels(5) if levels is None else levels)
+    max_obs = _check_max_obs(max_obs)
     x = jnp.asarray(x)
     z0 = jax.lax.stop_gradient(jnp.asarray(z0, x.dtype))
     levels = levels.astype(x.dtype)
 
     def one(s):
         z = s * z0 + (1 - s) * x
-        xhat = assimilate(model, z, obs, s, obs_var)
+        xhat = assimilate(model, z, obs, s, obs_var, max_obs=max_obs)
         return jnp.mean((xhat - x) ** 2)
 
     return jnp.mean(jax.vmap(one)(levels))
@@ -220,6 +243,8 @@ def make_incremental_loss(
     pattern: Callable[[Key, int, tuple[int, ...]], Array],
     noise_std: float,
     levels: Float[Array, " L"] | None = None,
+    *,
+    max_obs: int | None = None,
 ) -> Callable[[NeuralBandPrior, Float[Array, "T *state"], Key], Scalar]:
     r"""Per-example loss for `jaxda.train.fit` with a fresh observation process per
     pair.
@@ -238,18 +263,23 @@ def make_incremental_loss(
     - `pattern`: `pattern(key, T, state_shape) -> mask` (a `jaxda.obs.AbstractPattern`).
     - `noise_std`: observation noise standard deviation $\sigma > 0$.
     - `levels`: training levels (default `default_levels(5)`).
+    - `max_obs`: passed to `incremental_loss`; e.g. `pattern.max_count(T,
+      state_shape)`.
 
     **Returns:** `loss_fn(model, x, key) -> scalar`.
     """
     check_positive("noise_std", noise_std)
     levels = _check_levels(default_levels(5) if levels is None else levels)
+    max_obs = _check_max_obs(max_obs)
 
     def loss_fn(model, x, key):
         kmask, knoise = jax.random.split(key)
         mask = pattern(kmask, x.shape[0], tuple(x.shape[1:]))
         obs = observe(knoise, x, mask, noise_std=noise_std)
         z0 = first_guess(obs)
-        return incremental_loss(model, x, z0, obs, noise_std**2, levels)
+        return incremental_loss(
+            model, x, z0, obs, noise_std**2, levels, max_obs=max_obs
+        )
 
     return loss_fn
 
@@ -261,6 +291,8 @@ def neural_then_refine(
     obs_var: ScalarLike | Float[Array, "T *state"],
     refine: Callable[[Float[Array, "T *state"], Observations], object],
     levels: Float[Array, " L"] | None = None,
+    *,
+    max_obs: int | None = None,
 ):
     r"""Neural estimate, then a physical refinement (seed 003 §4.2, "neural + 4DVar").
 
@@ -271,5 +303,5 @@ def neural_then_refine(
 
     **Returns:** `(neural_solution, refine(neural_solution.x, obs))`.
     """
-    sol = incremental_assimilation(model, z0, obs, obs_var, levels)
+    sol = incremental_assimilation(model, z0, obs, obs_var, levels, max_obs=max_obs)
     return sol, refine(sol.x, obs)
