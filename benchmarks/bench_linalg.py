@@ -6,6 +6,13 @@ Methods: `solve` (factorise + solve), `solve+grad` (value and gradient of
 `sum(x**2)`, `x = A^{-1} b`, with respect to the matrix entries and `b`, through the
 implicit rules), the parallel block-tridiagonal solver (`parallel-solve`, with
 `ratio_to_sequential`), and a dense `jnp.linalg.solve` (+ grad) while d <= 4000.
+
+`map-b6-sparse`: the covariance-form Gaussian MAP (`jaxda.gaussian.map_covariance`)
+with a banded covariance (bandwidth 6) of windows of T states of size 3, the first
+component observed every 8 steps, vmapped over a batch of windows: `state-space` (the
+d x d banded system, a sequential pass over d) against `observation-space` (`max_obs`:
+the m x m observed block, `ratio_to_state_space`), each also with the gradient with
+respect to the band (`+grad`). T = 32 is seed 003's B24-L63 window (d = 96, m = 4).
 `time_s` is the median run time (compile excluded, `compile_s` apart),
 `time_per_element_s = time_s / d`. `memory_bytes` counts the arrays of the problem,
 the factor and the solution (the O(d b) / O(T n^2) working set); `peak_rss_mb` is the
@@ -20,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from _common import record, time_call
 
+from jaxda import gaussian
 from jaxda.linalg import BlockTridiagonal, SymmetricBandMatrix
 
 
@@ -147,6 +155,52 @@ def _blocktri_records(suite) -> Iterator[dict]:
             yield from _dense_records(problem, size, dense, rhs.reshape(-1))
 
 
+_MAP = {"quick": [(32, 200), (1024, 8)], "full": [(32, 200), (1024, 8), (8192, 8)]}
+
+
+def _map_records(suite) -> Iterator[dict]:
+    rng = np.random.default_rng(2)
+    b, n = 6, 3
+    for t, batch in _MAP[suite]:
+        d = t * n
+        band = _random_band(rng, d, b)
+        mask = np.zeros((batch, t, n), bool)
+        for i, phase in enumerate(rng.integers(0, 8, batch)):
+            mask[i, phase::8, 0] = True
+        mu, y = (jnp.asarray(rng.normal(size=mask.shape), band.dtype) for _ in "ab")
+        m = int(mask.sum(axis=(1, 2)).max())
+        size = {"bandwidth": b, "n_times": t, "n_obs": m, "batch": batch}
+        times = {}
+        for form, max_obs in (("state-space", None), ("observation-space", m)):
+
+            def one(band, mu, y, mask, max_obs=max_obs):
+                prior = SymmetricBandMatrix(band)
+                out = gaussian.map_covariance(mu, prior, y, mask, 0.01, max_obs=max_obs)
+                return out.mean
+
+            run = jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0)))
+            grad = jax.jit(jax.grad(lambda band, *a: jnp.sum(run(band, *a) ** 2)))
+            for name, fn in ((form, run), (form + "+grad", grad)):
+                c, r = time_call(fn, band, mu, y, jnp.asarray(mask), repeats=5)
+                times[name] = r
+                extra = {}
+                if max_obs is not None:
+                    base = times[name.replace(form, "state-space")]
+                    extra["ratio_to_state_space"] = r / base
+                yield _rec(
+                    "map-b6-sparse",
+                    name,
+                    d,
+                    size,
+                    c,
+                    r,
+                    _nbytes(band, mu, y, mask),
+                    time_per_window_s=r / batch,
+                    **extra,
+                )
+
+
 def records(suite: str) -> Iterator[dict]:
     yield from _band_records(suite)
     yield from _blocktri_records(suite)
+    yield from _map_records(suite)
