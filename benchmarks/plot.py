@@ -27,7 +27,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from collections import defaultdict
 
 import matplotlib
@@ -35,6 +34,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from jaxda.io import atomic_path  # noqa: E402
 
 
 def load_records(paths) -> list[dict]:
@@ -56,17 +57,11 @@ def _number(x) -> bool:
 
 
 def save_atomic(fig, path: pathlib.Path) -> None:
-    """Save `fig` as PNG to `path` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    """Save `fig` as PNG to `path` atomically, then close it."""
     try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         plt.close(fig)
 
 
@@ -256,12 +251,8 @@ def write_summary(records, out_dir: pathlib.Path, metric: str = "mse"):
             )
         lines.append("")
     path = out_dir / "summary.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write("\n".join(lines))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
     return path
 
 

@@ -16,22 +16,12 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 import time
 
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-
-
-def write_json_atomic(path: pathlib.Path, obj) -> None:
-    """Write `obj` as JSON to `path` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -45,6 +35,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import jax
+
+    from jaxda.io import save_json
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
@@ -70,7 +62,7 @@ def main(argv=None) -> int:
             results.append(rec)
             shown = {k: v for k, v in rec.items() if k not in ("device", "jax_version")}
             print("  " + json.dumps(shown), flush=True)
-        write_json_atomic(args.out, results)
+        save_json(args.out, results, indent=1)
         print(f"[{name}] {time.perf_counter() - t0:.1f} s", flush=True)
     print(f"wrote {len(results)} records to {args.out}")
     return 0

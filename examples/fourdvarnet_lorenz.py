@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import tempfile
 import time
 import zlib
 
@@ -42,9 +40,11 @@ import numpy as np
 
 import jaxda.data as jd
 import jaxda.nn as nn
+from jaxda import metrics, plot
+from jaxda.io import save_json
 from jaxda.models import flow_map
 from jaxda.obs import Observations
-from jaxda.var import GaussNewton, WeakConstraint4DVar
+from jaxda.var import GaussNewton, GradientDescent, WeakConstraint4DVar
 
 
 PAPER = {
@@ -71,6 +71,7 @@ PAPER = {
 # (Table 1 labels the first unsupervised rows L63-GENN and the 7.05 rows differently
 # from the text; we list them as printed.)
 PRESET = {"l63": "F21-L63", "l96": "F21-L96"}
+COLUMNS = ("mode", "prior", "solver", "iters", "r_score", "fourdvar_score", "ode_score")
 DEFAULT_CONFIGS = {
     "l63": ["supervised-genn-cnn", "unsupervised-genn-cnn", "semisupervised-genn-cnn"],
     "l96": ["supervised-genn-lstm", "unsupervised-ode-cnn", "semisupervised-genn-lstm"],
@@ -161,14 +162,17 @@ def train_config(
     batch: int,
     seed: int,
     progress: bool = False,
+    curriculum: tuple[int, ...] = (5, 10, 20),
 ) -> tuple[nn.FourDVarNet, dict]:
     """Train configuration `cfg` = "mode-prior-solver" (e.g. "supervised-genn-cnn")
-    with the curriculum K = 5 -> 10 -> 20 and Adam (`lr`, divided by 10 in the last
-    stage), gradient clipping at norm 1. **Returns:** `(model, info)`."""
+    with the iteration curriculum K = 5 -> 10 -> 20 and Adam (`lr`, divided by 10 in
+    the last stage), gradient clipping at norm 1. **Returns:** `(model, info)`."""
     mode, prior_name, solver_name = cfg.split("-")
     key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(cfg.encode()) % 2**31)
-    model = build(s.system, prior_name, solver_name, s.norm, s.preset, key, 5)
-    stages = nn.default_curriculum(steps, learning_rate=lr, iterations=(5, 10, 20))
+    model = build(
+        s.system, prior_name, solver_name, s.norm, s.preset, key, curriculum[0]
+    )
+    stages = nn.default_curriculum(steps, learning_rate=lr, iterations=curriculum)
     data = nn.make_training_data(s.obs_tr, s.truth_tr)
     t0 = time.perf_counter()
     res = nn.fit_fourdvarnet(
@@ -191,89 +195,57 @@ def train_config(
     return res.model, info
 
 
+def fourdvar_scores(x, obs, rk4):
+    """Mean 4DVar-score (normalised units, true RK4 prior) of a batch of windows."""
+    score = eqx.filter_jit(jax.vmap(metrics.fourdvar_score, in_axes=(None, 0, 0)))
+    return float(jnp.mean(score(rk4, x, obs)))
+
+
 def scores(x, truth, obs, norm, prior, rk4_prior):
     """R-score (orig units), 4DVar-score and ODE-score (normalised) of a batch."""
     r = float(jnp.mean((norm.invert(x) - norm.invert(truth)) ** 2))
-
-    def fourdvar(xi, o):
-        dyn = (xi - rk4_prior(xi))[1:]
-        obs_t = jnp.where(o.mask, xi - o.values, 0.0) ** 2
-        return 0.01 * jnp.mean(obs_t) + jnp.sum(dyn**2) / xi.size
-
-    def ode(ti):
-        return jnp.mean((ti - prior(ti))[1:] ** 2)
-
-    fv = float(jnp.mean(eqx.filter_jit(jax.vmap(fourdvar))(x, obs)))
-    od = float(jnp.mean(eqx.filter_jit(jax.vmap(ode))(truth)))
-    return r, fv, od
+    ode = eqx.filter_jit(jax.vmap(lambda t: jnp.mean((t - prior(t))[1:] ** 2)))
+    return r, fourdvar_scores(x, obs, rk4_prior), float(jnp.mean(ode(truth)))
 
 
-def gauss_newton(preset, obs_var, model_var, n_steps, path=False):
-    """A jitted, vmapped `(values, mask, x_init) -> (estimates, iterations)` (or the
-    iterates with `path=True`)."""
+def _problem(preset, obs_var, model_var, values, mask):
     flow = flow_map(preset.model, preset.dt)
-    solver = GaussNewton()
+    return WeakConstraint4DVar(flow, Observations(values, mask), obs_var, model_var)
+
+
+def gauss_newton(preset, obs_var, model_var, n_steps):
+    """A jitted, vmapped `(values, mask, x_init) -> (estimates, iterations)`."""
 
     def one(values, mask, x0):
-        problem = WeakConstraint4DVar(
-            flow, Observations(values, mask), obs_var, model_var
-        )
-        if not path:
-            sol = solver.run(problem, x0, n_steps)
-            return sol.x, sol.n_steps
-        state = solver.init(problem, x0)
-
-        def body(s, _):
-            s, _, _ = solver.step(problem, s)
-            return s, s.u
-
-        _, xs = jax.lax.scan(body, state, None, length=n_steps)
-        return jnp.concatenate([x0[None], xs])
+        problem = _problem(preset, obs_var, model_var, values, mask)
+        sol = GaussNewton().run(problem, x0, n_steps)
+        return sol.x, sol.n_steps
 
     return eqx.filter_jit(jax.vmap(one))
 
 
-def gradient_descent(preset, obs_orig, x_init, obs_var, model_var, n_steps, record):
-    flow = flow_map(preset.model, preset.dt)
-    lr = 0.5 / (4.0 / model_var + 1.0 / obs_var)  # below 1/L of the weak 4DVar cost
+def iterates(solver, preset, obs, x_init, obs_var, model_var, record):
+    """`(x_last, path)`: `record[-1]` fixed steps of a `jaxda.var` solver on every
+    window (vmapped), keeping `x_init` and the iterates listed in `record` (sorted
+    step numbers >= 1) as `path` of shape `(len(record) + 1, N, T, n)`."""
+    rec = jnp.asarray(record)
 
     def one(values, mask, x0):
-        problem = WeakConstraint4DVar(
-            flow, Observations(values, mask), obs_var, model_var
-        )
-        g = jax.grad(problem.cost)
-
-        rec = jnp.asarray(record)
+        problem = _problem(preset, obs_var, model_var, values, mask)
         snaps = jnp.zeros((len(record), *x0.shape), x0.dtype)
 
-        def body(carry, k):  # keep the iterates listed in `record` only
-            x, snaps = carry
-            x = x - lr * g(x)
-            i = jnp.clip(jnp.searchsorted(rec, k + 1), 0, len(record) - 1)
-            snaps = jnp.where(rec[i] == k + 1, snaps.at[i].set(x), snaps)
-            return (x, snaps), None
+        def body(carry, k):
+            state, snaps = carry
+            state, _, _ = solver.step(problem, state)
+            snaps = jnp.where((rec == k + 1)[:, None, None], state.u[None], snaps)
+            return (state, snaps), None
 
-        (xT, snaps), _ = jax.lax.scan(body, (x0, snaps), jnp.arange(n_steps))
-        return xT, snaps
+        carry = (solver.init(problem, x0), snaps)
+        (state, snaps), _ = jax.lax.scan(body, carry, jnp.arange(int(record[-1])))
+        return state.u, jnp.concatenate([x0[None], snaps])
 
-    return eqx.filter_jit(jax.vmap(one))(obs_orig.values, obs_orig.mask, x_init)
-
-
-def _atomic(path, write, mode="w"):
-    """Write `path` through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0o600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    x, path = eqx.filter_jit(jax.vmap(one))(obs.values, obs.mask, x_init)
+    return x, path.swapaxes(0, 1)
 
 
 def run_system(system, args):
@@ -291,17 +263,14 @@ def run_system(system, args):
     # -- baselines on the true RK4 cost (original units) --
     x0 = first_guess(s)
     record = np.unique(np.geomspace(1, args.gd_steps, 25).astype(int))
+    lr = 0.5 / (4.0 / args.model_var + 1.0 / noise_var)  # < 1/L of the weak cost
     t0 = time.perf_counter()
-    x_gd, gd_path = gradient_descent(
-        preset, test.obs, x0, noise_var, args.model_var, args.gd_steps, record
+    x_gd, gd_path = iterates(
+        GradientDescent(lr), preset, test.obs, x0, noise_var, args.model_var, record
     )
-    jax.block_until_ready(x_gd)
     r, fv, od = scores(norm.apply(x_gd), truth_te, obs_te, norm, rk4, rk4)
     rows.append(("none", "ode", "fsgd", f"{args.gd_steps} it", r, fv, od))
-    paths["FSGD"] = (
-        np.concatenate([[0], record]),
-        np.concatenate([norm.apply(x0)[None], norm.apply(gd_path).swapaxes(0, 1)]),
-    )
+    paths["FSGD"] = (np.concatenate([[0], record]), norm.apply(gd_path))
     print(f"[{system}] FSGD: R={r:.3f} ({time.perf_counter() - t0:.1f} s)")
     gn = gauss_newton(preset, noise_var, args.model_var, 20)
     jax.block_until_ready(gn(test.obs.values, test.obs.mask, x0))
@@ -310,10 +279,11 @@ def run_system(system, args):
     timings["gauss_newton"] = (time.perf_counter() - t0) / args.n_test
     r, fv, od = scores(norm.apply(x_gn), truth_te, obs_te, norm, rk4, rk4)
     rows.append(("none", "ode", "4dvar", "GN <=20 it", r, fv, od))
-    gn_path = gauss_newton(preset, noise_var, args.model_var, 8, path=True)(
-        test.obs.values, test.obs.mask, x0
+    gn_record = np.arange(1, 9)
+    _, gn_path = iterates(
+        GaussNewton(), preset, test.obs, x0, noise_var, args.model_var, gn_record
     )
-    paths["Gauss-Newton"] = (np.arange(9), norm.apply(gn_path).swapaxes(0, 1))
+    paths["Gauss-Newton"] = (np.arange(9), norm.apply(gn_path))
     print(f"[{system}] GN: R={r:.3f}, {timings['gauss_newton'] * 1e3:.2f} ms/window")
 
     # -- learned configurations --
@@ -327,6 +297,7 @@ def run_system(system, args):
             batch=args.batch,
             seed=args.seed,
             progress=args.progress,
+            curriculum=tuple(args.curriculum),
         )
         path = os.path.join(args.out, f"model_{system}_{cfg}.eqx")
         nn.save_model(path, trained)  # atomic
@@ -368,49 +339,21 @@ def run_system(system, args):
 
     # -- energy pathways --
     def pathway(its, xs):
-        xs = jnp.asarray(xs)
-        c = [
-            float(
-                jnp.mean(
-                    jax.vmap(
-                        lambda a, o: (
-                            0.01 * jnp.mean(jnp.where(o.mask, a - o.values, 0.0) ** 2)
-                            + jnp.sum((a - rk4(a))[1:] ** 2) / a.size
-                        )
-                    )(xk, obs_te)
-                )
-            )
-            for xk in xs
-        ]
-        e = [float(jnp.mean((norm.invert(xk) - test.truth) ** 2)) for xk in xs]
-        return np.asarray(its), np.asarray(c), np.asarray(e)
+        cost = [fourdvar_scores(xk, obs_te, rk4) for xk in jnp.asarray(xs)]
+        err = [float(jnp.mean((norm.invert(xk) - test.truth) ** 2)) for xk in xs]
+        return np.asarray(its), np.asarray(cost), np.asarray(err)
 
     curves = {name: pathway(*v) for name, v in paths.items()}
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for name, (its, c, e) in curves.items():
-            axes[0].plot(its + 1, c, marker=".", label=name)
-            axes[1].plot(its + 1, e, marker=".", label=name)
-        for ax, lab in zip(axes, ("4DVar cost (normalised)", "MSE (original units)")):
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("iteration + 1")
-            ax.set_ylabel(lab)
-        axes[1].legend(fontsize=8)
-        fig.suptitle(f"{PRESET[system]}: energy pathways")
-        fig.tight_layout()
-        _atomic(
-            os.path.join(args.out, f"pathways_{system}.png"),
-            lambda f: fig.savefig(f, format="png", dpi=120),
-            "wb",
+        fig = plot.energy_pathways(
+            curves,
+            title=f"{PRESET[system]}: energy pathways",
+            cost_label="4DVar cost (normalised)",
+            error_label="MSE (original units)",
         )
-    except ImportError:
-        print("matplotlib missing: no figure")
+        plot.save_figure(fig, os.path.join(args.out, f"pathways_{system}.png"))
+    except ImportError as e:
+        print(f"{e} No figure.")
     return {
         "system": system,
         "n_train": args.n_train,
@@ -421,23 +364,7 @@ def run_system(system, args):
         "paper_n_train": preset.n_train,
         "paper_n_test": preset.n_test,
         "device": str(jax.devices()[0]),
-        "rows": [
-            dict(
-                zip(
-                    (
-                        "mode",
-                        "prior",
-                        "solver",
-                        "iters",
-                        "r_score",
-                        "fourdvar_score",
-                        "ode_score",
-                    ),
-                    row,
-                )
-            )
-            for row in rows
-        ],
+        "rows": [dict(zip(COLUMNS, row)) for row in rows],
         "time_per_window_s": timings,
         "training": training,
         "pathways": {
@@ -447,7 +374,7 @@ def run_system(system, args):
     }
 
 
-def main():
+def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--system", choices=("l63", "l96", "both"), default="both")
     p.add_argument("--n-train", type=int, default=256)
@@ -456,6 +383,13 @@ def main():
         "--steps", type=int, default=300, help="Adam steps per configuration"
     )
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument(
+        "--curriculum",
+        type=int,
+        nargs="+",
+        default=[5, 10, 20],
+        help="unrolled iterations K of the training stages (steps split evenly)",
+    )
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--gd-steps", type=int, default=2000)
     p.add_argument(
@@ -473,15 +407,15 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="show training progress")
     p.add_argument("--out", default="fourdvarnet_out")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     systems = ("l63", "l96") if args.system == "both" else (args.system,)
     out = [run_system(s, args) for s in systems]
-    _atomic(
-        os.path.join(args.out, "results.json"),
-        lambda f: json.dump({"args": vars(args), "results": out}, f, indent=1),
+    save_json(
+        os.path.join(args.out, "results.json"), {"args": vars(args), "results": out}
     )
     print(f"\nwrote {args.out}/results.json, pathways_*.png and model_*.eqx")
+    return out
 
 
 if __name__ == "__main__":

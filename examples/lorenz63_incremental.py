@@ -44,11 +44,8 @@ The same script runs unchanged on a GPU (JAX picks the device).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
 import sys
-import tempfile
 import time
 
 import equinox as eqx
@@ -57,7 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxda import data, metrics, nn, train, var
+from jaxda import data, metrics, nn, plot, train, var
+from jaxda.io import save_json
 from jaxda.models import flow_map
 
 
@@ -153,20 +151,6 @@ def timed(fn, *args, repeats: int = 3):
     return out, max(first - min(runs), 0.0), min(runs)
 
 
-def write_json(path: pathlib.Path, obj) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then `os.replace`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def fourdvar_refiner(
     stats: data.Normalisation, preset, max_steps: int, model_var: float
 ):
@@ -214,52 +198,6 @@ def train_prior(label, model, loss, truth, args, key, out):
     last = float(np.mean(res.losses[-20:])) if len(res.losses) else float("nan")
     print(f"  training loss (last 20 steps) {last:.4g}, {seconds:.1f} s incl. compile")
     return res.model, seconds, res.losses
-
-
-def plot_windows(path, te, estimates: dict, n_windows: int = 3) -> str | None:
-    """Truth, observations and estimates of the first test windows, per component."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install 'jaxda[plot]'): no figure.")
-        return None
-    n_windows = min(n_windows, te.n_windows)
-    n_comp = te.state_shape[0]
-    fig, axes = plt.subplots(
-        n_comp, n_windows, figsize=(4 * n_windows, 2.2 * n_comp), sharex=True
-    )
-    axes = np.asarray(axes).reshape(n_comp, n_windows)
-    t = np.asarray(te.time)
-    styles = {
-        "first guess": dict(color="0.6", ls="--"),
-        "4DVar": dict(color="tab:orange"),
-        "neural incremental": dict(color="tab:blue"),
-    }
-    for w in range(n_windows):
-        mask = np.asarray(te.obs.mask[w])
-        vals = np.asarray(te.obs.values[w])
-        for c in range(n_comp):
-            ax = axes[c, w]
-            ax.plot(t, np.asarray(te.truth[w, :, c]), color="k", lw=2, label="truth")
-            for name, est in estimates.items():
-                ax.plot(t, np.asarray(est[w, :, c]), lw=1.2, label=name, **styles[name])
-            m = mask[:, c]
-            if m.any():
-                ax.plot(t[m], vals[m, c], "o", color="tab:red", ms=5, label="obs")
-            if w == 0:
-                ax.set_ylabel(f"$u_{c + 1}$")
-            if c == n_comp - 1:
-                ax.set_xlabel("time")
-        axes[0, w].set_title(f"test window {w}")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
 
 
 def print_table(rows: dict, n_test: int, paper_rows: dict) -> None:
@@ -404,11 +342,14 @@ def main(argv=None) -> dict:
 
     figure = None
     if not args.no_plot:
-        figure = plot_windows(
-            out / "trajectories.png",
-            te,
-            {k: estimates[k] for k in ("first guess", "4DVar", "neural incremental")},
-        )
+        shown = ("first guess", "4DVar", "neural incremental")
+        try:
+            fig = plot.trajectories(
+                te.truth, te.obs, {k: estimates[k] for k in shown}, time=te.time
+            )
+            figure = str(plot.save_figure(fig, out / "trajectories.png"))
+        except ImportError as e:
+            print(f"{e} No figure.")
     results = {
         "experiment": preset.name,
         "model_var": model_var,
@@ -432,7 +373,7 @@ def main(argv=None) -> dict:
         "model": str(out / "model.eqx"),
         "total_seconds": time.perf_counter() - t_start,
     }
-    write_json(out / "results.json", results)
+    save_json(out / "results.json", results)
     print(f"\nSaved in {out}/ (total {results['total_seconds']:.0f} s).")
     return results
 

@@ -4,17 +4,20 @@ Subpackages: `models` (dynamics, `simulate`, flow maps), `obs` (observations, pa
 noise), `data` (twin-experiment datasets and presets), `metrics`, `linalg` (banded and
 block-tridiagonal SPD algebra), `gaussian` (Gaussian MAP / optimal interpolation),
 `var` (4DVar costs and solvers), `nn` (learned DA: neural incremental DA, 4DVarNet),
-`train` (optax training loop), `sharding` (batches over devices).
+`train` (optax training loop), `sharding` (batches over devices), `io` (atomic file
+writing), `plot` (figures; needs matplotlib).
 """
 
 from . import (
     data as data,
     gaussian as gaussian,
+    io as io,
     linalg as linalg,
     metrics as metrics,
     models as models,
     nn as nn,
     obs as obs,
+    plot as plot,
     sharding as sharding,
     train as train,
     var as var,

@@ -137,4 +137,35 @@ def one_step_score(
     return jnp.mean((x[1:] - pred) ** 2)
 
 
-__all__ = ["ErrorSplit", "mse", "mse_split", "one_step_score", "rmse", "rmse_split"]
+def fourdvar_score(
+    prior: Callable[[Array], Array],
+    x: Float[ArrayLike, " T *state"],
+    obs,
+    *,
+    obs_weight: float = 0.01,
+) -> Float[Array, ""]:
+    r"""Seed 001's "4DVar-score" of one window: the variational cost with fixed weights.
+
+    $\lambda \frac{1}{N}\sum_{t,i} m_{t,i}(x_{t,i} - y_{t,i})^2 + \frac{1}{N}
+    \sum_{t \ge 1} \|x_t - \Phi(x)_t\|^2$, $N$ the number of entries of the window,
+    $\lambda$ = `obs_weight` (the paper's 0.01), $\Phi$ = `prior` mapping a window to
+    its one-step prediction (e.g. `jaxda.nn.ODEPrior`: $\Phi(x)_t =
+    \mathrm{RK4}(x_{t-1})$), `obs` a `jaxda.obs.Observations` of the window. Use
+    normalised units, as the paper does.
+    """
+    x = jnp.asarray(x)
+    check_same_shape("x", x, "obs.values", obs.values)
+    misfit = jnp.where(obs.mask, x - obs.values, 0.0) ** 2
+    model = (x - prior(x))[1:] ** 2
+    return obs_weight * jnp.mean(misfit) + jnp.sum(model) / x.size
+
+
+__all__ = [
+    "ErrorSplit",
+    "fourdvar_score",
+    "mse",
+    "mse_split",
+    "one_step_score",
+    "rmse",
+    "rmse_split",
+]

@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,6 +37,7 @@ import optax
 
 from ._custom_types import Array, Key, Scalar
 from ._validation import check_int
+from .io import atomic_path
 
 
 __all__ = [
@@ -325,23 +325,11 @@ def save_checkpoint(path: str | os.PathLike, tree, header: dict | None = None) -
         "nbytes": len(payload),
         "sha256": hashlib.sha256(payload).hexdigest(),
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".ckpt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(meta, sort_keys=True).encode() + b"\n")
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates files readable by owner only
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(json.dumps(meta, sort_keys=True).encode() + b"\n")
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _read(path) -> tuple[dict, bytes]:

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 def _load(name):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -49,3 +51,31 @@ def test_lorenz63_incremental_runs(tmp_path):
     assert not nn.load_model(out / "ablation.eqx").conditional
     if results["figure"] is not None:
         assert (out / "trajectories.png").stat().st_size > 0
+
+
+@pytest.mark.timeout(300)
+def test_fourdvarnet_lorenz_runs(tmp_path):
+    example = _load("fourdvarnet_lorenz")
+    out = tmp_path / "out"
+    argv = [
+        "--system", "l63", "--n-train", "8", "--n-test", "4", "--steps", "2",
+        "--batch", "4", "--curriculum", "2", "--gd-steps", "3",
+        "--configs", "supervised-genn-cnn", "--out", str(out),
+    ]  # fmt: skip
+    (res,) = example.main(argv)
+    rows = {(r["mode"], r["prior"], r["solver"]): r for r in res["rows"]}
+    assert list(rows) == [
+        ("none", "ode", "fsgd"), ("none", "ode", "4dvar"),
+        ("supervised", "genn", "cnn"),
+    ]  # fmt: skip
+    for row in rows.values():
+        assert np.isfinite(row["r_score"]) and row["r_score"] > 0
+        assert np.isfinite(row["fourdvar_score"]) and row["fourdvar_score"] > 0
+    assert rows[("none", "ode", "4dvar")]["ode_score"] < 1e-6  # the true RK4 prior
+    assert res["pathways"]["FSGD"]["iter"] == [0, 1, 2, 3]
+    assert len(res["pathways"]["Gauss-Newton"]["cost"]) == 9
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"][0]["rows"] == res["rows"]
+    model = nn.load_model(out / "model_l63_supervised-genn-cnn.eqx")
+    assert model.n_iter == 2
+    assert (out / "pathways_l63.png").stat().st_size > 0

@@ -8,6 +8,7 @@ import pytest
 from jaxda import metrics as M
 from jaxda.data import Normalisation
 from jaxda.models import Lorenz63, flow_map, rollout
+from jaxda.obs import Observations
 
 
 @pytest.fixture
@@ -92,3 +93,28 @@ def test_bad_metric_input(window):
         M.mse(est, truth, mask.astype(float))
     with pytest.raises(ValueError, match="`x` must have shape"):
         M.one_step_score(lambda x: x, jnp.zeros(3))
+
+
+def test_fourdvar_score_against_a_loop():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 3))
+    y = rng.normal(size=(6, 3))
+    mask = rng.uniform(size=(6, 3)) < 0.4
+    flow = flow_map(Lorenz63(), 0.01, "rk4")
+
+    def prior(w):  # Phi(x)_0 = x_0, Phi(x)_t = flow(x_{t-1})
+        return jnp.concatenate([w[:1], jax.vmap(flow)(w[:-1])])
+
+    obs_term = sum((x[t, i] - y[t, i]) ** 2 for t, i in zip(*np.nonzero(mask)))
+    model_term = sum(
+        np.sum((x[t] - np.asarray(flow(jnp.asarray(x[t - 1])))) ** 2)
+        for t in range(1, 6)
+    )
+    expected = (0.3 * obs_term + model_term) / x.size
+    got = M.fourdvar_score(prior, x, Observations(y, mask), obs_weight=0.3)
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # on a model trajectory observed without noise the score is zero
+    traj = rollout(flow, jnp.asarray([1.0, 2.0, 20.0]), 5)
+    assert float(M.fourdvar_score(prior, traj, Observations(traj, mask))) < 1e-20
+    with pytest.raises(ValueError, match="must have the same shape"):
+        M.fourdvar_score(prior, x, Observations(y[:5], mask[:5]))

@@ -14,12 +14,12 @@ Files are written atomically: to a temporary file in the same folder, then `os.r
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
+from ..io import atomic_path
 from ..obs import Observations
 from ._dataset import Dataset
 from ._normalise import Normalisation
@@ -92,16 +92,8 @@ def save_dataset(ds: Dataset, path: str | os.PathLike) -> Path:
         "component": np.arange(truth.shape[-1]),
     }
     xds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         xds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

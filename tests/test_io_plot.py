@@ -1,0 +1,63 @@
+"""Atomic writing (`jaxda.io`) and figures (`jaxda.plot`)."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxda import io, plot
+from jaxda.obs import Observations
+
+
+def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_error(tmp_path):
+    path = tmp_path / "sub" / "result.txt"
+    with io.atomic_path(path) as tmp:
+        assert os.path.dirname(tmp) == str(path.parent) and not path.exists()
+        with open(tmp, "w") as f:
+            f.write("first")
+    assert path.read_text() == "first"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with io.atomic_path(path) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half")
+            raise RuntimeError("interrupted")
+    assert path.read_text() == "first"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.txt"]
+
+
+def test_save_json_converts_array_scalars(tmp_path):
+    obj = {"a": np.float32(1.5), "b": jnp.arange(3), "c": np.int64(2), "d": tmp_path}
+    io.save_json(tmp_path / "r.json", obj)
+    text = (tmp_path / "r.json").read_text()
+    assert text.endswith("\n")
+    assert json.loads(text) == {"a": 1.5, "b": [0, 1, 2], "c": 2.0, "d": str(tmp_path)}
+
+
+def test_figures_are_built_and_saved(tmp_path):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(4, 10, 3))
+    mask = rng.uniform(size=truth.shape) < 0.2
+    obs = Observations(truth + 0.1, mask)
+    fig = plot.trajectories(
+        truth, obs, {"4DVar": truth + 0.2, "other": truth}, n_windows=2
+    )
+    assert len(fig.axes) == 3 * 2
+    assert [line.get_label() for line in fig.axes[0].lines][:3] == [
+        "truth", "4DVar", "other",
+    ]  # fmt: skip
+    path = plot.save_figure(fig, tmp_path / "traj.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = {"GN": ([0, 1, 2], [3.0, 1.0, 0.5], [2.0, 1.0, 0.9])}
+    fig = plot.energy_pathways(curves, title="t")
+    np.testing.assert_array_equal(fig.axes[0].lines[0].get_xdata(), [1, 2, 3])
+    np.testing.assert_array_equal(fig.axes[1].lines[0].get_ydata(), [2.0, 1.0, 0.9])
+    plot.save_figure(fig, tmp_path / "path.pdf")
+    assert (tmp_path / "path.pdf").read_bytes()[:4] == b"%PDF"
+    with pytest.raises(ValueError, match="must have the shape of `truth`"):
+        plot.trajectories(truth, Observations(truth[:2], mask[:2]), {})
