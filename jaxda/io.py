@@ -45,14 +45,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 def save_json(path: str | os.PathLike, obj, *, indent: int = 2) -> None:
     """Write `obj` as JSON to `path` atomically (see `atomic_path`), with a final
-    newline. Non-JSON values (NumPy or JAX scalars, paths) are converted with `str`
-    unless they are numbers."""
+    newline. NumPy and JAX scalars become Python numbers (ints stay ints), arrays
+    become nested lists, anything else (paths) its `str`."""
 
     def default(x):
-        try:
-            return float(x) if getattr(x, "ndim", 1) == 0 else x.tolist()
-        except (TypeError, ValueError, AttributeError):
-            return str(x)
+        if hasattr(x, "tolist"):  # numpy / jax scalars and arrays
+            return x.tolist()
+        return str(x)
 
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=indent, default=default)

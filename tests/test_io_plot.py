@@ -35,7 +35,9 @@ def test_save_json_converts_array_scalars(tmp_path):
     io.save_json(tmp_path / "r.json", obj)
     text = (tmp_path / "r.json").read_text()
     assert text.endswith("\n")
-    assert json.loads(text) == {"a": 1.5, "b": [0, 1, 2], "c": 2.0, "d": str(tmp_path)}
+    loaded = json.loads(text)
+    assert loaded == {"a": 1.5, "b": [0, 1, 2], "c": 2, "d": str(tmp_path)}
+    assert isinstance(loaded["c"], int)
 
 
 def test_figures_are_built_and_saved(tmp_path):
