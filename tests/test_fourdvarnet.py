@@ -193,6 +193,11 @@ def test_supervised_training_curriculum_and_centre_tap(getkey):
     xb = nn.assimilate_batch(res.model, obs)
     x3 = eqx.filter_jit(res.model)(Observations(obs.values[3], obs.mask[3]))
     np.testing.assert_allclose(xb[3], x3, rtol=1e-10, atol=1e-12)
+    # chunks of 5 (16 = 3 x 5 + 1: a remainder chunk) inside one compiled loop
+    xc, pc = nn.assimilate_batch(res.model, obs, chunk_size=5, return_path=True)
+    np.testing.assert_allclose(xc, xb, rtol=1e-10, atol=1e-12)
+    assert pc.shape == (16, res.model.n_iter + 1, *obs.values.shape[1:])
+    np.testing.assert_allclose(pc[:, -1], xb, rtol=1e-10, atol=1e-12)
 
 
 def test_unsupervised_training_frozen_prior(getkey):
@@ -314,6 +319,8 @@ def test_bad_input(getkey):
         model(Observations(jnp.zeros((T, 3)), jnp.zeros((T, 3), bool)))
     with pytest.raises(ValueError, match=r"windows \[1\]"):
         nn.assimilate_batch(model, Observations(obs.values, obs.mask.at[1].set(False)))
+    with pytest.raises(ValueError, match="chunk_size"):
+        nn.assimilate_batch(model, obs, chunk_size=0)
     lstm = nn.ConvLSTMSolver((4,), key=getkey())
     with pytest.raises(ValueError, match="built for states of shape"):
         nn.FourDVarNet(nn.VariationalCost(genn), lstm, n_iter=2)(one)

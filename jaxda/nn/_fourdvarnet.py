@@ -268,8 +268,14 @@ def unroll(
 
 
 @eqx.filter_jit
-def _batched(model, obs, x_init, return_path):
-    return jax.vmap(lambda o, x0: model(o, x0, return_path=return_path))(obs, x_init)
+def _batched(model, obs, x_init, return_path, chunk_size):
+    def one(args):
+        o, x0 = args
+        return model(o, x0, return_path=return_path)
+
+    if chunk_size is None:
+        return jax.vmap(one)((obs, x_init))
+    return jax.lax.map(one, (obs, x_init), batch_size=chunk_size)
 
 
 def assimilate_batch(
@@ -283,28 +289,23 @@ def assimilate_batch(
     """Run `model` on a batch of windows (`jax.vmap` under `eqx.filter_jit`).
 
     **Arguments:** `model`; `obs` with a leading window axis `(N, T, *state)`; `x_init`
-    (default: interpolated observations); `return_path`; `chunk_size` (evaluate in
-    chunks
-    of this many windows to bound memory; the last chunk may be smaller and compile once
-    more).
+    (default: interpolated observations); `return_path`; `chunk_size` (vmap over this
+    many windows at a time inside one compiled loop, `jax.lax.map(...,
+    batch_size=chunk_size)`: memory bounded by the chunk, and on CPU a working set that
+    stays in cache; any `N`, one compilation).
 
     **Returns:** `(N, T, *state)` estimates (and `(N, K + 1, T, *state)` paths).
     """
     if not isinstance(model, FourDVarNet):
         raise TypeError(f"`model` must be a FourDVarNet; got {type(model).__name__}.")
     model.check_inputs(obs, x_init, batched=True)
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+        if chunk_size >= obs.values.shape[0]:
+            chunk_size = None
     if x_init is None:
         x_init = jax.vmap(lambda o: interpolate_observations(o, model.fill))(obs)
-    n = obs.values.shape[0]
-    if chunk_size is None or chunk_size >= n:
-        return _batched(model, obs, x_init, return_path)
-    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
-    outs = []
-    for i in range(0, n, chunk_size):
-        sl = slice(i, i + chunk_size)
-        o = Observations(obs.values[sl], obs.mask[sl])
-        outs.append(_batched(model, o, x_init[sl], return_path))
-    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *outs)
+    return _batched(model, obs, x_init, return_path, chunk_size)
 
 
 # --------------------------------------------------------------------------------------
