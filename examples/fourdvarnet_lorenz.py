@@ -21,6 +21,12 @@ Example (about 10 minutes on 2 CPU cores):
 
     python examples/fourdvarnet_lorenz.py --system l63 --n-train 512 --steps 600
 
+Evaluate (or, with `--steps N`, train further) the models of an earlier run:
+
+    python examples/fourdvarnet_lorenz.py --system l63 --n-train 10000 --n-test 2000 \
+        --configs supervised-genn-cnn --init-from benchmarks/results/fourdvarnet/l63 \
+        --steps 0
+
 The functions `setup`, `build`, `train_config`, `gauss_newton` are reused by
 `benchmarks/bench_fourdvarnet.py`.
 """
@@ -163,15 +169,22 @@ def train_config(
     seed: int,
     progress: bool = False,
     curriculum: tuple[int, ...] = (5, 10, 20),
+    init: nn.FourDVarNet | None = None,
 ) -> tuple[nn.FourDVarNet, dict]:
     """Train configuration `cfg` = "mode-prior-solver" (e.g. "supervised-genn-cnn")
     with the iteration curriculum K = 5 -> 10 -> 20 and Adam (`lr`, divided by 10 in
-    the last stage), gradient clipping at norm 1. **Returns:** `(model, info)`."""
+    the last stage), gradient clipping at norm 1, from a fresh model or from `init`
+    (a trained one; `steps=0` returns it unchanged). **Returns:** `(model, info)`."""
     mode, prior_name, solver_name = cfg.split("-")
     key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(cfg.encode()) % 2**31)
-    model = build(
-        s.system, prior_name, solver_name, s.norm, s.preset, key, curriculum[0]
-    )
+    if init is not None and steps == 0:
+        return init, {"train_s": 0.0, "train_steps": 0, "final_loss": None}
+    if init is not None:
+        model = init.with_iterations(curriculum[0])
+    else:
+        model = build(
+            s.system, prior_name, solver_name, s.norm, s.preset, key, curriculum[0]
+        )
     stages = nn.default_curriculum(steps, learning_rate=lr, iterations=curriculum)
     data = nn.make_training_data(s.obs_tr, s.truth_tr)
     t0 = time.perf_counter()
@@ -190,7 +203,7 @@ def train_config(
     info = {
         "train_s": time.perf_counter() - t0,
         "train_steps": sum(st.n_steps for st in stages),
-        "final_loss": float(np.mean(res.losses[-20:])),
+        "final_loss": round(float(np.mean(res.losses[-20:])), 6),
     }
     return res.model, info
 
@@ -295,6 +308,10 @@ def run_system(system, args):
     # -- learned configurations --
     for cfg in args.configs or DEFAULT_CONFIGS[system]:
         mode, prior_name, solver_name = cfg.split("-")
+        init = init_path = None
+        if args.init_from:
+            init_path = os.path.join(args.init_from, f"model_{system}_{cfg}.eqx")
+            init = nn.load_model(init_path)
         trained, info = train_config(
             cfg,
             s,
@@ -304,7 +321,10 @@ def run_system(system, args):
             seed=args.seed,
             progress=args.progress,
             curriculum=tuple(args.curriculum),
+            init=init,
         )
+        if args.init_from:
+            info["init_from"] = init_path
         path = os.path.join(args.out, f"model_{system}_{cfg}.eqx")
         nn.save_model(path, trained)  # atomic
         model = nn.load_model(path)  # as a user would
@@ -323,7 +343,7 @@ def run_system(system, args):
         paths[cfg] = (np.arange(p.shape[1]), p.swapaxes(0, 1))
         print(
             f"[{system}] {cfg}: R={r:.3f}, train {info['train_s']:.0f} s "
-            f"({info['train_steps']} steps, final loss {info['final_loss']:.4g}), "
+            f"({info['train_steps']} steps, final loss {info['final_loss']}), "
             f"{timings[cfg] * 1e3:.2f} ms/window, "
             f"lam_obs={float(model.cost.lam_obs):.3g} "
             f"lam_prior={float(model.cost.lam_prior):.3g}, saved {path}"
@@ -400,6 +420,14 @@ def main(argv=None) -> list[dict]:
         help="unrolled iterations K of the training stages (steps split evenly)",
     )
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="DIR",
+        help="start from the models model_<system>_<config>.eqx saved in DIR by an "
+        "earlier run (same --seed and --n-train, hence the same normalisation); "
+        "--steps 0 only evaluates them",
+    )
     p.add_argument("--gd-steps", type=int, default=2000)
     p.add_argument(
         "--model-var",

@@ -79,3 +79,10 @@ def test_fourdvarnet_lorenz_runs(tmp_path):
     model = nn.load_model(out / "model_l63_supervised-genn-cnn.eqx")
     assert model.n_iter == 2
     assert (out / "pathways_l63.png").stat().st_size > 0
+    # evaluate the saved model again, both methods in chunks of 3 windows (4 = 3 + 1)
+    argv2 = argv[:-1] + [str(tmp_path / "again"), "--init-from", str(out)]
+    argv2[argv2.index("--steps") + 1] = "0"
+    (again,) = example.main(argv2 + ["--chunk", "3"])
+    assert again["training"]["supervised-genn-cnn"]["train_steps"] == 0
+    for row, first in zip(again["rows"], res["rows"]):
+        np.testing.assert_allclose(row["r_score"], first["r_score"], rtol=1e-5)
