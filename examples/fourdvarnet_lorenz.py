@@ -7,7 +7,8 @@ table shaped like the paper's (prior x solver x learning scheme: supervised MSE,
 unsupervised = the 4DVar cost as loss (eq. 13), semi-supervised = held-out observations
 as target), and saves in `--out` the trained models (`model_<system>_<config>.eqx`, see
 `jaxda.nn.load_model`), the energy-pathway figure (4DVar cost and reconstruction error
-against iteration) and a JSON record (with the run size), all written atomically.
+against iteration), the table as Markdown (`table_<system>.md`) and a JSON record (with
+the run size), all written atomically.
 
 Metrics (all on the test windows):
 
@@ -47,7 +48,7 @@ import numpy as np
 import jaxda.data as jd
 import jaxda.nn as nn
 from jaxda import metrics, plot
-from jaxda.io import save_json
+from jaxda.io import atomic_path, save_json
 from jaxda.models import flow_map
 from jaxda.obs import Observations
 from jaxda.var import GaussNewton, GradientDescent, WeakConstraint4DVar
@@ -267,6 +268,36 @@ def iterates(solver, preset, obs, x_init, obs_var, model_var, record):
     return x, path.swapaxes(0, 1)
 
 
+def markdown_table(system, rows, timings, args, training) -> str:
+    """Seed 001's Table 1 / 2 layout (scheme x prior x solver) with the paper's
+    R-score beside ours, the 4DVar- and ODE-scores, and the time per window of the
+    timed methods (same test windows, same chunk size)."""
+    preset = jd.get_preset(PRESET[system])
+    steps = {cfg: info["train_steps"] for cfg, info in training.items()}
+    cont = any("init_from" in info for info in training.values())
+    lines = [
+        f"**{PRESET[system]}**: {args.n_train} train / {args.n_test} test windows "
+        f"(paper {preset.n_train} / {preset.n_test}), Adam steps per configuration: "
+        f"{', '.join(f'{c} {n}' for c, n in steps.items()) or '-'}"
+        f"{' (continued from earlier runs)' if cont else ''}; device "
+        f"{jax.devices()[0].device_kind}.",
+        "",
+        "| scheme | prior | solver | iterations | R-score | paper | 4DVar-score "
+        "| ODE-score | ms / window |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for mode, prior, solver, it, r, fv, od in rows:
+        ref = PAPER[system].get((mode, prior, solver))
+        key = "gauss_newton" if solver == "4dvar" else f"{mode}-{prior}-{solver}"
+        ms = timings.get(key)
+        lines.append(
+            f"| {mode} | {prior} | {solver} | {it} | {r:.3f} | "
+            f"{'-' if ref is None else f'{ref:.2f}'} | {fv:.3e} | {od:.2e} | "
+            f"{'-' if ms is None else f'{ms * 1e3:.3f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def run_system(system, args):
     t0 = time.perf_counter()
     s = setup(system, args.seed, args.n_train, args.n_test)
@@ -349,22 +380,12 @@ def run_system(system, args):
             f"lam_prior={float(model.cost.lam_prior):.3g}, saved {path}"
         )
 
-    # -- table --
-    print(
-        f"\n{PRESET[system]} ({args.n_train} train / {args.n_test} test windows; paper "
-        f"{preset.n_train} / {preset.n_test})"
-    )
-    print(
-        f"{'scheme':<15}{'prior':<6}{'solver':<7}{'iters':<12}{'R-score':>9}"
-        f"{'paper':>8}{'4DVar-score':>13}{'ODE-score':>11}"
-    )
-    for mode, prior, solver, it, r, fv, od in rows:
-        ref = PAPER[system].get((mode, prior, solver))
-        ref = f"{ref:.2f}" if ref is not None else "-"
-        print(
-            f"{mode:<15}{prior:<6}{solver:<7}{it:<12}{r:>9.3f}{ref:>8}{fv:>13.3e}"
-            f"{od:>11.2e}"
-        )
+    # -- table (printed, and saved as Markdown) --
+    table = markdown_table(system, rows, timings, args, training)
+    print("\n" + table)
+    with atomic_path(os.path.join(args.out, f"table_{system}.md")) as tmp:
+        with open(tmp, "w") as f:
+            f.write(table)
 
     # -- energy pathways --
     def pathway(its, xs):
@@ -458,7 +479,7 @@ def main(argv=None) -> list[dict]:
     save_json(
         os.path.join(args.out, "results.json"), {"args": vars(args), "results": out}
     )
-    print(f"\nwrote {args.out}/results.json, pathways_*.png and model_*.eqx")
+    print(f"\nwrote {args.out}/results.json, table_*.md, pathways_*.png, model_*.eqx")
     return out
 
 

@@ -79,6 +79,9 @@ def test_fourdvarnet_lorenz_runs(tmp_path):
     model = nn.load_model(out / "model_l63_supervised-genn-cnn.eqx")
     assert model.n_iter == 2
     assert (out / "pathways_l63.png").stat().st_size > 0
+    table = (out / "table_l63.md").read_text().splitlines()
+    assert table[2].startswith("| scheme | prior | solver |") and len(table) == 4 + 3
+    assert "| supervised | genn | cnn | K=2 |" in table[-1]
     # evaluate the saved model again, both methods in chunks of 3 windows (4 = 3 + 1)
     argv2 = argv[:-1] + [str(tmp_path / "again"), "--init-from", str(out)]
     argv2[argv2.index("--steps") + 1] = "0"
