@@ -105,6 +105,49 @@ def test_fixed_step_unroll_equals_gradient_descent(getkey):
     assert abs(float(g1.solver.step_size)) > 0
 
 
+def test_cnn_solver_gradient_rms(getkey):
+    # A network that returns the scaled-gradient channels makes the CNN solver
+    # x <- x - arctan(grad(x) / rho): rho is the RMS of the current gradient ("each",
+    # the default) or of the first one ("first"). A quartic cost makes them differ.
+    class PassGradient(eqx.Module):
+        def __call__(self, z):  # (2 C, T): [scaled gradient, previous update]
+            return z[:3]
+
+    obs = Observations(jnp.zeros((T, 3)), jnp.ones((T, 3), bool))
+    x0 = 2.0 * jax.random.normal(getkey(), (T, 3))
+
+    def cost(x, o):
+        return jnp.sum(x**4) + jnp.sum(jnp.where(o.mask, x - o.values, 0.0) ** 2)
+
+    grad = jax.grad(lambda x: cost(x, obs))
+    rms = lambda g: jnp.sqrt(jnp.mean(g**2))  # noqa: E731
+    got = {}
+    for mode in ("each", "first"):
+        solver = nn.CNNSolver((3,), network=PassGradient(), gradient_rms=mode)
+        got[mode] = nn.unroll(cost, solver, obs, x0, 4, return_path=True)[1]
+        x, rho0, want = x0, rms(grad(x0)), [x0]
+        for _ in range(4):
+            g = grad(x)
+            x = x - jnp.arctan(g / (rms(g) if mode == "each" else rho0))
+            want.append(x)
+        np.testing.assert_allclose(got[mode], jnp.stack(want), rtol=1e-10, atol=1e-12)
+    assert not np.allclose(got["each"][-1], got["first"][-1], atol=1e-3)
+    # saved models record the mode; files from before the option are "first"
+    from jaxda.nn._fourdvarnet_io import describe, rebuild
+
+    model = nn.FourDVarNet(
+        nn.VariationalCost(nn.GENN((3,), key=getkey(), width=3, kernel_size=3)),
+        nn.CNNSolver((3,), key=getkey(), hidden=4),
+        n_iter=2,
+    )
+    hp = describe(model)
+    assert rebuild(hp).solver.gradient_rms == "each"
+    del hp["solver"]["gradient_rms"]
+    assert rebuild(hp).solver.gradient_rms == "first"
+    with pytest.raises(ValueError, match="gradient_rms"):
+        nn.CNNSolver((3,), key=getkey(), gradient_rms="last")
+
+
 def test_constrained_conv_ignores_centre(getkey):
     conv = nn.Conv(3, 4, 5, key=getkey(), centre_zero=True)
     x = jax.random.normal(getkey(), (3, 12))

@@ -157,6 +157,9 @@ def _rebuild_solver(hp: dict, key):
     cls = hp.pop("class")
     if cls == "FixedStepGradient":
         return FixedStepGradient(_decode(hp["step_size"]))
+    if cls == "CNNSolver":
+        # files written before the option existed hold first-iteration solvers
+        hp.setdefault("gradient_rms", "first")
     if cls in ("ConvLSTMSolver", "CNNSolver"):
         hp["state_shape"] = tuple(hp["state_shape"])
         hp["kernel_size"] = tuple(hp["kernel_size"])

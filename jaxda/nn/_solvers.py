@@ -1,18 +1,17 @@
 r"""Gradient-based solvers $\Gamma$ of 4DVarNet (seed 001, eqs. 5, 11, 12).
 
 A solver maps the current iterate $x^{(k)}$ and the gradient $\nabla_x U_\Phi(x^{(k)})$
-of
-the variational cost to $x^{(k+1)}$, carrying a state (LSTM memory, previous update, the
-gradient scale) through `lax.scan`:
+of the variational cost to $x^{(k+1)}$, carrying a state (LSTM memory, previous update,
+the gradient scale) through `lax.scan`:
 
 - `FixedStepGradient`: $x^{(k+1)} = x^{(k)} - \alpha \nabla_x U$ (the FSGD baseline).
 - `ConvLSTMSolver`: $\tilde g = \nabla_x U / \rho$ with $\rho$ the RMS of the gradient
-at
-  the first iteration; $(h, c) \leftarrow \mathrm{ConvLSTM}(\tilde g, h, c)$;
+  at the first iteration; $(h, c) \leftarrow \mathrm{ConvLSTM}(\tilde g, h, c)$;
   $x^{(k+1)} = x^{(k)} - \mathcal L(h) / K$ (eq. 11 with the $1/K$ scaling of the
   authors' code; $\mathcal L$ a 1x1 convolution).
-- `CNNSolver`: $g^{(k+1)} = \mathcal C([\tilde g, g^{(k)}])$,
-  $x^{(k+1)} = x^{(k)} - \arctan(g^{(k+1)})$ (eq. 12).
+- `CNNSolver`: $\tilde g = \nabla_x U / \rho_k$ with $\rho_k$ the RMS of the gradient
+  at each iteration (by default; as the authors' code); $g^{(k+1)} = \mathcal
+  C([\tilde g, g^{(k)}])$, $x^{(k+1)} = x^{(k)} - \arctan(g^{(k+1)})$ (eq. 12).
 
 All solvers act on ONE window `(T, *state)`; `n_iter` is the total number of unrolled
 iterations $K$ (static).
@@ -98,15 +97,13 @@ class ConvLSTMSolver(AbstractGradientSolver):
     `model_GradUpdateLSTM`.
 
     $\tilde g = \nabla_x U / \rho$ ($\rho$: RMS of the gradient at iteration 0, kept in
-    the
-    state), $(h, c) \leftarrow \mathrm{ConvLSTM}(\tilde g, h, c)$ from $h = c = 0$,
+    the state), $(h, c) \leftarrow \mathrm{ConvLSTM}(\tilde g, h, c)$ from $h = c = 0$,
     $x \leftarrow x - \mathcal L(h) / K$ with $\mathcal L$ a 1x1 convolution.
     `kernel_size=1` gives a pointwise LSTM.
 
     **Arguments:** `state_shape`; `key`; `layout` (`"channels"` or `"field"`, as for
     `GENN`); `hidden` channels (default 5 per input channel); `kernel_size` (odd,
-    default
-    3); `periodic_space`.
+    default 3); `periodic_space`.
     """
 
     cell: ConvLSTMCell
@@ -188,19 +185,29 @@ class _SolverCNN(eqx.Module):
 class CNNSolver(AbstractGradientSolver):
     r"""CNN gradient solver with atan modulation (seed 001, eq. 12).
 
-    $g^{(k+1)} = \mathcal C([\nabla_x U / \rho,\ g^{(k)}])$ from $g^{(0)} = 0$,
-    $x^{(k+1)} = x^{(k)} - \arctan(g^{(k+1)})$; $\mathcal C$ is a convolution
-    (`kernel_size`, `hidden` channels), ReLU, and a 1x1 convolution, or any `network`
-    mapping `(2 C, *spatial)` to `(C, *spatial)` in the convolution layout (e.g. a
-    `jaxda.nn.FlaxModule`).
+    $g^{(k+1)} = \mathcal C([\nabla_x U(x^{(k)}) / \rho_k,\ g^{(k)}])$ from
+    $g^{(0)} = 0$, $x^{(k+1)} = x^{(k)} - \arctan(g^{(k+1)})$; $\mathcal C$ is a
+    convolution (`kernel_size`, `hidden` channels), ReLU, and a 1x1 convolution, or any
+    `network` mapping `(2 C, *spatial)` to `(C, *spatial)` in the convolution layout
+    (e.g. a `jaxda.nn.FlaxModule`).
+
+    $\rho_k$ is the RMS of the gradient at iteration $k$ (`gradient_rms="each"`, as
+    the authors' `model_GradUpdate1`) or at iteration 0 (`"first"`, as
+    `ConvLSTMSolver`). Each step then moves at most $\pi / 2$ per entry whatever the
+    gradient's size: with the RK4 prior of Lorenz-63, whose gradient grows quickly away
+    from the data, `"first"` lets the gradient saturate the atan, the iterates
+    diverge and training stalls (R-score 184 against 5.4 with `"each"` after 1200
+    steps of `examples/fourdvarnet_lorenz.py`, supervised).
 
     **Arguments:** `state_shape`; `key`; `layout`; `hidden` (default 10 per channel);
-    `kernel_size` (default 3); `periodic_space`; `network` (overrides the default CNN).
+    `kernel_size` (default 3); `periodic_space`; `network` (overrides the default CNN);
+    `gradient_rms` (`"each"` or `"first"`).
     """
 
     network: Callable
     state_shape: tuple[int, ...] = eqx.field(static=True)
     layout: str = eqx.field(static=True)
+    gradient_rms: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -212,12 +219,17 @@ class CNNSolver(AbstractGradientSolver):
         kernel_size=3,
         periodic_space: bool = False,
         network: Callable | None = None,
+        gradient_rms: str = "each",
         dtype=None,
     ):
         state_shape = (
             (state_shape,) if isinstance(state_shape, int) else tuple(state_shape)
         )
         check_layout(layout, len(state_shape))
+        if gradient_rms not in ("each", "first"):
+            raise ValueError(
+                f'`gradient_rms` must be "each" or "first"; got {gradient_rms!r}.'
+            )
         channels, nd = conv_shape(state_shape, layout)
         if network is None:
             if key is None:
@@ -237,6 +249,7 @@ class CNNSolver(AbstractGradientSolver):
         self.network = network
         self.state_shape = state_shape
         self.layout = layout
+        self.gradient_rms = gradient_rms
 
     @property
     def hyperparameters(self) -> dict | None:
@@ -251,6 +264,7 @@ class CNNSolver(AbstractGradientSolver):
             "hidden": int(conv.weight.shape[0]),
             "kernel_size": [int(k) for k in conv.weight.shape[2:]],
             "periodic_space": bool(self.layout == "field" and conv.periodic[-1]),
+            "gradient_rms": self.gradient_rms,
         }
 
     def check_state_shape(self, state_shape):
@@ -261,6 +275,8 @@ class CNNSolver(AbstractGradientSolver):
 
     def step(self, x, grad, state, n_iter):
         g_prev, rho = state
+        if self.gradient_rms == "each":
+            rho = gradient_scale(grad)
         g_in = to_conv(grad / rho, self.layout)
         g = self.network(jnp.concatenate([g_in, g_prev], axis=0)).astype(x.dtype)
         return x - from_conv(jnp.arctan(g), self.layout), (g, rho)
