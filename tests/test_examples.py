@@ -87,5 +87,6 @@ def test_fourdvarnet_lorenz_runs(tmp_path):
     argv2[argv2.index("--steps") + 1] = "0"
     (again,) = example.main(argv2 + ["--chunk", "3"])
     assert again["training"]["supervised-genn-cnn"]["train_steps"] == 0
+    assert "earlier run, loaded from" in (tmp_path / "again/table_l63.md").read_text()
     for row, first in zip(again["rows"], res["rows"]):
         np.testing.assert_allclose(row["r_score"], first["r_score"], rtol=1e-5)
