@@ -269,6 +269,14 @@ def test_unsupervised_training_frozen_prior(getkey):
     assert losses[-10:].mean() < 0.2 * losses[:5].mean()
     m = res.model
     assert float(m.cost.prior.flow.model.sigma) == 10.0  # frozen prior
+    # ... in the supervised loss's prior term too
+    g = eqx.filter_grad(
+        lambda m: nn.supervised_loss(
+            m, Observations(obs.values[0], obs.mask[0]), truth[0], prior_weight=0.5
+        )
+    )(model)
+    assert float(g.cost.prior.flow.model.sigma) == 0.0
+    assert float(jnp.abs(g.cost.raw_lam_prior)) > 0
     np.testing.assert_array_equal(m.cost.raw_lam_obs, model.cost.raw_lam_obs)
     np.testing.assert_array_equal(m.cost.raw_lam_prior, model.cost.raw_lam_prior)
 

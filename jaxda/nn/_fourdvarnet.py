@@ -322,11 +322,12 @@ def supervised_loss(
 ) -> Scalar:
     r"""$\frac{1}{|x|}\|\Psi(x^{(0)}, y, \Omega) - x^{true}\|^2$ (eq. 14), plus, with
     `prior_weight` $w > 0$, $\frac{w}{|x|}(\|\hat x - \Phi(\hat x)\|^2 +
-    \|x^{true} - \Phi(x^{true})\|^2)$ (the regularisation of the authors' code)."""
+    \|x^{true} - \Phi(x^{true})\|^2)$ (the regularisation of the authors' code; it
+    leaves a prior with `train_prior=False` unchanged)."""
     x = model(obs, x_init)
     loss = jnp.mean((x - truth) ** 2)
     if prior_weight:
-        prior = model.cost.prior
+        prior = model.effective_cost().prior
         reg = jnp.mean((x - prior(x)) ** 2) + jnp.mean((truth - prior(truth)) ** 2)
         loss = loss + prior_weight * reg
     return loss
