@@ -121,10 +121,17 @@ def energy_pathways(
     """
     fig = _figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
-    for name, (its, cost, err) in curves.items():
+    import matplotlib
+
+    n_colours = len(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])
+    for i, (name, (its, cost, err)) in enumerate(curves.items()):
         its = np.asarray(its) + 1
-        axes[0].plot(its, np.asarray(cost), marker=".", label=name)
-        axes[1].plot(its, np.asarray(err), marker=".", label=name)
+        # a new line style each time the colour cycle comes round again
+        style = dict(
+            marker=".", label=name, linestyle=("-", "--", ":", "-.")[i // n_colours % 4]
+        )
+        axes[0].plot(its, np.asarray(cost), **style)
+        axes[1].plot(its, np.asarray(err), **style)
     for ax, label in zip(axes, (cost_label, error_label)):
         ax.set_xscale("log")
         ax.set_yscale("log")

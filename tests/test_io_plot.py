@@ -59,6 +59,9 @@ def test_figures_are_built_and_saved(tmp_path):
     fig = plot.energy_pathways(curves, title="t")
     np.testing.assert_array_equal(fig.axes[0].lines[0].get_xdata(), [1, 2, 3])
     np.testing.assert_array_equal(fig.axes[1].lines[0].get_ydata(), [2.0, 1.0, 0.9])
+    many = {f"s{i}": ([0, 1], [1.0, 0.5], [1.0, 0.5]) for i in range(12)}
+    lines = plot.energy_pathways(many).axes[1].lines
+    assert len({(ln.get_color(), ln.get_linestyle()) for ln in lines}) == 12
     plot.save_figure(fig, tmp_path / "path.pdf")
     assert (tmp_path / "path.pdf").read_bytes()[:4] == b"%PDF"
     with pytest.raises(ValueError, match="must have the shape of `truth`"):
