@@ -196,7 +196,7 @@ class CNNSolver(AbstractGradientSolver):
     `ConvLSTMSolver`). Each step then moves at most $\pi / 2$ per entry whatever the
     gradient's size: with the RK4 prior of Lorenz-63, whose gradient grows quickly away
     from the data, `"first"` lets the gradient saturate the atan, the iterates
-    diverge and training stalls (R-score 184 against 5.4 with `"each"` after 1200
+    diverge and training stalls (R-score 184 against 5.3 with `"each"` after 1200
     steps of `examples/fourdvarnet_lorenz.py`, supervised).
 
     **Arguments:** `state_shape`; `key`; `layout`; `hidden` (default 10 per channel);
