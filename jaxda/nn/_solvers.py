@@ -193,11 +193,12 @@ class CNNSolver(AbstractGradientSolver):
 
     $\rho_k$ is the RMS of the gradient at iteration $k$ (`gradient_rms="each"`, as
     the authors' `model_GradUpdate1`) or at iteration 0 (`"first"`, as
-    `ConvLSTMSolver`). Each step then moves at most $\pi / 2$ per entry whatever the
-    gradient's size: with the RK4 prior of Lorenz-63, whose gradient grows quickly away
-    from the data, `"first"` lets the gradient saturate the atan, the iterates
-    diverge and training stalls (R-score 184 against 5.3 with `"each"` after 1200
-    steps of `examples/fourdvarnet_lorenz.py`, supervised).
+    `ConvLSTMSolver`). With `"each"` the network sees a gradient of unit RMS at every
+    iteration; with `"first"` and the RK4 prior of Lorenz-63, whose gradient grows
+    quickly away from the data, the iterates diverged and training stalled (R-score
+    184 against 5.3 with `"each"` after 1200 steps of
+    `examples/fourdvarnet_lorenz.py`, supervised), most likely from gradients
+    saturating the atan.
 
     **Arguments:** `state_shape`; `key`; `layout`; `hidden` (default 10 per channel);
     `kernel_size` (default 3); `periodic_space`; `network` (overrides the default CNN);
