@@ -1,17 +1,17 @@
 """4DVarNet vs structured Gauss-Newton 4DVar: accuracy and time per window, same batch.
 
 For F21-L63 (and F21-L96 in the full suite), 4DVarNets are trained with the functions of
-`examples/fourdvarnet_lorenz.py` (`setup`, `train_config`: iteration curriculum 5 -> 10
--> 20, Adam, clipping) on `n_train` windows, in the learning schemes listed in `configs`
-(supervised; in the full suite also unsupervised = the 4DVar cost as loss, with the RK4
-prior, and on L96 semi-supervised = held-out observations as target: L63 observes u1
-only, which leaves learned priors unconstrained in u2, u3 without truth). Each of them,
-and `jaxda.var.GaussNewton` (<= 20 iterations, weak-constraint RK4 cost, R = 2, Q =
-0.01, first guess = interpolated observations), assimilates the same `batch` test
-windows, vmapped under one jit. `time_per_window_s` is the median batch time over the
-batch size, `mse` the R-score (MSE over all entries, original units). The quick suite
-trains for a handful of steps only: its accuracy numbers are not meaningful, its timings
-are.
+`examples/fourdvarnet_lorenz.py` (`setup`, `train_config`: iteration curriculum
+5 -> 10 -> 20, Adam, clipping) on `n_train` windows, in the learning schemes listed in
+`configs`: supervised; in the full suite also unsupervised (the 4DVar cost as loss,
+with the RK4 prior) and, on L96, semi-supervised (held-out observations as target; L63
+observes u1 only, which leaves learned priors unconstrained in u2, u3 without truth).
+Each of them, and `jaxda.var.GaussNewton` (<= 20 iterations, weak-constraint RK4 cost,
+R = 2, Q = 0.01, first guess = interpolated observations), assimilates the same `batch`
+test windows, vmapped under one jit. `time_per_window_s` is the median batch time over
+the batch size, `mse` the R-score (MSE over all entries, original units). The quick
+suite trains for a handful of steps only: its accuracy numbers are not meaningful, its
+timings are.
 """
 
 import pathlib
