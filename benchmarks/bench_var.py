@@ -13,7 +13,7 @@ an optimisation failure, as opposed to a minimiser that is itself far from the t
 Remedies: quasi-static window growth (`QuasiStatic`) and model-error continuation
 (`ModelErrorContinuation`); strong-constraint rows (control x0) on F21-L63. Our solvers
 are `vmap`ped over the batch, jaxopt's run under `lax.map` (vmap over jaxopt was 20x
-slower, DESIGN.md).
+slower, docs/performance.md).
 
 Cycled problems (DAPPER settings): strong-constraint 4DVar windows of 4 observation
 cycles shifted by one cycle, background = forecast of the previous analysis with a

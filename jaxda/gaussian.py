@@ -171,7 +171,7 @@ def map_covariance(
       ($p \le m$) are gathered into a static buffer of length $m$, $H P H^\top + R =
       (P_{o_i o_j} + r_{o_i}\delta_{ij})$ is factorised densely, $w = (H P H^\top +
       R)^{-1}(y - \mu)_o$, and $x = \mu + P H^\top w$ (one matvec). $O(m^3 + d b)$
-      with no sequential pass: far cheaper when observations are sparse (seed 003's
+      with no sequential pass: far cheaper when observations are sparse ([B24]'s
       windows hold 4 observations for $d = 96$). Unused buffer slots are decoupled
       identity rows. A mask with more than `max_obs` observations gives `ok=False`
       and a NaN mean (a `ValueError` here when the mask is concrete); the observation

@@ -391,7 +391,7 @@ class RandomPhasePattern(AbstractPattern):
 
     Each window gets its own observation process $t \in \{p, p + k, \dots\}$. Giving the
     training and test sets disjoint `phases` makes their observation times disjoint
-    (seed 003's setup: each training pair has its own observation process, tested on
+    ([B24]'s setup: each training pair has its own observation process, tested on
     unseen ones).
     """
 

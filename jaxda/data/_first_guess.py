@@ -1,9 +1,9 @@
 r"""First guesses built from the observations alone.
 
 - `interpolate_observations`: per-component linear interpolation in time, constant at
-  the ends (seed 001's initialisation of 4DVarNet and of the 4DVar baseline).
+  the ends ([F21]'s initialisation of 4DVarNet and of the 4DVar baseline).
 - `gaussian_first_guess`: the Gaussian MAP under empirical moments of a training set
-  (seed 003's first guess $z_0 = x_{\mathrm{MAP}}(y; \hat\mu, \hat P)$), with
+  ([B24]'s first guess $z_0 = x_{\mathrm{MAP}}(y; \hat\mu, \hat P)$), with
   `empirical_moments`.
 """
 
@@ -99,7 +99,7 @@ def gaussian_first_guess(
     observed entries (`jaxda.gaussian.map_covariance` with a dense $P$). By default
     it is computed with fixed shapes as $x = \mu + P D\,(D P D + \tilde R)^{-1} D (y -
     \mu)$, $D = \mathrm{diag}(m)$, which equals the formula above (unobserved rows
-    decouple): a dense $O(d^3)$ solve, meant for small windows such as seed 003's ($d =
+    decouple): a dense $O(d^3)$ solve, meant for small windows such as [B24]'s ($d =
     96$). With `max_obs` (a bound on the observations per window, e.g.
     `pattern.max_count(T, state_shape)`) only the $m \times m$ observed block is
     factorised, $O(m^3 + d m)$. Both vmap over windows with different masks.

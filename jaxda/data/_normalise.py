@@ -15,7 +15,7 @@ class Normalisation(eqx.Module):
 
     `mean` and `std` have the state shape and broadcast against the trailing axes of the
     data, so `apply` works on one state, one window `(T, *state)` or a batch
-    `(N, T, *state)`. Fit them with `Normalisation.fit` on a training set (seed 003
+    `(N, T, *state)`. Fit them with `Normalisation.fit` on a training set ([B24]
     normalises each Lorenz-63 component to zero mean and unit variance).
 
     **Arguments:** `mean`, `std` (> 0), arrays of the state shape.

@@ -1,4 +1,4 @@
-"""Named presets for the reference experiments of the seed papers (DESIGN.md's table).
+"""Named presets for the reference experiments of [F21] and [B24].
 
 - `F21-L63`: Lorenz-63 (10, 28, 8/3), dt 0.01, T = 200; u1 every 8 steps, nothing in the
   first and last 10 steps; noise variance 2; 10000 train / 2000 test windows.
@@ -10,7 +10,7 @@
 - `B24-pendulum`: damped pendulum (omega0^2 = 2, damping 0.1), dt 0.1, T = 100; the
   angle every 20 steps from a random phase; noise std 0.01; 400 / 100.
 
-Sources and choices (F21 = seed 001 and its public notebooks, B24 = seed 003 and its
+Sources and choices ([F21] and its public notebooks; [B24] and its
 code):
 
 - F21: the truth is integrated with an adaptive solver (the authors used RK45). The
@@ -94,7 +94,7 @@ def _presets() -> dict[str, Preset]:
             test_pattern=EveryKPattern(8, (0,), start=10, stop_margin=10),
             noise_std=math.sqrt(2.0),
             burn_in_steps=500,
-            reference="Fablet et al. 2021 (seed 001), section 4.1",
+            reference="[F21] Fablet et al. 2021, section 4.1",
         ),
         "F21-L96": Preset(
             name="F21-L96",
@@ -108,7 +108,7 @@ def _presets() -> dict[str, Preset]:
             test_pattern=RandomComponentsPattern(20, every=4),
             noise_std=math.sqrt(2.0),
             burn_in_steps=200,
-            reference="Fablet et al. 2021 (seed 001), section 4.2",
+            reference="[F21] Fablet et al. 2021, section 4.2",
         ),
         "B24-L63": Preset(
             name="B24-L63",
@@ -124,7 +124,7 @@ def _presets() -> dict[str, Preset]:
             burn_in_steps=200,
             process_noise_std=math.sqrt(0.025),
             normalise=True,
-            reference="Blanke et al. 2024 (seed 003), section 4.2",
+            reference="[B24] Blanke et al. 2024, section 4.2",
         ),
         "B24-pendulum": Preset(
             name="B24-pendulum",
@@ -139,7 +139,7 @@ def _presets() -> dict[str, Preset]:
             train_pattern=RandomPhasePattern(20, tuple(range(10)), (0,)),
             test_pattern=RandomPhasePattern(20, tuple(range(10, 20)), (0,)),
             noise_std=0.01,
-            reference="Blanke et al. 2024 (seed 003), section 4.1",
+            reference="[B24] Blanke et al. 2024, section 4.1",
         ),
     }
 

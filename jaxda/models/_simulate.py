@@ -2,7 +2,7 @@
 
 `simulate` is for *generating* data (truth trajectories, ensembles, training sets).
 Inside cost functions use a one-step flow map (`jaxda.models.flow_map`) instead: a
-per-step `diffeqsolve` is 20-50x slower than a fixed-step scan (DESIGN.md,
+per-step `diffeqsolve` is 20-50x slower than a fixed-step scan (docs/performance.md,
 `benchmarks/bench_models.py`).
 """
 
@@ -59,7 +59,7 @@ def simulate(
 
     - `noise="increment"`: after each interval of the deterministic flow
       $\Phi_{\Delta t}$, $x_{k+1} = \Phi_{\Delta t}(x_k) + \sigma\,\varepsilon_k$,
-      $\varepsilon_k \sim N(0, I)$ i.i.d. (seed 003's Lorenz-63 set-up is
+      $\varepsilon_k \sim N(0, I)$ i.i.d. ([B24]'s Lorenz-63 set-up is
       $\sigma = \sqrt{\Delta t}$);
     - `noise="sde"`: the Itô SDE $dx = f(t, x)\,dt + \sigma\,dW_t$ solved with a fixed
       step $\Delta t / \text{substeps}$ on a `diffrax.VirtualBrownianTree` (solver

@@ -1,4 +1,4 @@
-"""Learned data assimilation: neural incremental DA (seed 003).
+"""Learned data assimilation: neural incremental DA ([B24]).
 
 - `NeuralBandPrior`: the learned local Gaussian prior $\\mathcal N(\\mu(z; \\theta, s),
   P(z; \\theta, s))$ with a banded SPD factorisation; calling it is the assimilation
@@ -44,7 +44,7 @@ __all__ = [
     "sinusoidal_embedding",
 ]
 
-# 4DVarNet (seed 001): priors, gradient solvers, the unrolled network, training.
+# 4DVarNet ([F21]): priors, gradient solvers, the unrolled network, training.
 from ._conv import Conv as Conv, ConvLSTMCell as ConvLSTMCell
 from ._flax import FlaxModule as FlaxModule
 from ._fourdvarnet import (

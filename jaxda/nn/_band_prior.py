@@ -117,7 +117,7 @@ class NeuralBandPrior(eqx.Module):
     r"""Learned local Gaussian prior $x \mid z \sim \mathcal N(\mu(z; \theta, s), P(z;
     \theta, s))$.
 
-    Two networks (as in seed 003): one for the mean, one for the banded factor $L$ of $L
+    Two networks (as in [B24]): one for the mean, one for the banded factor $L$ of $L
     L^\top$ ($= P$ with `form="covariance"`, the default, or $= P^{-1}$ with
     `form="precision"`, plus $\varepsilon I$; see the module docstring). The level $s$
     enters through a sinusoidal embedding concatenated to the input. With

@@ -4,9 +4,9 @@ zoo).
 A window $x$ of shape `(T, *state)` is seen by a convolution in one of two layouts:
 
 - `"channels"`: the state components are channels and time is the only convolution
-  axis: `(T, c)` -> `(c, T)` (seed 001's Lorenz-63 networks);
+  axis: `(T, c)` -> `(c, T)` ([F21]'s Lorenz-63 networks);
 - `"field"`: the window is a one-channel image over (time, *space): `(T, *grid)` ->
-  `(1, T, *grid)` (seed 001's Lorenz-96 networks), optionally periodic in space.
+  `(1, T, *grid)` ([F21]'s Lorenz-96 networks), optionally periodic in space.
 
 `Conv` pads explicitly ("same" output size; zeros, or wrap-around on periodic axes) and
 can force its centre tap to zero *in the forward pass* (`centre_zero=True`): the
@@ -40,7 +40,7 @@ def check_layout(layout: str, state_ndim: int) -> None:
         )
 
 
-def to_conv(x: Float[Array, T * state], layout: str) -> Array:
+def to_conv(x: Float[Array, "T *state"], layout: str) -> Array:
     """`(T, c)` -> `(c, T)` (`"channels"`) or `(T, *grid)` -> `(1, T, *grid)`
     (`"field"`)."""
     if layout == "channels":
@@ -48,7 +48,7 @@ def to_conv(x: Float[Array, T * state], layout: str) -> Array:
     return x[None]
 
 
-def from_conv(z: Array, layout: str) -> Float[Array, T * state]:
+def from_conv(z: Array, layout: str) -> Float[Array, "T *state"]:
     """Inverse of `to_conv`."""
     if layout == "channels":
         return z.T
@@ -89,7 +89,7 @@ class Conv(eqx.Module):
 
     $y_o = b_o + \sum_c w_{oc} \star x_c$, with the kernel centre zeroed at every call
     when
-    `centre_zero=True` (then $y(s)$ does not depend on $x(s)$: seed 001's constrained
+    `centre_zero=True` (then $y(s)$ does not depend on $x(s)$: [F21]'s constrained
     convolution). Kernel sizes must be odd.
 
     **Arguments:** `in_channels`, `out_channels`; `kernel_size` (int or tuple); `key`;
@@ -166,7 +166,7 @@ class Conv(eqx.Module):
     def in_channels(self) -> int:
         return self.weight.shape[1]
 
-    def __call__(self, x: Float[Array, C * s]) -> Float[Array, O * s]:
+    def __call__(self, x: Float[Array, "C *s"]) -> Float[Array, "O *s"]:
         if x.ndim != self.weight.ndim - 1 or x.shape[0] != self.in_channels:
             raise ValueError(
                 f"Conv expects an input of shape ({self.in_channels}, *spatial) with "
@@ -214,7 +214,7 @@ class UpsampleTime(eqx.Module):
     then cropped to `n_times`.
     """
 
-    weight: Float[Array, out in f]
+    weight: Float[Array, "out in f"]
 
     def __init__(self, in_channels, out_channels, factor, *, key, dtype=None):
         dtype = jnp.zeros(()).dtype if dtype is None else dtype

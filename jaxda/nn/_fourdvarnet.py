@@ -1,4 +1,4 @@
-r"""4DVarNet (seed 001): a learnable variational cost and its unrolled learned solver.
+r"""4DVarNet ([F21]): a learnable variational cost and its unrolled learned solver.
 
 The cost of one window $x$ `(T, *state)` given observations $(y, \Omega)$ is (eq. 4)
 
@@ -81,20 +81,20 @@ class VariationalCost(eqx.Module):
         return jax.nn.softplus(self.raw_lam_prior)
 
     def terms(
-        self, x: Float[Array, T * state], obs: Observations
+        self, x: Float[Array, "T *state"], obs: Observations
     ) -> tuple[Scalar, Scalar]:
         r"""The unweighted sums $(\|x - y\|^2_\Omega, \|x - \Phi(x)\|^2)$."""
         r_obs = jnp.where(obs.mask, x - obs.values, 0.0)
         r_prior = x - self.prior(x)
         return jnp.sum(r_obs**2), jnp.sum(r_prior**2)
 
-    def __call__(self, x: Float[Array, T * state], obs: Observations) -> Scalar:
+    def __call__(self, x: Float[Array, "T *state"], obs: Observations) -> Scalar:
         o, p = self.terms(x, obs)
         return self.lam_obs.astype(x.dtype) * o + self.lam_prior.astype(x.dtype) * p
 
 
 class FourDVarNet(eqx.Module):
-    r"""The end-to-end 4DVarNet $\Psi_{\Phi,\Gamma}(x^{(0)}, y, \Omega)$ (seed 001,
+    r"""The end-to-end 4DVarNet $\Psi_{\Phi,\Gamma}(x^{(0)}, y, \Omega)$ ([F21],
     Fig. 1).
 
     Calling it on one window runs `n_iter` iterations of `solver` on the gradient of
@@ -114,7 +114,7 @@ class FourDVarNet(eqx.Module):
       memory O(1) in $K$ instead of O(K), at about one more forward pass.
     - `train_prior`, `train_weights`: when False, gradients to the prior's parameters /
       to $\lambda_{o,p}$ are stopped (e.g. learning only the solver of a known ODE cost,
-      seed 001 eq. 13).
+      [F21] eq. 13).
     """
 
     cost: VariationalCost
@@ -204,10 +204,10 @@ class FourDVarNet(eqx.Module):
     def __call__(
         self,
         obs: Observations,
-        x_init: Float[Array, T * state] | None = None,
+        x_init: Float[Array, "T *state"] | None = None,
         *,
         return_path: bool = False,
-    ) -> Float[Array, T * state] | tuple[Float[Array, T * state], Array]:
+    ) -> Float[Array, "T *state"] | tuple[Float[Array, "T *state"], Array]:
         r"""Assimilate one window.
 
         **Arguments:** `obs` (`Observations` of shape `(T, *state)`); `x_init` (first
@@ -234,7 +234,7 @@ def unroll(
     cost: Callable[[Array, Observations], Scalar],
     solver: AbstractGradientSolver,
     obs: Observations,
-    x_init: Float[Array, T * state],
+    x_init: Float[Array, "T *state"],
     n_iter: int,
     *,
     checkpoint: bool = False,
@@ -315,8 +315,8 @@ def assimilate_batch(
 def supervised_loss(
     model: FourDVarNet,
     obs: Observations,
-    truth: Float[Array, T * state],
-    x_init: Float[Array, T * state] | None = None,
+    truth: Float[Array, "T *state"],
+    x_init: Float[Array, "T *state"] | None = None,
     *,
     prior_weight: float = 0.0,
 ) -> Scalar:
@@ -336,7 +336,7 @@ def supervised_loss(
 def unsupervised_loss(
     model: FourDVarNet,
     obs: Observations,
-    x_init: Float[Array, T * state] | None = None,
+    x_init: Float[Array, "T *state"] | None = None,
 ) -> Scalar:
     r"""$U_\Phi(\Psi(x^{(0)}, y, \Omega), y, \Omega) / |x|$ (eq. 13): no ground truth.
 

@@ -1,4 +1,4 @@
-r"""Neural incremental data assimilation (seed 003, §3.2 and Algorithm 2).
+r"""Neural incremental data assimilation [B24, §3.2 and Algorithm 2].
 
 Levels $s_k = 1 - k/(\ell + 1)$, $k = 0, \dots, \ell$ (`default_levels`). Training pairs
 at level $s$ interpolate between the first guess $z_0$ and the truth $x$ (eq. 3.4), $z =
@@ -11,7 +11,7 @@ Algorithm 2, "TACoS"): with the degradation $D(x, s) = s z_0 + (1 - s) x$ of eq.
 $$x_k = A(z_k, y; \theta, s_k), \qquad z_{k+1} = z_k - D(x_k, s_k) + D(x_k, s_{k+1})
       = z_k + (s_k - s_{k+1})(x_k - z_0),$$
 
-with $s_{\ell+1} = 0$. The printed Algorithm 2 of seed 003 writes the step as $s_k(x_k -
+with $s_{\ell+1} = 0$. The printed Algorithm 2 of [B24] writes the step as $s_k(x_k -
 z_0)$; only the difference $s_k - s_{k+1}$ keeps $z_k$ on the path (3.4) used for
 training (if $x_k = x$ then $z_{k+1} = s_{k+1} z_0 + (1 - s_{k+1}) x$ exactly), and it
 is what the authors' code does. The estimate returned is the last MAP $x_\ell$ (it
@@ -32,7 +32,7 @@ from ._band_prior import NeuralBandPrior
 
 
 def default_levels(ell: int = 5, dtype=None) -> Float[Array, " L"]:
-    r"""Levels $s_k = 1 - k/(\ell + 1)$, $k = 0, \dots, \ell$ (seed 003 uses $\ell =
+    r"""Levels $s_k = 1 - k/(\ell + 1)$, $k = 0, \dots, \ell$ ([B24] uses $\ell =
     5$).
 
     $\ell = 0$ gives the single level $s = 1$: one-shot assimilation from $z_0$ (the
@@ -151,7 +151,7 @@ def incremental_assimilation(
     *,
     max_obs: int | None = None,
 ) -> IncrementalSolution:
-    r"""Algorithm 2 of seed 003: coarse-to-fine neural assimilation from a first guess.
+    r"""Algorithm 2 of [B24]: coarse-to-fine neural assimilation from a first guess.
 
     For $k = 0, \dots, \ell$: $x_k = A(z_k, y; \theta, s_k)$ and $z_{k+1} = z_k + (s_k -
     s_{k+1})(x_k - z_0)$, $s_{\ell+1} = 0$ (the cold-diffusion update; see the module
@@ -294,7 +294,7 @@ def neural_then_refine(
     *,
     max_obs: int | None = None,
 ):
-    r"""Neural estimate, then a physical refinement (seed 003 §4.2, "neural + 4DVar").
+    r"""Neural estimate, then a physical refinement ([B24] §4.2, "neural + 4DVar").
 
     Runs `incremental_assimilation` and hands its estimate to `refine(x_init, obs)`,
     e.g. a weak-constraint 4DVar solver from `jaxda.var` started at the neural estimate

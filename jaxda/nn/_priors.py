@@ -1,4 +1,4 @@
-r"""Priors $\Phi$ of 4DVarNet (seed 001, section 3): trajectory -> trajectory maps.
+r"""Priors $\Phi$ of 4DVarNet [F21, section 3]: trajectory -> trajectory maps.
 
 A prior maps a window $x$ `(T, *state)` to a window of the same shape, and enters the
 variational cost through $\|x - \Phi(x)\|^2$. Three families:
@@ -108,7 +108,7 @@ class ODEPrior(eqx.Module):
     def state_shape(self) -> tuple[int, ...]:
         return tuple(self.flow.model.state_shape)
 
-    def __call__(self, x: Float[Array, T * state]) -> Float[Array, T * state]:
+    def __call__(self, x: Float[Array, "T *state"]) -> Float[Array, "T *state"]:
         _check_window("x", x, self.state_shape, "ODEPrior")
         norm = self.normalisation
         if norm is not None:
@@ -158,7 +158,7 @@ class _ConstrainedBilinear(eqx.Module):
 
 
 class GENN(eqx.Module):
-    r"""Two-scale Gibbs-energy NN prior (seed 001, eq. 10):
+    r"""Two-scale Gibbs-energy NN prior [F21, eq. 10]:
     $\Phi(x) = \mathrm{Up}(\Phi_1(\mathrm{Dw}(x))) + \Phi_2(x)$.
 
     $\mathrm{Dw}$ is an average pooling over time by `pool`, $\mathrm{Up}$ a transposed
@@ -236,7 +236,7 @@ class GENN(eqx.Module):
         """The two convolutions whose centre tap is forced to zero."""
         return self.coarse.conv_in, self.fine.conv_in
 
-    def __call__(self, x: Float[Array, T * state]) -> Float[Array, T * state]:
+    def __call__(self, x: Float[Array, "T *state"]) -> Float[Array, "T *state"]:
         _check_window("x", x, self.state_shape, "GENN")
         z = to_conv(x, self.layout)
         coarse = self.up(self.coarse(avg_pool_time(z, self.pool)), z.shape[1])
@@ -312,7 +312,7 @@ class UNetPrior(eqx.Module):
             "periodic": [bool(p) for p in self.enc1a.periodic],
         }
 
-    def __call__(self, x: Float[Array, T * state]) -> Float[Array, T * state]:
+    def __call__(self, x: Float[Array, "T *state"]) -> Float[Array, "T *state"]:
         _check_window("x", x, self.state_shape, "UNetPrior")
         if x.shape[0] != self.n_times:
             raise ValueError(

@@ -1,4 +1,4 @@
-r"""Gradient-based solvers $\Gamma$ of 4DVarNet (seed 001, eqs. 5, 11, 12).
+r"""Gradient-based solvers $\Gamma$ of 4DVarNet [F21, eqs. 5, 11, 12].
 
 A solver maps the current iterate $x^{(k)}$ and the gradient $\nabla_x U_\Phi(x^{(k)})$
 of the variational cost to $x^{(k+1)}$, carrying a state (LSTM memory, previous update,
@@ -46,18 +46,18 @@ class AbstractGradientSolver(eqx.Module):
     s_k)$."""
 
     @abc.abstractmethod
-    def init(self, x: Float[Array, T * state], grad: Float[Array, T * state]) -> Any:
+    def init(self, x: Float[Array, "T *state"], grad: Float[Array, "T *state"]) -> Any:
         """Initial solver state (a pytree of arrays) from the first iterate and
         gradient."""
 
     @abc.abstractmethod
     def step(
         self,
-        x: Float[Array, T * state],
-        grad: Float[Array, T * state],
+        x: Float[Array, "T *state"],
+        grad: Float[Array, "T *state"],
         state: Any,
         n_iter: int,
-    ) -> tuple[Float[Array, T * state], Any]:
+    ) -> tuple[Float[Array, "T *state"], Any]:
         """One update: `(x_next, state_next)`."""
 
     def check_state_shape(self, state_shape: tuple[int, ...]) -> None:
@@ -93,7 +93,7 @@ def _check_shape(name, state_shape, want):
 
 
 class ConvLSTMSolver(AbstractGradientSolver):
-    r"""ConvLSTM gradient solver (seed 001, eq. 11), the authors'
+    r"""ConvLSTM gradient solver [F21, eq. 11], the authors'
     `model_GradUpdateLSTM`.
 
     $\tilde g = \nabla_x U / \rho$ ($\rho$: RMS of the gradient at iteration 0, kept in
@@ -183,7 +183,7 @@ class _SolverCNN(eqx.Module):
 
 
 class CNNSolver(AbstractGradientSolver):
-    r"""CNN gradient solver with atan modulation (seed 001, eq. 12).
+    r"""CNN gradient solver with atan modulation [F21, eq. 12].
 
     $g^{(k+1)} = \mathcal C([\nabla_x U(x^{(k)}) / \rho_k,\ g^{(k)}])$ from
     $g^{(0)} = 0$, $x^{(k+1)} = x^{(k)} - \arctan(g^{(k+1)})$; $\mathcal C$ is a

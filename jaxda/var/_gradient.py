@@ -21,7 +21,7 @@ class _GradState(eqx.Module):
 class GradientDescent(AbstractSolver):
     r"""Fixed-step gradient descent: $u_{k+1} = u_k - \eta \nabla J(u_k)$.
 
-    The "FSGD" baseline of 4DVarNet (seed 001). Stops when the cost change and the step
+    The "FSGD" baseline of 4DVarNet ([F21]). Stops when the cost change and the step
     are both below `atol + rtol * |.|`; diverges (and reports `nonfinite`) when the step
     is too large.
 

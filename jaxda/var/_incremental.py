@@ -1,4 +1,4 @@
-r"""Incremental weak-constraint 4DVar (seed 003, Algorithm 1).
+r"""Incremental weak-constraint 4DVar [B24, Algorithm 1].
 
 Outer loop: at the current estimate $z_k$ the prior part of the cost (dynamics and
 background) $U$ is replaced by its Gauss-Newton quadratic model, a Gaussian

@@ -1,7 +1,7 @@
 """Wrappers around jaxopt's Gauss-Newton and Levenberg-Marquardt (the only jaxopt user).
 
 jaxopt is unmaintained upstream and slow to import, so it is imported lazily inside the
-functions here. Two measured pitfalls are handled (DESIGN.md):
+functions here. Two measured pitfalls are handled (docs/performance.md):
 
 - jaxopt's `LevenbergMarquardt` fails on a `(T, n)` unknown: the control is flattened to
   1-D (`jax.flatten_util.ravel_pytree`) for both solvers.
@@ -138,7 +138,7 @@ class JaxoptLevenbergMarquardt(_AbstractJaxopt):
     **Arguments:** as `JaxoptGaussNewton`, plus `damping` (initial damping parameter)
     and `linear_solver` (`"cholesky"` (default), `"lu"`, `"qr"`, `"inv"`: dense
     $J^T J$; `"cg"`: matrix-free, for large controls). Note: LM may stop in a poor
-    local minimum on chaotic 4DVar problems (DESIGN.md).
+    local minimum on chaotic 4DVar problems (docs/performance.md).
     """
 
     damping: float = 1e-6
