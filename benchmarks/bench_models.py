@@ -51,7 +51,8 @@ def _handwritten_rk4_rollout(f, x0, dt, n_steps):
 
 
 def _diffeqsolve_per_step_rollout(model, x0, dt, n_steps):
-    """The pattern docs/performance.md warns about: one fixed-step `diffeqsolve` per time step."""
+    """The pattern docs/performance.md warns about: one fixed-step `diffeqsolve` per
+    time step."""
     term = diffrax.ODETerm(lambda t, y, args: model.vector_field(t, y))
 
     def step(x, _):
