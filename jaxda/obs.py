@@ -130,6 +130,67 @@ class Observations(eqx.Module):
         """The same observations with `values` cast to `dtype`."""
         return Observations(self.values.astype(dtype), self.mask)
 
+    @classmethod
+    def check(
+        cls,
+        obs,
+        state_shape: Sequence[int] | None = None,
+        *,
+        n_times: int | None = None,
+        batched: bool = False,
+        name: str = "obs",
+    ) -> "Observations":
+        """Validate an argument that must be observations of windows of `state_shape`.
+
+        The one observation validator of the library: every public entry point that
+        takes observations calls it at its boundary.
+
+        **Arguments:**
+
+        - `obs`: the argument to check; must be an `Observations`.
+        - `state_shape`: the shape of one state (`None`: any).
+        - `n_times`: the required window length (`None`: any length >= 1).
+        - `batched`: whether a leading batch axis `(N, T, *state)` is expected.
+        - `name`: the argument's name, for the error messages.
+
+        **Returns:** `obs`, unchanged.
+
+        **Raises:** `TypeError` when `obs` is not `Observations`; `ValueError` when
+        its shape does not match. (Non-finite observed values are refused by the
+        `Observations` constructor on concrete arrays; under `jit` they surface as
+        `RESULTS.nonfinite_input` / `RESULTS.invalid_input` in the caller's result.)
+        """
+        if not isinstance(obs, Observations):
+            raise TypeError(
+                f"`{name}` must be jaxda.obs.Observations(values, mask); got "
+                f"{type(obs).__name__}."
+            )
+        shape = tuple(obs.values.shape)
+        lead = 2 if batched else 1
+        window = "(N, T, *state)" if batched else "(T, *state)"
+        if state_shape is not None:
+            state_shape = tuple(int(s) for s in state_shape)
+            want_rank = lead + len(state_shape)
+            if len(shape) != want_rank or shape[lead:] != state_shape:
+                want = ("N, " if batched else "") + ", ".join(
+                    ["T", *map(str, state_shape)]
+                )
+                raise ValueError(
+                    f"`{name}` must have shape ({want}) to match the state shape "
+                    f"{state_shape}; got {shape}."
+                )
+        elif len(shape) < lead + 1:
+            raise ValueError(f"`{name}` must have shape {window}; got {shape}.")
+        t = shape[lead - 1]
+        if t < 1:
+            raise ValueError(f"`{name}` must have at least one time step; got {shape}.")
+        if n_times is not None and t != n_times:
+            raise ValueError(
+                f"`{name}` must have {n_times} time steps (shape {window} with "
+                f"T = {n_times}); got {shape}."
+            )
+        return obs
+
 
 # ------------------------------------------------------------------------------
 # Sampling patterns (masks)
