@@ -22,7 +22,8 @@ from . import (
     train as train,
     var as var,
 )
+from ._results import RESULTS as RESULTS
 from .obs import Observations as Observations
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
