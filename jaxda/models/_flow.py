@@ -2,7 +2,7 @@
 
 A flow map is evaluated thousands of times inside a 4DVar cost, so it is a plain JAX
 function of the state (a fixed-step Runge-Kutta step, optionally with substeps), not a
-`diffrax.diffeqsolve` per step, which costs ~50x more (docs/performance.md).
+`diffrax.diffeqsolve` per step, which costs far more (docs/performance.md).
 `DiffraxStep` gives any diffrax solver's single `.step` when a particular scheme is
 wanted.
 """

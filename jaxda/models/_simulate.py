@@ -2,7 +2,7 @@
 
 `simulate` is for *generating* data (truth trajectories, ensembles, training sets).
 Inside cost functions use a one-step flow map (`jaxda.models.flow_map`) instead: a
-per-step `diffeqsolve` is 20-50x slower than a fixed-step scan (docs/performance.md,
+per-step `diffeqsolve` is much slower than a fixed-step scan (docs/performance.md,
 `benchmarks/bench_models.py`).
 """
 

@@ -11,8 +11,8 @@ functions here. Two measured pitfalls are handled (docs/performance.md):
   solution with respect to the observations or model parameters are right.
 
 The problem's array leaves are passed to jaxopt's `run` as arguments, so implicit
-differentiation reaches them. Batching: `vmap` over a jaxopt solver was 20x slower than
-`lax.map` in our measurements; prefer `jax.lax.map` over windows.
+differentiation reaches them. Batching: `vmap` over a jaxopt solver is much slower
+than `lax.map` (docs/performance.md); prefer `jax.lax.map` over windows.
 """
 
 import functools

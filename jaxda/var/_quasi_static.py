@@ -12,19 +12,20 @@ constraint) or the flow map (strong constraint) only, so each stage's solution i
 short-window solution continued by a forecast: exactly the first guess the next stage
 needs. The stages run in one `lax.scan`.
 
-When it helps (measured on F21-L63, Lorenz-63 with only the first component observed
-every 8 steps over 2 time units; `benchmarks/bench_var.py`):
+When it helps (on F21-L63, Lorenz-63 with only the first component observed every 8
+steps over 2 time units; `benchmarks/bench_var.py`, numbers in docs/benchmarks.md):
 
-- Strong constraint (control $x_0$): Gauss-Newton from an interpolated first guess ends
-  above the lowest cost found on about a third of the windows; with 20 stages of 10
-  steps it reaches the lowest cost on every window.
+- Strong constraint (control $x_0$): Gauss-Newton from an interpolated first guess often
+  ends above the lowest cost found; with 20 stages of 10 steps it reaches the lowest
+  cost on every window.
 - Weak constraint (control: the whole trajectory): Gauss-Newton already reaches the
   lowest cost found on every window, and the windows it leaves far from the truth are
   the minimiser's own error (started at the truth, it converges to the same minimum).
   Growth then cannot help and may end in a higher minimum.
 - The last stage starts from a forecast that is far from the late observations: give
-  it a larger `max_steps` than a plain solve needs (20 steps left half the windows
-  unconverged there); early stages need enough observations to determine the state.
+  it a larger `max_steps` than a plain solve needs (a plain solve's budget left many
+  windows unconverged there); early stages need enough observations to determine the
+  state.
 """
 
 import equinox as eqx
