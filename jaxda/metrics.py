@@ -7,7 +7,7 @@ pass the whole batch at once for the pooled score (for unmasked MSE the two agre
 
 Units: pass `transform=stats.apply` to score data given in original units in normalised
 units, or `transform=stats.invert` to score normalised data in original units (`stats` a
-`jaxda.data.Normalisation`). Seed 001's "R-score" is `mse` in original units over the
+`jaxda.data.Normalisation`). [F21]'s "R-score" is `mse` in original units over the
 whole state.
 
 An empty selection (a mask with no `True` entry) has no mean: the result is NaN, on
@@ -121,7 +121,7 @@ def rmse_split(
 def one_step_score(
     flow: Callable[[Array], Array], x: Float[ArrayLike, " T *state"]
 ) -> Float[Array, ""]:
-    r"""Seed 001's "ODE-score": mean squared one-step prediction error of a flow map.
+    r"""[F21]'s "ODE-score": mean squared one-step prediction error of a flow map.
 
     $\frac{1}{(T-1)\,n}\sum_{t=0}^{T-2} \|x_{t+1} - \Phi(x_t)\|^2$, with $\Phi$ = `flow`
     (e.g. `jaxda.models.flow_map(model, dt)`) applied to each state of the window `x`.
@@ -144,7 +144,7 @@ def fourdvar_score(
     *,
     obs_weight: float = 0.01,
 ) -> Float[Array, ""]:
-    r"""Seed 001's "4DVar-score" of one window: the variational cost with fixed weights.
+    r"""[F21]'s "4DVar-score" of one window: the variational cost with fixed weights.
 
     $\lambda \frac{1}{N}\sum_{t,i} m_{t,i}(x_{t,i} - y_{t,i})^2 + \frac{1}{N}
     \sum_{t \ge 1} \|x_t - \Phi(x)_t\|^2$, $N$ the number of entries of the window,

@@ -111,7 +111,7 @@ def energy_pathways(
     cost_label: str = "4DVar cost",
     error_label: str = "MSE",
 ):
-    r"""Seed 001's energy-pathway figure: cost and reconstruction error against the
+    r"""[F21]'s energy-pathway figure: cost and reconstruction error against the
     iteration, one line per solver (log-log axes, iteration + 1 on the x axis).
 
     **Arguments:** `curves` maps a solver name to `(iterations, cost, error)`, three
