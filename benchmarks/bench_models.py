@@ -87,7 +87,7 @@ def records(suite: str) -> Iterator[dict]:
                 jax.vmap(lambda x: _diffeqsolve_per_step_rollout(model, x, dt, n_steps))
             ),
             "simulate-tsit5": jax.jit(
-                jax.vmap(lambda x: jm.simulate(model, x, dt=dt, n_steps=n_steps))
+                jax.vmap(lambda x: jm.simulate(model, x, dt=dt, n_steps=n_steps).ys)
             ),
         }
         # Interleaved rounds, best median per method: on a shared 2-core machine the

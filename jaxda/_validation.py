@@ -1,8 +1,9 @@
 """Argument checks used at the public API boundary.
 
 Every public function validates its inputs *before* tracing, with messages that name the
-argument, what was given and what was expected. Checks on traced values (inside `jit`)
-are skipped silently: only concrete values can be inspected in Python.
+argument, what was given and what was expected. The value checks here look at concrete
+values only; on traced values (inside `jit`) the entry points that can afford it repeat
+them with `jaxda._results.value_result` and report `RESULTS.invalid_input`.
 """
 
 from collections.abc import Sequence
@@ -40,6 +41,47 @@ def check_finite(name: str, value) -> None:
             f"`{name}` must be finite; got {n_bad} non-finite entries "
             f"(shape {arr.shape})."
         )
+
+
+def check_real(name: str, value) -> None:
+    """Raise unless `value` is a finite real number or an array of them.
+
+    Accepted: Python / NumPy ints and floats, and (possibly traced) arrays of an
+    integer or floating dtype. `TypeError` for anything else (a string, None, a bool,
+    a complex number); `ValueError` for a concrete non-finite value.
+    """
+    if isinstance(value, bool | np.bool_):
+        ok = False
+    elif isinstance(value, int | float | np.integer | np.floating):
+        ok = True
+    elif isinstance(value, jax.Array | np.ndarray | jax.core.Tracer):
+        dtype = value.dtype
+        ok = dtype != np.bool_ and (
+            jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+        )
+    else:
+        ok = False
+    if not ok:
+        shown = getattr(value, "dtype", None)
+        raise TypeError(
+            f"`{name}` must be a real number (a float, or an array of a floating "
+            f"dtype); got {type(value).__name__} "
+            f"({f'dtype {shown}' if shown is not None else repr(value)})."
+        )
+    check_finite(name, value)
+
+
+def check_key(name: str, key) -> None:
+    """Raise `TypeError` unless `key` is a `jax.random` key (typed or legacy uint32)."""
+    if isinstance(key, jax.core.Tracer | jax.Array):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            return
+        if key.dtype == jnp.uint32 and key.shape[-1:] in ((2,), (4,)):
+            return
+    raise TypeError(
+        f"`{name}` must be a jax.random key (jax.random.key(seed)) or an int seed; "
+        f"got {type(key).__name__} ({key!r})."
+    )
 
 
 def check_int(name: str, value, *, minimum: int | None = None) -> int:

@@ -1,5 +1,4 @@
-r"""Observations: the `(values, mask)` pytree, sampling patterns, noise and linear
-operators.
+r"""Observations: the `(values, mask)` pytree, sampling patterns and noise.
 
 A trajectory has shape `(T, *state)`. Its observations have the same shape: `values`
 holds the observed numbers (zero where nothing is observed) and `mask` is `True` where
@@ -7,9 +6,7 @@ an observation exists. At file and user boundaries missing values may be NaN
 (`Observations.from_nan`, `Observations.to_nan`); inside the library they never are.
 
 Patterns return boolean masks of shape `(T, *state)`; `observe` adds Gaussian noise,
-$y = m \odot (x + \sigma \varepsilon)$, $\varepsilon \sim \mathcal N(0, I)$. A linear
-operator $H$ acting on the flattened trajectory (`DenseOperator`, `SelectionOperator`)
-is available for the methods that need one.
+$y = m \odot (x + \sigma \varepsilon)$, $\varepsilon \sim \mathcal N(0, I)$.
 
 Components of a state with several axes are numbered in flattened (C) order.
 """
@@ -24,11 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Array, ArrayLike, Bool, Float, Int, Key
-from ._obs_operators import (
-    DenseOperator as DenseOperator,
-    LinearObservationOperator as LinearObservationOperator,
-    SelectionOperator as SelectionOperator,
-)
 from ._validation import check_int, check_positive, is_concrete
 
 
@@ -529,6 +521,11 @@ def observe(
         check_positive("noise_var", noise_var, allow_zero=True)
         std = jnp.sqrt(jnp.asarray(noise_var))
     truth = jnp.asarray(truth)
+    if not jnp.issubdtype(truth.dtype, jnp.floating):
+        raise TypeError(
+            f"`truth` must be a floating array; got dtype {truth.dtype} (use "
+            "`truth.astype(float)`)."
+        )
     mask = jnp.asarray(mask)
     if mask.shape != truth.shape:
         raise ValueError(
@@ -548,14 +545,11 @@ def observe(
 
 __all__ = [
     "AbstractPattern",
-    "DenseOperator",
     "EveryKPattern",
     "FullPattern",
-    "LinearObservationOperator",
     "Observations",
     "RandomComponentsPattern",
     "RandomPhasePattern",
-    "SelectionOperator",
     "every_k_steps",
     "full",
     "observe",

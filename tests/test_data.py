@@ -45,7 +45,7 @@ def test_make_dataset_shapes_truth_and_observations(small):
     np.testing.assert_allclose(ds.time, 0.01 * np.arange(12))
     # The truth is the model's trajectory from its first state.
     for i in range(3):
-        ref = simulate(Lorenz63(), ds.truth[i, 0], dt=0.01, n_steps=11, solver="rk4")
+        ref = simulate(Lorenz63(), ds.truth[i, 0], dt=0.01, n_steps=11, solver="rk4").ys
         np.testing.assert_allclose(ds.truth[i], ref, rtol=1e-10, atol=1e-10)
     mask = np.asarray(ds.obs.mask)
     np.testing.assert_array_equal(mask[0], O.every_k_steps(12, (3,), 3, components=[0]))
@@ -359,3 +359,119 @@ def test_load_rejects_foreign_files(tmp_path):
         D.load_dataset(tmp_path / "f.nc")
     with pytest.raises(FileNotFoundError, match="`path` does not exist"):
         D.load_dataset(tmp_path / "none.nc")
+
+
+# ------------------------------------------------------------------------------
+# Failed simulations, keys, untrusted or malformed files (reliability probe)
+# ------------------------------------------------------------------------------
+
+
+def test_make_dataset_refuses_failed_simulations():
+    # One window starts far off the attractor: RK4 with dt = 0.01 diverges there. The
+    # dataset must not silently hold its NaN truth.
+    x0 = jnp.array([[1.0, 1.0, 20.0], [1e5, 1e5, 1e5]])
+    with pytest.raises(RuntimeError, match=r"1 of 2 windows failed \(windows \[1\]\)"):
+        _small(n_windows=2, initial_state=x0)
+    # the same call from finite starting points works and is finite
+    ds = _small(n_windows=2, initial_state=x0.at[1].set(jnp.array([2.0, 0.0, 25.0])))
+    assert np.all(np.isfinite(np.asarray(ds.truth)))
+
+
+def test_bad_keys_are_named():
+    with pytest.raises(TypeError, match="`key` must be a jax.random key"):
+        D.make_preset_dataset("B24-pendulum", 1.5, n_windows=2, n_times=5)
+    with pytest.raises(TypeError, match="`key` must be a jax.random key"):
+        _small("seed")
+    # an int seed and the equivalent key give the same data
+    np.testing.assert_array_equal(_small(3).truth, _small(jax.random.key(3)).truth)
+
+
+def test_load_matches_dimensions_by_name(tmp_path, small):
+    # A file with variables (time, sample, component) used to load as (12, 3, 3)
+    # with time and sample swapped; now it is transposed by dimension name.
+    import xarray as xr
+
+    path = D.save_dataset(small, tmp_path / "ds.nc")
+    xds = xr.load_dataset(path, engine="h5netcdf")
+    other = xds.transpose("time", "sample", "component")
+    assert other["truth"].shape == (12, 3, 3)
+    other.to_netcdf(tmp_path / "t.nc", engine="h5netcdf")
+    back = D.load_dataset(tmp_path / "t.nc")
+    assert back.truth.shape == (3, 12, 3)
+    np.testing.assert_array_equal(back.truth, small.truth)
+    np.testing.assert_array_equal(back.obs.mask, small.obs.mask)
+    # other dimension names are refused, naming the variable
+    renamed = xds.rename({"sample": "window"})
+    renamed.to_netcdf(tmp_path / "r.nc", engine="h5netcdf")
+    with pytest.raises(ValueError, match="variable 'truth' must have the dimensions"):
+        D.load_dataset(tmp_path / "r.nc")
+
+
+@pytest.mark.parametrize(
+    "model, params",
+    [("__class__", {"name": "x"}), ("simulate", {}), ("AbstractDynamics", {}),
+     ("Observations", {}), ("os", {})],
+)  # fmt: skip
+def test_load_refuses_model_attributes_that_are_not_dynamics(
+    tmp_path, small, model, params
+):
+    import json
+
+    import xarray as xr
+
+    path = D.save_dataset(small, tmp_path / "ds.nc")
+    xds = xr.load_dataset(path, engine="h5netcdf")
+    xds.attrs.update(model=model, model_parameters=json.dumps(params))
+    xds.to_netcdf(tmp_path / "m.nc", engine="h5netcdf")
+    with pytest.raises(ValueError, match="attribute 'model' must name a dynamical"):
+        D.load_dataset(tmp_path / "m.nc")
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [({"rho": "evil"}, "must hold JSON numbers"), ({"rho": None}, "JSON numbers"),
+     ({"rho": True}, "JSON numbers"), ({"__init__": 1.0}, "keys among the fields"),
+     ([1.0], "JSON object"), ({"rho": float("nan")}, "`rho` must be finite")],
+)  # fmt: skip
+def test_load_refuses_model_parameters_that_are_not_numbers(
+    tmp_path, small, params, match
+):
+    import json
+
+    import xarray as xr
+
+    path = D.save_dataset(small, tmp_path / "ds.nc")
+    xds = xr.load_dataset(path, engine="h5netcdf")
+    xds.attrs["model_parameters"] = json.dumps(params)
+    xds.to_netcdf(tmp_path / "p.nc", engine="h5netcdf")
+    with pytest.raises(ValueError, match=match):
+        D.load_dataset(tmp_path / "p.nc")
+    # and the unedited parameters load the model that made the data
+    assert D.load_dataset(path).model == Lorenz63()
+
+
+def test_load_malformed_files_name_what_is_missing(tmp_path, small):
+    import xarray as xr
+
+    path = D.save_dataset(small, tmp_path / "ds.nc")
+    xds = xr.load_dataset(path, engine="h5netcdf")
+    cases = {
+        "no_obs": (xds.drop_vars("obs"), "no variable 'obs'"),
+        "no_truth": (xds.drop_vars("truth"), "no variable 'truth'"),
+        "no_shape": (xds.drop_attrs().assign_attrs(
+            {k: v for k, v in xds.attrs.items() if k != "state_shape"}),
+            "no attribute 'state_shape'"),
+        "bad_shape": (xds.assign_attrs(state_shape="[4]"),
+                      r"'state_shape' must be a JSON list .* \(3\); got \[4\]"),
+        "not_json": (xds.assign_attrs(state_shape="[3"), "'state_shape' must be JSON"),
+        "float_shape": (xds.assign_attrs(state_shape="[3.0]"), "'state_shape'"),
+    }  # fmt: skip
+    for name, (edited, match) in cases.items():
+        edited.to_netcdf(tmp_path / f"{name}.nc", engine="h5netcdf")
+        with pytest.raises(ValueError, match=match):
+            D.load_dataset(tmp_path / f"{name}.nc")
+    # a state with several axes: state_shape [3] -> [3, 1] is a valid reshape
+    xds.assign_attrs(state_shape="[3, 1]").to_netcdf(
+        tmp_path / "ok.nc", engine="h5netcdf"
+    )
+    assert D.load_dataset(tmp_path / "ok.nc").truth.shape == (3, 12, 3, 1)

@@ -9,6 +9,7 @@ import pytest
 from helpers import finite_difference_grad
 from scipy.integrate import solve_ivp
 
+import jaxda
 import jaxda.models as jm
 
 
@@ -95,19 +96,19 @@ def _reference(model, x0, dt, n_steps):
 def test_simulate_matches_scipy(model, x0, dt, n_steps):
     ref = _reference(model, x0, dt, n_steps)
     x0 = jnp.asarray(x0)
-    tight = jm.simulate(model, x0, dt=dt, n_steps=n_steps, rtol=1e-10, atol=1e-10)
+    tight = jm.simulate(model, x0, dt=dt, n_steps=n_steps, rtol=1e-10, atol=1e-10).ys
     assert tight.shape == (n_steps + 1, *model.state_shape)
     np.testing.assert_allclose(tight[0], x0, rtol=0, atol=0)
     np.testing.assert_allclose(tight, ref, rtol=0, atol=1e-7)
     # Default tolerances: less accurate, not exact (the tolerances are used).
-    default = jm.simulate(model, x0, dt=dt, n_steps=n_steps)
+    default = jm.simulate(model, x0, dt=dt, n_steps=n_steps).ys
     assert 1e-9 < np.max(np.abs(default - ref)) < 1e-3
     if isinstance(model, jm.Lorenz63):
         dopri = jm.simulate(
             model, x0, dt=dt, n_steps=n_steps, solver="dopri5", rtol=1e-10, atol=1e-10
-        )
+        ).ys
         np.testing.assert_allclose(dopri, ref, rtol=0, atol=1e-6)
-    rk4 = jm.simulate(model, x0, dt=dt, n_steps=n_steps, solver="rk4", substeps=20)
+    rk4 = jm.simulate(model, x0, dt=dt, n_steps=n_steps, solver="rk4", substeps=20).ys
     np.testing.assert_allclose(rk4, ref, rtol=0, atol=1e-5)
 
 
@@ -115,14 +116,14 @@ def test_lorenz96_fixed_point():
     model = jm.Lorenz96(n=8, forcing=8.0)
     x0 = jnp.full(8, 8.0)
     np.testing.assert_array_equal(model.vector_field(0.0, x0), jnp.zeros(8))
-    xs = jm.simulate(model, x0, dt=0.05, n_steps=20)
+    xs = jm.simulate(model, x0, dt=0.05, n_steps=20).ys
     np.testing.assert_allclose(xs, 8.0, rtol=0, atol=1e-12)
     for method in ("rk4", "euler", "tsit5"):
         ys = jm.rollout(jm.flow_map(model, 0.05, method), x0, 20)
         np.testing.assert_allclose(ys, 8.0, rtol=0, atol=1e-12)
     # ... and is unstable: a 1e-6 nudge grows ~800x in one time unit, so the test
     # above is not vacuous.
-    zs = jm.simulate(model, x0.at[0].add(1e-6), dt=0.05, n_steps=20)
+    zs = jm.simulate(model, x0.at[0].add(1e-6), dt=0.05, n_steps=20).ys
     assert np.max(np.abs(zs[-1] - 8.0)) > 1e-4
 
 
@@ -136,13 +137,13 @@ def test_pendulum_energy():
     dt, n = 0.1, 100
     # Array parameters: both models share one compilation.
     free = jm.Pendulum(omega0_sq=jnp.array(2.0), damping=jnp.array(0.0))
-    xs = jm.simulate(free, x0, dt=dt, n_steps=n, rtol=1e-10, atol=1e-10)
+    xs = jm.simulate(free, x0, dt=dt, n_steps=n, rtol=1e-10, atol=1e-10).ys
     energy = _pendulum_energy(free, xs)
     np.testing.assert_allclose(energy, energy[0], rtol=1e-8)
     assert np.ptp(np.asarray(xs[:, 0])) > 3.0  # it actually swings
 
     damped = jm.Pendulum(omega0_sq=jnp.array(2.0), damping=jnp.array(0.3))
-    xs = jm.simulate(damped, x0, dt=dt, n_steps=n, rtol=1e-10, atol=1e-10)
+    xs = jm.simulate(damped, x0, dt=dt, n_steps=n, rtol=1e-10, atol=1e-10).ys
     energy = np.asarray(_pendulum_energy(damped, xs))
     assert np.all(np.diff(energy) <= 1e-12)
     # dE/dt = -gamma omega^2: check the energy balance with a trapezoidal integral.
@@ -157,14 +158,14 @@ def test_time_convention_t0_and_burn_in():
     x0 = jnp.array([0.5])
     t0, dt, n, burn = 1.0, 0.1, 10, 5
     ts = t0 + dt * np.arange(n + 1)
-    xs = jm.simulate(model, x0, dt=dt, n_steps=n, t0=t0, solver="rk4")
+    xs = jm.simulate(model, x0, dt=dt, n_steps=n, t0=t0, solver="rk4").ys
     np.testing.assert_allclose(xs[:, 0], 0.5 + np.sin(ts) - np.sin(t0), atol=1e-8)
     for solver in ("tsit5", "rk4"):
         # Burn-in covers [t0 - burn dt, t0]: output still at the times ts.
         xb = jm.simulate(
             model, x0, dt=dt, n_steps=n, t0=t0, burn_in_steps=burn, solver=solver,
             rtol=1e-10, atol=1e-12,
-        )  # fmt: skip
+        ).ys  # fmt: skip
         start = t0 - burn * dt
         np.testing.assert_allclose(
             xb[:, 0], 0.5 + np.sin(ts) - np.sin(start), atol=1e-8
@@ -206,7 +207,7 @@ def test_flow_map_convergence_order(method, order, dts, upper):
 
 def test_flow_map_agrees_with_simulate():
     model, x0, dt = jm.Lorenz63(), jnp.array([1.0, 2.0, 20.0]), 0.01
-    xs = jm.simulate(model, x0, dt=dt, n_steps=100, rtol=1e-12, atol=1e-12)
+    xs = jm.simulate(model, x0, dt=dt, n_steps=100, rtol=1e-12, atol=1e-12).ys
     ys = jm.rollout(jm.flow_map(model, dt), x0, 100)
     err = np.max(np.abs(xs - ys))
     assert 1e-8 < err < 1e-3  # RK4 error ~ C dt^4 over the horizon
@@ -215,7 +216,7 @@ def test_flow_map_agrees_with_simulate():
     np.testing.assert_allclose(np.max(np.abs(xs - zs)), err / 16, rtol=0.2)
     # simulate(solver="rk4") is the same flow map.
     np.testing.assert_allclose(
-        jm.simulate(model, x0, dt=dt, n_steps=100, solver="rk4"), ys, atol=1e-12
+        jm.simulate(model, x0, dt=dt, n_steps=100, solver="rk4").ys, ys, atol=1e-12
     )
 
 
@@ -236,15 +237,15 @@ def test_keys_determinism(getkey):
     model, x0 = jm.Lorenz63(), jnp.array([1.0, 2.0, 20.0])
     key = getkey()
     kw = dict(dt=0.01, n_steps=20, process_noise_std=0.1)
-    a = jm.simulate(model, x0, key=key, **kw)
-    b = jm.simulate(model, x0, key=key, **kw)
-    c = jm.simulate(model, x0, key=getkey(), **kw)
+    a = jm.simulate(model, x0, key=key, **kw).ys
+    b = jm.simulate(model, x0, key=key, **kw).ys
+    c = jm.simulate(model, x0, key=getkey(), **kw).ys
     np.testing.assert_array_equal(a, b)
     assert np.max(np.abs(a - c)) > 1e-3
     np.testing.assert_array_equal(a[0], c[0])  # no noise on the initial state
     # Zero noise: deterministic, key ignored.
-    d = jm.simulate(model, x0, dt=0.01, n_steps=100, key=getkey())
-    np.testing.assert_array_equal(d, jm.simulate(model, x0, dt=0.01, n_steps=100))
+    d = jm.simulate(model, x0, dt=0.01, n_steps=100, key=getkey()).ys
+    np.testing.assert_array_equal(d, jm.simulate(model, x0, dt=0.01, n_steps=100).ys)
 
 
 def _zscore_var(samples, var):
@@ -260,11 +261,13 @@ def test_increment_noise_variance(getkey):
     # 64 starting points along one trajectory on the attractor.
     x0s = jm.simulate(
         model, jnp.array([1.0, 2.0, 20.0]), dt=0.1, n_steps=80, solver="rk4", substeps=4
-    )[17:]
+    ).ys[17:]
     keys = jax.random.split(getkey(), 64)
     sim = jax.vmap(
-        lambda x, k: jm.simulate(
-            model, x, dt=dt, n_steps=n, key=k, process_noise_std=sigma, solver="rk4"
+        lambda x, k: (
+            jm.simulate(
+                model, x, dt=dt, n_steps=n, key=k, process_noise_std=sigma, solver="rk4"
+            ).ys
         )
     )
     xs = sim(x0s, keys)
@@ -286,15 +289,17 @@ def test_sde_noise_ornstein_uhlenbeck(getkey):
     x0s = jax.random.normal(getkey(), (64, 2, 3), dtype=jnp.float32)  # float32 path
     sim = jax.jit(
         jax.vmap(
-            lambda x, k: jm.simulate(
-                model,
-                x,
-                dt=dt,
-                n_steps=n,
-                key=k,
-                process_noise_std=sigma,
-                noise="sde",
-                substeps=4,
+            lambda x, k: (
+                jm.simulate(
+                    model,
+                    x,
+                    dt=dt,
+                    n_steps=n,
+                    key=k,
+                    process_noise_std=sigma,
+                    noise="sde",
+                    substeps=4,
+                ).ys
             )  # fmt: skip
         )
     )
@@ -316,7 +321,9 @@ def test_vmap_jit_match_single_calls(getkey):
     keys = jax.random.split(getkey(), 3)
 
     def one(x, k):
-        return jm.simulate(model, x, dt=0.01, n_steps=20, key=k, process_noise_std=0.1)
+        return jm.simulate(
+            model, x, dt=0.01, n_steps=20, key=k, process_noise_std=0.1
+        ).ys
 
     batched = jax.jit(jax.vmap(one))(x0s, keys)
     for i in range(3):
@@ -330,8 +337,8 @@ def test_dtypes(kw):
     # (float32 SDE: test_sde_noise_ornstein_uhlenbeck.)
     model = jm.Lorenz63()
     x32 = jnp.array([1.0, 2.0, 20.0], dtype=jnp.float32)
-    xs32 = jm.simulate(model, x32, dt=0.01, n_steps=100, **kw)
-    xs64 = jm.simulate(model, x32.astype(jnp.float64), dt=0.01, n_steps=100, **kw)
+    xs32 = jm.simulate(model, x32, dt=0.01, n_steps=100, **kw).ys
+    xs64 = jm.simulate(model, x32.astype(jnp.float64), dt=0.01, n_steps=100, **kw).ys
     assert xs32.dtype == jnp.float32 and xs64.dtype == jnp.float64
     np.testing.assert_allclose(xs32, xs64, rtol=1e-3, atol=1e-3)
     assert jm.rollout(jm.flow_map(model, 0.01), x32, 5).dtype == jnp.float32
@@ -339,7 +346,7 @@ def test_dtypes(kw):
         key = jax.random.key(1)
         noisy = jm.simulate(
             model, x32, dt=0.01, n_steps=20, key=key, process_noise_std=0.1, **kw
-        )
+        ).ys
         assert noisy.dtype == jnp.float32 and np.all(np.isfinite(noisy))
 
 
@@ -364,31 +371,70 @@ def test_sample_initial_states(getkey):
 
 def test_failure_is_reported():
     model, x0 = jm.Lorenz63(), jnp.array([1.0, 2.0, 20.0])
-    xs, ok = jm.simulate(model, x0, dt=0.01, n_steps=100, return_ok=True)
-    assert bool(ok) and xs.shape == (101, 3)
+    sim = jm.simulate(model, x0, dt=0.01, n_steps=100, throw=False)
+    assert isinstance(sim, jm.Simulation) and sim.result == jaxda.RESULTS.successful
+    assert sim.ys.shape == (101, 3)
+    np.testing.assert_allclose(sim.ts, 0.01 * np.arange(101), rtol=1e-12)
     kw = dict(dt=0.5, n_steps=100, max_steps=20)
-    _, ok = jm.simulate(model, x0, **kw, return_ok=True)
-    assert not bool(ok)
-    with pytest.raises(Exception, match="max_steps"):
+    sim = jm.simulate(model, x0, **kw, throw=False)
+    assert sim.result == jaxda.RESULTS.max_steps_reached
+    with pytest.raises(eqx.EquinoxRuntimeError, match="max_steps"):
         jax.block_until_ready(jm.simulate(model, x0, **kw))
     blow = BlowUp()
-    _, ok = jm.simulate(
-        blow, jnp.ones(1), dt=0.5, n_steps=10, solver="rk4", return_ok=True
-    )
-    assert not bool(ok)
-    with pytest.raises(Exception, match="non-finite"):
-        jax.block_until_ready(
-            jm.simulate(blow, jnp.ones(1), dt=0.5, n_steps=10, solver="rk4")
-        )
+    kw = dict(dt=0.5, n_steps=10, solver="rk4")
+    sim = jm.simulate(blow, jnp.ones(1), **kw, throw=False)
+    assert sim.result == jaxda.RESULTS.nonfinite
+    with pytest.raises(eqx.EquinoxRuntimeError, match="non-finite"):
+        jax.block_until_ready(jm.simulate(blow, jnp.ones(1), **kw))
     # inside jit and vmap, one failing member is flagged, the others are not
     f = jax.jit(
-        jax.vmap(
-            lambda x: jm.simulate(
-                blow, x, dt=0.5, n_steps=10, solver="rk4", return_ok=True
-            )[1]
-        )
+        jax.vmap(lambda x: jm.simulate(blow, x, **kw, throw=False).result._value)
     )
-    np.testing.assert_array_equal(f(jnp.array([[1.0], [-1.0]])), [False, True])
+    np.testing.assert_array_equal(
+        f(jnp.array([[1.0], [-1.0]])),
+        [jaxda.RESULTS.nonfinite._value, jaxda.RESULTS.successful._value],
+    )
+
+
+def test_failure_under_jit_same_as_eager():
+    # throw=True raises the same message under jit as eagerly (not a bare callback
+    # error); throw=False returns the result instead.
+    blow, kw = BlowUp(), dict(dt=0.5, n_steps=10, solver="rk4")
+    with pytest.raises(Exception, match="non-finite"):
+        jax.block_until_ready(
+            jax.jit(lambda x: jm.simulate(blow, x, **kw).ys)(jnp.ones(1))
+        )
+    res = jax.jit(lambda x: jm.simulate(blow, x, **kw, throw=False).result)(jnp.ones(1))
+    assert res == jaxda.RESULTS.nonfinite
+
+
+@pytest.mark.parametrize(
+    "name, bad, good",
+    [("dt", -0.01, 0.01), ("dt", np.nan, 0.01), ("t0", np.inf, 0.0),
+     ("process_noise_std", -1.0, 0.0), ("rtol", 0.0, 1e-6), ("x0", np.nan, 1.0)],
+)  # fmt: skip
+def test_traced_invalid_input_is_reported(name, bad, good):
+    # Eagerly these raise ValueError (test_simulate_validation); traced under jit they
+    # are reported as invalid_input and nothing is integrated (dt < 0 used to run the
+    # model backwards).
+    model, x0 = jm.Lorenz63(), jnp.array([1.0, 2.0, 20.0])
+    key = jax.random.key(0) if name == "process_noise_std" else None
+
+    def run(v, throw):
+        kw = {} if name == "x0" else {name: v}
+        x = x0 * v if name == "x0" else x0
+        return jm.simulate(
+            model, x, n_steps=5, key=key, throw=throw, **{"dt": 0.01} | kw
+        )
+
+    sim = jax.jit(lambda v: run(v, False))(jnp.asarray(bad))
+    assert sim.result == jaxda.RESULTS.invalid_input
+    assert np.all(np.isnan(sim.ys))
+    with pytest.raises(Exception, match="value check"):
+        jax.block_until_ready(jax.jit(lambda v: run(v, True).ys)(jnp.asarray(bad)))
+    # The same traced call with a valid value succeeds.
+    sim = jax.jit(lambda v: run(v, False))(jnp.asarray(good))
+    assert sim.result == jaxda.RESULTS.successful and np.all(np.isfinite(sim.ys))
 
 
 # -- validation at the boundary
@@ -438,6 +484,31 @@ def test_simulate_validation(kw, exc, match):
     model, x0 = args.pop("model"), args.pop("x0")
     with pytest.raises(exc, match=match):
         jm.simulate(model, x0, **args)
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [(lambda v: jm.Lorenz63(rho=v), "rho"), (lambda v: jm.Lorenz63(sigma=v), "sigma"),
+     (lambda v: jm.Lorenz96(8, v), "forcing"),
+     (lambda v: jm.Pendulum(damping=v), "damping")],
+)  # fmt: skip
+def test_model_parameters_must_be_real_numbers(make, name):
+    # reliability probe, defects 13 and 15: Lorenz63(rho="a") was accepted and failed
+    # later with "Only integer scalar arrays ..."; now the parameter is named.
+    for bad in ("a", None, True, 1j, [1.0, 2.0]):
+        with pytest.raises(TypeError, match=f"`{name}` must be a real number"):
+            make(bad)
+    with pytest.raises(ValueError, match=f"`{name}` must be finite"):
+        make(np.nan)
+    # Real numbers, integer or floating arrays, and traced values are accepted, and
+    # the parameter is used: the vector field depends on it.
+    x = jnp.array([1.0, 2.0, 20.0]) if name != "forcing" else jnp.ones(8)
+    x = x[:2] if name == "damping" else x
+    f1, f2 = make(1.5).vector_field(0.0, x), make(jnp.array(2.5)).vector_field(0.0, x)
+    assert np.max(np.abs(f1 - f2)) > 0.1
+    assert make(3).vector_field(0.0, x).shape == x.shape
+    g = jax.jit(lambda v: make(v).vector_field(0.0, x))(jnp.asarray(1.5))
+    np.testing.assert_allclose(g, f1, rtol=1e-12)
 
 
 def test_other_validation():

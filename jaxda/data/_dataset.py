@@ -14,7 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, ArrayLike, Bool, Float, Key
-from .._validation import check_finite, check_int, check_positive, is_concrete
+from .._results import RESULTS
+from .._validation import (
+    check_finite,
+    check_int,
+    check_key,
+    check_positive,
+    is_concrete,
+)
 from ..models import AbstractDynamics
 from ..obs import Observations, observe
 from ._normalise import Normalisation
@@ -101,11 +108,11 @@ class Dataset(eqx.Module):
             raise ValueError(
                 f"`truth` must have shape (N, T, *state); got {jnp.shape(self.truth)}."
             )
-        if not isinstance(self.obs, Observations):
-            raise TypeError(
-                f"`obs` must be Observations; got {type(self.obs).__name__}."
-            )
-        if self.obs.shape != jnp.shape(self.truth):
+        shape = jnp.shape(self.truth)
+        Observations.check(
+            self.obs, shape[2:], n_times=shape[1], batched=True, name="obs"
+        )
+        if self.obs.shape != shape:
             raise ValueError(
                 f"`obs` must have the shape of `truth` {jnp.shape(self.truth)}; got "
                 f"{self.obs.shape}."
@@ -157,6 +164,30 @@ class Dataset(eqx.Module):
 # ------------------------------------------------------------------------------
 
 
+def _key_and_seed(key) -> tuple[Key, int | None]:
+    """`(key, seed)` from a PRNG key (`seed=None`) or an int seed; `TypeError` else."""
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        return jax.random.key(int(key)), int(key)
+    check_key("key", key)
+    return key, None
+
+
+def _raise_if_simulation_failed(results: RESULTS) -> None:
+    """Raise `RuntimeError` if any window's simulation result is not successful."""
+    codes = np.asarray(results._value)
+    failed = np.flatnonzero(codes != np.asarray(RESULTS.successful._value))
+    if failed.size:
+        first = int(failed[0])
+        message = RESULTS[jax.tree.map(lambda v: v[first], results)]
+        shown = failed[:10].tolist()
+        raise RuntimeError(
+            f"jaxda.data.make_dataset: the simulation of {failed.size} of "
+            f"{codes.size} windows failed (windows {shown}"
+            f"{', ...' if failed.size > 10 else ''}); window {first}: {message} "
+            "Reduce `dt`, change `solver`, or check the model and initial states."
+        )
+
+
 def _simulate(model, x0, key, *, dt, n_steps, burn_in_steps, process_noise_std, solver):
     from ..models import simulate
 
@@ -169,6 +200,7 @@ def _simulate(model, x0, key, *, dt, n_steps, burn_in_steps, process_noise_std, 
         process_noise_std=process_noise_std,
         burn_in_steps=burn_in_steps,
         solver=solver,
+        throw=False,
     )
 
 
@@ -187,7 +219,8 @@ def _generate(
     solver,
     dtype,
 ):
-    """Initial states, truth and masks of all windows (the expensive, compiled part)."""
+    """Initial states, truth, masks and simulation results of all windows (the
+    expensive, compiled part)."""
     state_shape = model.state_shape
     k_x0, k_sim, k_mask = jax.random.split(key, 3)
 
@@ -212,7 +245,8 @@ def _generate(
             solver=solver,
         )
 
-    truth = jax.vmap(sim)(x0, jax.random.split(k_sim, n_windows)).astype(dtype)
+    sims = jax.vmap(sim)(x0, jax.random.split(k_sim, n_windows))
+    truth = sims.ys.astype(dtype)
 
     if callable(pattern):
         mask = jax.vmap(lambda k: pattern(k, n_times, state_shape))(
@@ -223,7 +257,7 @@ def _generate(
             jnp.asarray(pattern), (n_windows, n_times) + state_shape
         )
 
-    return truth, mask
+    return truth, mask, sims.result
 
 
 @eqx.filter_jit
@@ -286,11 +320,12 @@ def make_dataset(
     - `name`, `split`: metadata.
 
     **Returns:** a `Dataset`.
+
+    **Raises:** `RuntimeError` naming the failed windows and the `jaxda.RESULTS`
+    message when the simulation of any window failed (e.g. a diverging
+    trajectory): a dataset never holds a failed (NaN) truth.
     """
-    seed = None
-    if isinstance(key, int | np.integer) and not isinstance(key, bool):
-        seed = int(key)
-        key = jax.random.key(seed)
+    key, seed = _key_and_seed(key)
     if not isinstance(model, AbstractDynamics):
         raise TypeError(
             "`model` must be a jaxda.models.AbstractDynamics; got "
@@ -343,7 +378,7 @@ def make_dataset(
             )
 
     k_gen, k_noise = jax.random.split(key)
-    truth, mask = _generate(
+    truth, mask, results = _generate(
         k_gen,
         model,
         initial_state,
@@ -356,6 +391,7 @@ def make_dataset(
         solver=solver,
         dtype=dtype,
     )
+    _raise_if_simulation_failed(results)
     if normalise is True:
         stats = Normalisation.fit(truth, state_ndim=len(state_shape))
     else:

@@ -36,14 +36,7 @@ def interpolate_observations(
     **Returns:** the interpolated trajectory `(T, *state)`, equal to `obs.values` where
     observed.
     """
-    if not isinstance(obs, Observations):
-        raise TypeError(
-            f"`obs` must be jaxda.obs.Observations; got {type(obs).__name__}."
-        )
-    if obs.values.ndim < 2:
-        raise ValueError(
-            f"`obs` must have shape (T, *state) for one window; got {obs.shape}."
-        )
+    Observations.check(obs, name="obs")
     y, m = obs.values, obs.mask
     n_t = y.shape[0]
     t = jnp.arange(n_t).reshape((n_t,) + (1,) * (y.ndim - 1))
@@ -109,10 +102,7 @@ def gaussian_first_guess(
 
     **Returns:** the first guess `(T, *state)`.
     """
-    if not isinstance(obs, Observations):
-        raise TypeError(
-            f"`obs` must be jaxda.obs.Observations; got {type(obs).__name__}."
-        )
+    Observations.check(obs, name="obs")
     check_positive("noise_var", noise_var)
     y = obs.values.reshape(-1)
     d = y.shape[0]

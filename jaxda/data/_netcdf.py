@@ -13,6 +13,7 @@ Files are written atomically: to a temporary file in the same folder, then `os.r
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -97,21 +98,126 @@ def save_dataset(ds: Dataset, path: str | os.PathLike) -> Path:
     return path
 
 
-def _rebuild_model(name: str, params: dict):
+_DIMS = ("sample", "time", "component")
+
+
+def _attr(attrs, name: str, path):
+    if name not in attrs:
+        raise ValueError(
+            f"`path` {str(path)!r}: the jaxda dataset file has no attribute {name!r} "
+            f"(found {sorted(attrs)})."
+        )
+    return attrs[name]
+
+
+def _json_attr(attrs, name: str, path):
+    text = _attr(attrs, name, path)
+    try:
+        return json.loads(str(text))
+    except json.JSONDecodeError:
+        raise ValueError(
+            f"`path` {str(path)!r}: the attribute {name!r} must be JSON; got {text!r}."
+        ) from None
+
+
+def _variable(xds, name: str, dims: tuple[str, ...], path) -> np.ndarray:
+    """The values of variable `name`, transposed to `dims` (matched by name)."""
+    if name not in xds.data_vars:
+        raise ValueError(
+            f"`path` {str(path)!r}: the jaxda dataset file has no variable {name!r} "
+            f"(found {sorted(map(str, xds.data_vars))})."
+        )
+    var = xds[name]
+    if sorted(map(str, var.dims)) != sorted(dims):
+        raise ValueError(
+            f"`path` {str(path)!r}: the variable {name!r} must have the dimensions "
+            f"{dims} (in any order); got {tuple(var.dims)}."
+        )
+    return var.transpose(*dims).values
+
+
+def _is_number_tree(value) -> bool:
+    """Whether `value` is a JSON number (not a bool) or a nested list of them."""
+    if isinstance(value, list):
+        return all(_is_number_tree(v) for v in value)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _rebuild_model(name: str, params, path):
+    """The `jaxda.models` dynamics named by the file, checked before it is built."""
     if not name:
         return None
+    import inspect
+
     from .. import models
 
     cls = getattr(models, name, None)
-    if cls is None:
+    if not (
+        isinstance(cls, type)
+        and issubclass(cls, models.AbstractDynamics)
+        and not inspect.isabstract(cls)
+    ):
         raise ValueError(
-            f"The file's `model` attribute {name!r} is not a class of jaxda.models."
+            f"`path` {str(path)!r}: the attribute 'model' must name a dynamical "
+            f"system of jaxda.models (an AbstractDynamics subclass such as "
+            f"'Lorenz63'); got {name!r}."
         )
-    return cls(**params)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(params, dict) or not set(params) <= fields:
+        raise ValueError(
+            f"`path` {str(path)!r}: the attribute 'model_parameters' must be a JSON "
+            f"object with keys among the fields {sorted(fields)} of {name}; got "
+            f"{params!r}."
+        )
+    bad = sorted(k for k, v in params.items() if not _is_number_tree(v))
+    if bad:
+        raise ValueError(
+            f"`path` {str(path)!r}: the attribute 'model_parameters' must hold JSON "
+            f"numbers (or lists of numbers); got {', '.join(bad)} = "
+            f"{[params[k] for k in bad]!r}."
+        )
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"`path` {str(path)!r}: the attributes 'model'={name!r} and "
+            f"'model_parameters'={params!r} do not build a {name}: {err}"
+        ) from None
+
+
+def _state_shape(attrs, n_components: int, path) -> tuple[int, ...]:
+    shape = _json_attr(attrs, "state_shape", path)
+    ok = (
+        isinstance(shape, list)
+        and len(shape) >= 1
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    )
+    if not ok or math.prod(shape) != n_components:
+        raise ValueError(
+            f"`path` {str(path)!r}: the attribute 'state_shape' must be a JSON list of "
+            f"positive ints whose product is the size of the 'component' dimension "
+            f"({n_components}); got {shape!r}."
+        )
+    return tuple(shape)
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
-    """Read a `Dataset` written by `save_dataset` (exact round trip, same dtype)."""
+    """Read a `Dataset` written by `save_dataset` (exact round trip, same dtype).
+
+    Variables are matched to the dimensions `(sample, time, component)` by name (a file
+    written with another dimension order is transposed). Nothing from the file is
+    executed: the `model` attribute must name an `AbstractDynamics` class of
+    `jaxda.models` and `model_parameters` must be JSON numbers.
+
+    **Arguments:**
+
+    - `path`: a netCDF file written by `save_dataset`.
+
+    **Returns:** the `Dataset`.
+
+    **Raises:** `FileNotFoundError` when `path` does not exist; `ValueError` naming
+    the variable or attribute when the file is not a well-formed jaxda dataset.
+    """
     xr = _require_io()
     path = Path(path)
     if not path.exists():
@@ -123,29 +229,46 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
             f"`path` is not a jaxda dataset file (attribute jaxda_format="
             f"{attrs.get('jaxda_format')!r}, expected {_FORMAT!r})."
         )
-    state_shape = tuple(json.loads(attrs["state_shape"]))
-    truth = xds["truth"].values
-    obs = xds["obs"].values
-    n, t = truth.shape[:2]
+    truth = _variable(xds, "truth", _DIMS, path)
+    obs = _variable(xds, "obs", _DIMS, path)
+    if obs.shape != truth.shape:
+        raise ValueError(
+            f"`path` {str(path)!r}: the variables 'obs' and 'truth' must have the same "
+            f"shape; got {obs.shape} and {truth.shape}."
+        )
+    n, t, c = truth.shape
+    state_shape = _state_shape(attrs, c, path)
     truth = truth.reshape((n, t) + state_shape)
     obs = obs.reshape((n, t) + state_shape)
     stats = None
     if int(attrs.get("normalised", 0)):
         stats = Normalisation(
-            jnp.asarray(xds["normalisation_mean"].values.reshape(state_shape)),
-            jnp.asarray(xds["normalisation_std"].values.reshape(state_shape)),
+            jnp.asarray(
+                _variable(xds, "normalisation_mean", ("component",), path).reshape(
+                    state_shape
+                )
+            ),
+            jnp.asarray(
+                _variable(xds, "normalisation_std", ("component",), path).reshape(
+                    state_shape
+                )
+            ),
         )
-    model = _rebuild_model(str(attrs["model"]), json.loads(attrs["model_parameters"]))
-    seed = int(attrs["seed"])
+    model = _rebuild_model(
+        str(_attr(attrs, "model", path)),
+        _json_attr(attrs, "model_parameters", path),
+        path,
+    )
+    seed = int(_attr(attrs, "seed", path))
     return Dataset(
         jnp.asarray(truth),
         Observations.from_nan(jnp.asarray(obs)),
         model,
-        float(attrs["dt"]),
+        float(_attr(attrs, "dt", path)),
         stats,
-        name=str(attrs["name"]),
-        split=str(attrs["split"]),
-        noise_std=float(attrs["noise_std"]),
-        process_noise_std=float(attrs["process_noise_std"]),
+        name=str(attrs.get("name", "")),
+        split=str(attrs.get("split", "")),
+        noise_std=float(_attr(attrs, "noise_std", path)),
+        process_noise_std=float(attrs.get("process_noise_std", 0.0)),
         seed=None if seed < 0 else seed,
     )

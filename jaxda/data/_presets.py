@@ -50,7 +50,13 @@ from ..obs import (
     RandomComponentsPattern,
     RandomPhasePattern,
 )
-from ._dataset import Dataset, GaussianInitialState, UniformInitialState, make_dataset
+from ._dataset import (
+    Dataset,
+    GaussianInitialState,
+    UniformInitialState,
+    _key_and_seed,
+    make_dataset,
+)
 from ._normalise import Normalisation
 
 
@@ -212,10 +218,7 @@ def make_preset_dataset(
     if isinstance(name, Preset) and overrides:
         preset = dataclasses.replace(preset, **overrides)
     check_choice("split", split, tuple(_SPLIT_INDEX))
-    seed = None
-    if isinstance(key, int | np.integer) and not isinstance(key, bool):
-        seed = int(key)
-        key = jax.random.key(seed)
+    key, seed = _key_and_seed(key)
     if n_windows is None:
         n_windows = preset.n_train if split == "train" else preset.n_test
     normalise = False

@@ -10,6 +10,7 @@ from ._flow import (
     rollout as rollout,
 )
 from ._simulate import (
+    Simulation as Simulation,
     sample_initial_states as sample_initial_states,
     simulate as simulate,
 )

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 
-from .._custom_types import Array, Bool, Float, Key
+from .._custom_types import Array, Float, Key
+from .._results import RESULTS, all_finite, first_failure, raise_if_failed
 from .._validation import check_choice, check_finite, check_int, check_positive
 from ._base import AbstractDynamics
 from ._flow import RK4, Euler
@@ -22,12 +23,42 @@ _ODE_SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
 _FIXED_SOLVERS = {"rk4": RK4, "euler": Euler}
 _SDE_SOLVERS = {"shark": diffrax.ShARK, "heun": diffrax.Heun, "euler": diffrax.Euler}
 _NOISE_KINDS = ("increment", "sde")
-_FAILURE_MESSAGES = [
-    "jaxda.models.simulate: the diffrax solve failed (e.g. `max_steps` reached; "
-    "increase `max_steps` or loosen `rtol`/`atol`).",
-    "jaxda.models.simulate: the trajectory became non-finite (the integration "
-    "diverged; reduce `dt` or increase `substeps`).",
-]
+# diffrax's outcomes in jaxda's RESULTS: same-named items map to themselves; any other
+# failure (none of them produced by the explicit solvers used here) to `nonfinite`.
+_FROM_DIFFRAX = {
+    name: name
+    for name in (
+        "successful",
+        "max_steps_reached",
+        "singular",
+        "breakdown",
+        "stagnation",
+        "conlim",
+        "nonfinite_input",
+        "nonfinite",
+    )
+} | {
+    "nonlinear_max_steps_reached": "max_steps_reached",
+    "max_steps_rejected": "max_steps_reached",
+}
+
+
+class Simulation(eqx.Module):
+    r"""The output of `simulate`: a trajectory and how its integration went.
+
+    **Fields:**
+
+    - `ts`: the output times $t_0 + k\,\Delta t$, shape `(n_steps + 1,)`.
+    - `ys`: the states at `ts`, shape `(n_steps + 1, *state_shape)` (diffrax's name).
+    - `result`: a `jaxda.RESULTS` item: `successful`; `max_steps_reached` (a diffrax
+      solve hit `max_steps`); `nonfinite` (the trajectory diverged); `invalid_input`
+      (under `jit`, a traced `dt`, `t0`, `x0`, `process_noise_std`, `rtol` or `atol`
+      failed its value check; `ys` is then NaN).
+    """
+
+    ts: Float[Array, " n_steps+1"]
+    ys: Float[Array, " n_steps+1 *state"]
+    result: RESULTS
 
 
 def simulate(
@@ -46,11 +77,8 @@ def simulate(
     rtol: float = 1e-6,
     atol: float = 1e-8,
     max_steps: int | None = None,
-    return_ok: bool = False,
-) -> (
-    Float[Array, " n_steps+1 *state"]
-    | tuple[Float[Array, " n_steps+1 *state"], Bool[Array, ""]]
-):
+    throw: bool = True,
+) -> Simulation:
     r"""Integrate `model` from `x0`: the states at $t_0 + k\,\Delta t$, $k = 0..n$.
 
     The deterministic dynamics $\dot x = f(t, x)$ are integrated with diffrax (adaptive
@@ -76,7 +104,7 @@ def simulate(
     `burn_in_steps`, `substeps`, `solver`, `noise`, `max_steps` are static; `dt`, `t0`,
     `process_noise_std`, `rtol`, `atol` are traced (no recompilation when they change).
     A batch of windows starting on the attractor is
-    `jax.vmap(lambda x, k: simulate(m, x, dt=dt, n_steps=n, key=k, ...))(x0s, keys)`,
+    `jax.vmap(lambda x, k: simulate(m, x, dt=dt, n_steps=n, key=k, ...).ys)(x0s, keys)`,
     with `x0s` from `sample_initial_states`.
 
     **Arguments:**
@@ -96,12 +124,15 @@ def simulate(
     - `max_steps` >= 1: cap on the steps of each diffrax solve (`None`:
       `4096 + 100 * (n_steps + burn_in_steps) * substeps`). Hitting it is a failure.
       Only a loop bound: a larger value costs nothing unless it is reached.
-    - `return_ok`: see Returns.
+    - `throw`: whether a failure raises (see Returns).
 
-    **Returns:** `xs` of shape `(n_steps + 1, *state_shape)`. Failure (a diffrax solve
-    not successful, e.g. `max_steps` reached, or a non-finite state) raises an
-    `equinox` runtime error (`eqx.error_if`), also under `jit`; with `return_ok=True`
-    nothing is raised and `(xs, ok)` is returned, `ok` a boolean scalar.
+    **Returns:** a `Simulation` with `ts`, `ys` (shape `(n_steps + 1, *state_shape)`)
+    and `result`. With `throw=True` (default) a failure (a diffrax solve not
+    successful, e.g. `max_steps` reached; a non-finite state; under `jit`, a traced
+    argument failing its value check) raises an `equinox.EquinoxRuntimeError` with the
+    result's message, eagerly and under `jit` alike (under `vmap`: when any member
+    failed). With `throw=False` nothing is raised: inspect `result`. Arguments that
+    are concrete are checked before tracing (`ValueError` / `TypeError` naming them).
     """
     if not isinstance(model, AbstractDynamics):
         raise TypeError(
@@ -150,7 +181,7 @@ def simulate(
     dt = jnp.asarray(dt, dtype=dtype)
     t0 = jnp.asarray(t0, dtype=dtype)
     sigma = jnp.asarray(process_noise_std, dtype=dtype)
-    xs, solved, finite = _simulate(
+    sim = _simulate(
         model,
         x0,
         dt,
@@ -166,10 +197,7 @@ def simulate(
         substeps=substeps,
         max_steps=max_steps,
     )
-    if return_ok:
-        return xs, solved & finite
-    index = jnp.where(solved, 1, 0).astype(jnp.int32)
-    return eqx.branched_error_if(xs, ~(solved & finite), index, _FAILURE_MESSAGES)
+    return raise_if_failed(sim, sim.result, throw)
 
 
 def sample_initial_states(
@@ -215,7 +243,7 @@ def sample_initial_states(
     if _is_concrete(burn_in_time) and float(burn_in_time) == 0.0:
         return starts
     return jax.vmap(
-        lambda x: simulate(model, x, dt=burn_in_time, n_steps=1, solver=solver)[-1]
+        lambda x: simulate(model, x, dt=burn_in_time, n_steps=1, solver=solver).ys[-1]
     )(starts)
 
 
@@ -239,22 +267,60 @@ def _simulate(
     solver,
     substeps,
     max_steps,
-):
+) -> Simulation:
+    # The value checks of the eager path, on traced values (a few scalar comparisons):
+    # an invalid argument is integrated from safe stand-ins and reported, never run.
+    valid = (
+        jnp.isfinite(dt)
+        & (dt > 0)
+        & jnp.isfinite(t0)
+        & all_finite(x0)
+        & jnp.isfinite(sigma)
+        & (sigma >= 0)
+        & jnp.isfinite(rtol)
+        & (rtol > 0)
+        & jnp.isfinite(atol)
+        & (atol > 0)
+    )
+    one = jnp.ones((), dt.dtype)
+    dt = jnp.where(valid, dt, one)
+    t0 = jnp.where(valid, t0, 0 * one)
+    x0 = jnp.where(valid, x0, jnp.zeros_like(x0))
+    sigma = jnp.where(valid, sigma, 0 * one)
+    rtol = jnp.where(valid, rtol, 1e-3 * one)
+    atol = jnp.where(valid, atol, 1e-3 * one)
     if noise == "sde":
-        xs, ok = _simulate_sde(
+        xs, solved = _simulate_sde(
             model, x0, dt, t0, key, sigma, n_steps, burn_in_steps, solver, substeps,
             max_steps,
         )  # fmt: skip
     elif noise is None and solver in _ODE_SOLVERS:
-        xs, ok = _simulate_ode(
+        xs, solved = _simulate_ode(
             model, x0, dt, t0, n_steps, burn_in_steps, solver, rtol, atol, max_steps
         )
     else:
-        xs, ok = _simulate_scan(
+        xs, solved = _simulate_scan(
             model, x0, dt, t0, key, sigma, n_steps, burn_in_steps, solver, substeps,
             rtol, atol, max_steps,
         )  # fmt: skip
-    return xs, ok, jnp.all(jnp.isfinite(xs))
+    result = first_failure(
+        (~valid, RESULTS.invalid_input),
+        (solved != RESULTS.successful, solved),
+        (~all_finite(xs), RESULTS.nonfinite),
+    )
+    xs = jnp.where(valid, xs, jnp.full_like(xs, jnp.nan))
+    ts = t0 + dt * jnp.arange(n_steps + 1, dtype=x0.dtype)
+    return Simulation(ts=ts, ys=xs, result=result)
+
+
+def _from_diffrax(result) -> RESULTS:
+    """A `diffrax.RESULTS` item as a `jaxda.RESULTS` item (see `_FROM_DIFFRAX`)."""
+    out = RESULTS.nonfinite
+    for theirs, ours in _FROM_DIFFRAX.items():
+        out = RESULTS.where(
+            result == getattr(diffrax.RESULTS, theirs), getattr(RESULTS, ours), out
+        )
+    return out
 
 
 def _ode_term(model):
@@ -277,7 +343,7 @@ def _simulate_ode(model, x0, dt, t0, n_steps, burn, solver, rtol, atol, max_step
         max_steps=max_steps,
         throw=False,
     )
-    return sol.ys, sol.result == diffrax.RESULTS.successful
+    return sol.ys, _from_diffrax(sol.result)
 
 
 def _simulate_scan(
@@ -289,7 +355,7 @@ def _simulate_scan(
         flow = _FIXED_SOLVERS[solver](model, dt, substeps)
 
         def step(x, t):
-            return flow(x, t), jnp.array(True)
+            return flow(x, t), RESULTS.successful
 
     else:
         term = _ode_term(model)
@@ -309,7 +375,7 @@ def _simulate_scan(
                 max_steps=max_steps,
                 throw=False,
             )
-            return sol.ys[0], sol.result == diffrax.RESULTS.successful
+            return sol.ys[0], _from_diffrax(sol.result)
 
     # One scan over burn-in and output intervals, so the step (a whole `diffeqsolve`
     # for adaptive solvers) is traced and compiled once: the state after interval k is
@@ -320,21 +386,23 @@ def _simulate_scan(
     out = jnp.zeros((n_steps + 1,) + x0.shape, x0.dtype).at[0].set(x0)
 
     def body(carry, inputs):
-        x, ok, out = carry
+        x, res, out = carry
         k, sub = inputs
         t = t0 + (k - burn).astype(x.dtype) * dt
-        x, ok_k = step(x, t)
+        x, res_k = step(x, t)
         if sub is not None:
             x = x + sigma * jax.random.normal(sub, x.shape, dtype=x.dtype)
         out = jax.lax.dynamic_update_index_in_dim(
             out, x, jnp.maximum(k - burn + 1, 0), axis=0
         )
-        return (x, ok & ok_k, out), None
+        # keep the first failure
+        res = RESULTS.where(res == RESULTS.successful, res_k, res)
+        return (x, res, out), None
 
-    (_, ok, out), _ = jax.lax.scan(
-        body, (x0, jnp.array(True), out), (jnp.arange(total), keys)
+    (_, res, out), _ = jax.lax.scan(
+        body, (x0, RESULTS.successful, out), (jnp.arange(total), keys)
     )
-    return out, ok
+    return out, res
 
 
 def _simulate_sde(
@@ -377,7 +445,7 @@ def _simulate_sde(
         throw=False,
     )
     xs = sol.ys.reshape(n_steps + 1, *shape)
-    return xs, sol.result == diffrax.RESULTS.successful
+    return xs, _from_diffrax(sol.result)
 
 
 def _is_concrete(x) -> bool:

@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 
 from .._custom_types import Array, Float
+from .._validation import check_real
 from ._base import AbstractDynamics
 
 
@@ -18,6 +19,11 @@ class Lorenz63(AbstractDynamics):
     sigma: Float[Array, ""] | float = 10.0
     rho: Float[Array, ""] | float = 28.0
     beta: Float[Array, ""] | float = 8.0 / 3.0
+
+    def __check_init__(self):
+        check_real("sigma", self.sigma)
+        check_real("rho", self.rho)
+        check_real("beta", self.beta)
 
     def vector_field(self, t, x: Float[Array, "3"]) -> Float[Array, "3"]:
         u1, u2, u3 = x[0], x[1], x[2]

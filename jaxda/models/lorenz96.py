@@ -4,7 +4,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .._custom_types import Array, Float
-from .._validation import check_int
+from .._validation import check_int, check_real
 from ._base import AbstractDynamics
 
 
@@ -22,6 +22,7 @@ class Lorenz96(AbstractDynamics):
 
     def __check_init__(self):
         check_int("n", self.n, minimum=4)
+        check_real("forcing", self.forcing)
 
     def vector_field(self, t, x: Float[Array, " n"]) -> Float[Array, " n"]:
         return (jnp.roll(x, -1) - jnp.roll(x, 2)) * jnp.roll(x, 1) - x + self.forcing

@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 
 from .._custom_types import Array, Float
+from .._validation import check_real
 from ._base import AbstractDynamics
 
 
@@ -17,6 +18,10 @@ class Pendulum(AbstractDynamics):
 
     omega0_sq: Float[Array, ""] | float = 1.0
     damping: Float[Array, ""] | float = 0.0
+
+    def __check_init__(self):
+        check_real("omega0_sq", self.omega0_sq)
+        check_real("damping", self.damping)
 
     def vector_field(self, t, x: Float[Array, "2"]) -> Float[Array, "2"]:
         theta, omega = x[0], x[1]
