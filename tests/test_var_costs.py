@@ -126,12 +126,9 @@ def test_window_without_observations_is_allowed(getkey):
 def test_masked_nonfinite_values_are_ignored(getkey):
     flow, truth, obs = _setup(getkey)
     values = jnp.where(obs.mask, obs.values, jnp.nan)
-
-    class RawObs(eqx.Module):  # any object with .values and .mask is accepted
-        values: jax.Array
-        mask: jax.Array
-
-    prob = WeakConstraint4DVar(flow, RawObs(values, obs.mask), 2.0, 0.1)
+    # Past the constructor's zero-filling: NaN where nothing is observed.
+    raw = eqx.tree_at(lambda o: o.values, obs, values)
+    prob = WeakConstraint4DVar(flow, raw, 2.0, 0.1)
     ref = WeakConstraint4DVar(flow, obs, 2.0, 0.1)
     assert np.isfinite(prob.cost(truth))
     np.testing.assert_allclose(prob.cost(truth), ref.cost(truth))
@@ -145,10 +142,12 @@ def test_bad_input(getkey):
         values: jax.Array
         mask: jax.Array
 
+    with pytest.raises(TypeError, match="`obs` must be jaxda.obs.Observations"):
+        WeakConstraint4DVar(flow, RawObs(obs.values, obs.mask), 1.0, 1.0)
     with pytest.raises(ValueError, match="must have shape \\(T, 3\\)"):
         WeakConstraint4DVar(flow, Observations(truth[:, :2], obs.mask[:, :2]), 1.0, 1.0)
     with pytest.raises(ValueError, match="non-finite"):
-        bad = RawObs(obs.values.at[0, 0].set(jnp.inf), obs.mask)
+        bad = eqx.tree_at(lambda o: o.values, obs, obs.values.at[0, 0].set(jnp.inf))
         WeakConstraint4DVar(flow, bad, 1.0, 1.0)
     with pytest.raises(ValueError, match="`obs_var` must be finite and > 0"):
         WeakConstraint4DVar(flow, obs, 0.0, 1.0)

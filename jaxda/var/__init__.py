@@ -1,5 +1,6 @@
 """4DVar: weak- and strong-constraint costs, solvers and cycled assimilation."""
 
+from .._results import RESULTS as RESULTS
 from ._continuation import ModelErrorContinuation as ModelErrorContinuation
 from ._costs import (
     AbstractVarProblem as AbstractVarProblem,
@@ -10,26 +11,41 @@ from ._costs import (
 )
 from ._cycling import CycleResult as CycleResult, cycle as cycle
 from ._gauss_newton import (
+    AbstractGaussNewton as AbstractGaussNewton,
+    DenseGaussNewton as DenseGaussNewton,
+    DenseLevenbergMarquardt as DenseLevenbergMarquardt,
     GaussNewton as GaussNewton,
+    Incremental4DVar as Incremental4DVar,
     LevenbergMarquardt as LevenbergMarquardt,
-    NormalEquations as NormalEquations,
-    linearise as linearise,
+)
+from ._globalisation import (
+    AbstractGlobalisation as AbstractGlobalisation,
+    AdaptiveDamping as AdaptiveDamping,
+    ArmijoBacktracking as ArmijoBacktracking,
 )
 from ._gradient import GradientDescent as GradientDescent, OptaxSolver as OptaxSolver
-from ._incremental import Incremental4DVar as Incremental4DVar
+from ._incremental import IncrementalMAP as IncrementalMAP
 from ._jaxopt import (
     JaxoptGaussNewton as JaxoptGaussNewton,
     JaxoptLevenbergMarquardt as JaxoptLevenbergMarquardt,
 )
+from ._normal import (
+    AbstractNormalSolve as AbstractNormalSolve,
+    BlockTridiagonalNormal as BlockTridiagonalNormal,
+    DenseNormal as DenseNormal,
+    NormalEquations as NormalEquations,
+    linearise as linearise,
+)
 from ._quasi_static import QuasiStatic as QuasiStatic
 from ._solution import (
-    RESULTS as RESULTS,
-    AbstractSolver as AbstractSolver,
+    Iterates as Iterates,
+    SaveIterates as SaveIterates,
     Solution as Solution,
-    solve as solve,
 )
-from ._strong import (
-    DenseGaussNewton as DenseGaussNewton,
-    DenseLevenbergMarquardt as DenseLevenbergMarquardt,
-    DiffraxTrajectory as DiffraxTrajectory,
+from ._solve import solve as solve
+from ._solver import (
+    AbstractIterativeSolver as AbstractIterativeSolver,
+    AbstractSolver as AbstractSolver,
+    AbstractSolverState as AbstractSolverState,
 )
+from ._strong import DiffraxTrajectory as DiffraxTrajectory

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from .._validation import check_positive
 from ._costs import WeakConstraint4DVar
-from ._solution import AbstractSolver
+from ._solver import AbstractSolver
 from ._staged import AbstractStagedSolver
 
 

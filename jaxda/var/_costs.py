@@ -13,44 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._custom_types import Array, Float, Scalar
+from .._custom_types import Array, Bool, Float, Scalar
+from .._results import all_finite, all_positive
 from .._validation import check_finite, check_positive, is_concrete
 from ..models import AbstractFlowMap, rollout
+from ..obs import Observations
+from ._strong import DiffraxTrajectory
 
 
 def _flat(a: Array) -> Array:
     return jnp.reshape(a, (-1,))
-
-
-def _check_observations(obs, state_shape: tuple[int, ...]) -> None:
-    """Validate an observation pytree `(values, mask)` shaped `(T, *state_shape)`."""
-    if not (hasattr(obs, "values") and hasattr(obs, "mask")):
-        raise TypeError(
-            "`obs` must have `.values` and `.mask` arrays (e.g. "
-            f"jaxda.obs.Observations); got {type(obs).__name__}."
-        )
-    vshape, mshape = tuple(jnp.shape(obs.values)), tuple(jnp.shape(obs.mask))
-    if vshape != mshape:
-        raise ValueError(
-            f"`obs.values` and `obs.mask` must have the same shape; got {vshape} and "
-            f"{mshape}."
-        )
-    if len(vshape) != 1 + len(state_shape) or vshape[1:] != tuple(state_shape):
-        raise ValueError(
-            f"`obs` must have shape (T, {', '.join(map(str, state_shape))}) to match "
-            f"the model's state shape {tuple(state_shape)}; got {vshape}."
-        )
-    if vshape[0] < 1:
-        raise ValueError(f"`obs` must have at least one time step; got {vshape}.")
-    if jnp.result_type(obs.mask) != jnp.bool_:
-        raise TypeError(f"`obs.mask` must be boolean; got {jnp.result_type(obs.mask)}.")
-    if is_concrete(obs.values) and is_concrete(obs.mask):
-        bad = ~np.isfinite(np.asarray(obs.values)) & np.asarray(obs.mask)
-        if np.any(bad):
-            raise ValueError(
-                f"`obs.values` has {int(bad.sum())} non-finite entries where "
-                "`obs.mask` is True; mark missing observations with mask=False."
-            )
 
 
 def _check_broadcast(name: str, value, shape: tuple[int, ...]) -> None:
@@ -108,6 +80,11 @@ class Background(eqx.Module):
             return jnp.diag(w)
         return jnp.reshape(self.precision.to_dense(), (n, n))
 
+    def values_valid(self) -> Bool[Array, ""]:
+        """Finite mean and variances > 0 (traceable; see `AbstractVarProblem`)."""
+        ok = all_finite(self.mean)
+        return ok & all_positive(self.var) if self.var is not None else ok
+
     def whitened(self, x0: Float[Array, "*state"]) -> Float[Array, " n"]:
         r"""$r_b$ with $\|r_b\|^2 = (x_0 - x_b)^T B^{-1} (x_0 - x_b)$."""
         d = x0 - self.mean
@@ -128,6 +105,24 @@ class AbstractVarProblem(eqx.Module):
     def check_control(self, name: str, u) -> None:
         """Raise `ValueError` unless `u` is a valid control for this problem."""
 
+    @property
+    def dtype(self):
+        """The floating dtype the cost is computed in: the promotion of the problem's
+        floating-point arrays. `solve` casts the first guess to it."""
+        leaves = [
+            leaf
+            for leaf in jax.tree_util.tree_leaves(self)
+            if eqx.is_inexact_array(leaf)
+        ]
+        return jnp.result_type(*leaves) if leaves else jnp.result_type(float)
+
+    @abc.abstractmethod
+    def values_valid(self) -> Bool[Array, ""]:
+        """Whether the value checks of the constructor hold (traceable): variances
+        finite and > 0, observed values finite. Under `jit` the constructor cannot
+        look at traced values; `solve` reports `RESULTS.invalid_input` when this is
+        `False`."""
+
     def residuals(self, u) -> Float[Array, " m"]:
         r"""The whitened residual vector $r(u)$ (1-D); $J(u) = \tfrac12 \|r\|^2$."""
         return jnp.concatenate([_flat(r) for r in self.residual_terms(u)])
@@ -135,6 +130,23 @@ class AbstractVarProblem(eqx.Module):
     def cost(self, u) -> Scalar:
         """The cost $J(u) = \\tfrac12 \\|r(u)\\|^2$."""
         return 0.5 * sum(jnp.sum(r**2) for r in self.residual_terms(u))
+
+
+def _check_obs(obs, state_shape) -> None:
+    """`Observations.check`, and (concrete values) finite observed values."""
+    Observations.check(obs, state_shape)
+    if is_concrete(obs.values) and is_concrete(obs.mask):
+        bad = ~np.isfinite(np.asarray(obs.values)) & np.asarray(obs.mask)
+        if np.any(bad):
+            raise ValueError(
+                f"`obs.values` has {int(bad.sum())} non-finite entries where "
+                "`obs.mask` is True; mark missing observations with mask=False."
+            )
+
+
+def _obs_valid(obs, obs_var, background) -> Bool[Array, ""]:
+    ok = all_finite(jnp.where(obs.mask, obs.values, 0.0)) & all_positive(obs_var)
+    return ok & background.values_valid() if background is not None else ok
 
 
 def _obs_term(x, obs, obs_var):
@@ -174,7 +186,7 @@ class WeakConstraint4DVar(AbstractVarProblem):
                 f"{type(self.flow).__name__}."
             )
         state_shape = tuple(self.flow.model.state_shape)
-        _check_observations(self.obs, state_shape)
+        _check_obs(self.obs, state_shape)
         T = jnp.shape(self.obs.values)[0]
         _check_broadcast("obs_var", self.obs_var, (T, *state_shape))
         _check_broadcast("model_var", self.model_var, (max(T - 1, 1), *state_shape))
@@ -201,6 +213,10 @@ class WeakConstraint4DVar(AbstractVarProblem):
                 f"`{name}` must have shape {self.shape}; got {jnp.shape(x)}."
             )
         check_finite(name, x)
+
+    def values_valid(self):
+        valid = _obs_valid(self.obs, self.obs_var, self.background)
+        return valid & all_positive(self.model_var)
 
     def times(self, n: int) -> Float[Array, " n"]:
         """Model times $t_0 + t\\,dt$ of the first `n` states."""
@@ -242,13 +258,13 @@ class StrongConstraint4DVar(AbstractVarProblem):
     background: Background | None = None
 
     def __check_init__(self):
-        if not hasattr(self.flow, "model"):
+        if not isinstance(self.flow, AbstractFlowMap | DiffraxTrajectory):
             raise TypeError(
                 "`flow` must be a jaxda.models flow map or a DiffraxTrajectory; got "
                 f"{type(self.flow).__name__}."
             )
         state_shape = tuple(self.flow.model.state_shape)
-        _check_observations(self.obs, state_shape)
+        _check_obs(self.obs, state_shape)
         T = jnp.shape(self.obs.values)[0]
         _check_broadcast("obs_var", self.obs_var, (T, *state_shape))
         if (
@@ -271,6 +287,9 @@ class StrongConstraint4DVar(AbstractVarProblem):
                 f"`{name}` must have shape {self.shape}; got {jnp.shape(x0)}."
             )
         check_finite(name, x0)
+
+    def values_valid(self):
+        return _obs_valid(self.obs, self.obs_var, self.background)
 
     def trajectory(self, x0: Float[Array, "*state"]) -> Float[Array, " T *state"]:
         """The model trajectory $\\Phi^t(x_0)$, $t = 0..T-1$."""
@@ -332,6 +351,14 @@ class JointStateParameter(AbstractVarProblem):
         if not (isinstance(control, tuple) and len(control) == 2):
             raise ValueError(f"`{name}` must be a tuple (state, params).")
         self.problem.check_control(f"{name}[0]", control[0])
+
+    def values_valid(self):
+        valid = self.problem.values_valid()
+        return (
+            valid & all_positive(self.param_var)
+            if self.param_var is not None
+            else valid
+        )
 
     def residual_terms(self, control):
         u, params = control

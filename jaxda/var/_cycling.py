@@ -5,6 +5,11 @@ Window $k$ covers the states $kS, \dots, kS + L - 1$ (length $L$ = `window`, shi
 $x_b^{(k)} = \Phi(x^{(k-1)}_{S-1})$ (the first window uses the given `x_b`), and its
 first guess is the previous analysis shifted by $S$ and extended by a model forecast.
 The windows run in one `lax.scan`.
+
+A window whose solve fails keeps its best iterate (finite whenever its first guess
+is), and a forecast that overflows is replaced by persistence (the last analysed
+state), so a failed window never fills the analysis with NaN: the failure is reported
+in `CycleResult.result` / `window_result` instead.
 """
 
 import equinox as eqx
@@ -12,10 +17,11 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Bool, Float, Int
+from .._results import RESULTS, raise_if_failed
 from .._validation import check_int, check_positive
 from ..models import AbstractFlowMap, rollout
 from ._costs import Background, StrongConstraint4DVar, WeakConstraint4DVar
-from ._solution import AbstractSolver
+from ._solver import AbstractSolver
 
 
 class CycleResult(eqx.Module):
@@ -26,13 +32,42 @@ class CycleResult(eqx.Module):
       come from the first window; afterwards the last `S` states of each window $k$
       (times $kS + L - S, \\dots, kS + L - 1$): the estimate at the newest times of each
       window, as the filtering-type "analysis" of cycled DA benchmarks (DAPPER).
-    - `cost`, `n_steps`, `converged` `(K,)`: per-window solver results.
+    - `cost`, `n_steps` `(K,)`: per-window solver results.
+    - `window_result` `(K,)`: each window's `jaxda.RESULTS` item.
+    - `result`: the overall item: the first failing window's, `successful` when every
+      window succeeded.
+
+    `converged` `(K,)` is `window_result == RESULTS.successful`.
     """
 
     analysis: Float[Array, " N *state"]
     cost: Float[Array, " K"]
     n_steps: Int[Array, " K"]
-    converged: Bool[Array, " K"]
+    window_result: RESULTS
+    result: RESULTS
+
+    @property
+    def converged(self) -> Bool[Array, " K"]:
+        """Per window: whether its solve succeeded."""
+        return self.window_result == RESULTS.successful
+
+
+def _first_failure(window_result: RESULTS) -> RESULTS:
+    failed = window_result != RESULTS.successful
+    first = jnp.argmax(failed, axis=-1)
+    picked = jax.tree_util.tree_map(lambda v: v[first], window_result)
+    return RESULTS.where(jnp.any(failed), picked, RESULTS.successful)
+
+
+def _finite_rows(x, fallback):
+    """`x` with its non-finite rows (leading axis) replaced by `fallback`."""
+    axes = tuple(range(1, x.ndim))
+    ok = jnp.all(jnp.isfinite(x), axis=axes).reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.where(ok, x, fallback)
+
+
+def _finite_or(x, fallback):
+    return jnp.where(jnp.all(jnp.isfinite(x)), x, fallback)
 
 
 def cycle(
@@ -47,6 +82,7 @@ def cycle(
     solver: AbstractSolver,
     model_var=None,
     max_steps: int = 20,
+    throw: bool = True,
 ) -> CycleResult:
     r"""Assimilate a long observation sequence window by window.
 
@@ -66,6 +102,9 @@ def cycle(
     - `x_b`: background of the first window's initial state.
     - `solver`: e.g. `GaussNewton()` (weak) or `DenseGaussNewton()` (strong).
     - `max_steps`: iteration cap per window.
+    - `throw`: raise an `equinox.EquinoxRuntimeError` with the first failing window's
+      message (eagerly and under `jit`); with `throw=False`, inspect
+      `CycleResult.result` and `window_result`.
 
     **Returns:** a `CycleResult`.
     """
@@ -79,6 +118,8 @@ def cycle(
         raise ValueError(
             f"`obs` must have at least `window` = {window} time steps; got {n_total}."
         )
+    if not isinstance(throw, bool):
+        raise TypeError(f"`throw` must be a bool; got {type(throw).__name__}.")
     check_positive("background_var", background_var)
     x_b = jnp.asarray(x_b)
     strong = model_var is None
@@ -113,23 +154,32 @@ def cycle(
         xb, guess = carry
         problem = make_problem(k, xb)
         sol = solver.run(problem, guess, max_steps)
+        result = RESULTS.where(
+            problem.values_valid(), sol.result, RESULTS.invalid_input
+        )
         traj = trajectory(problem, sol.x, k)
+        # A finite best iterate whose trajectory overflows: keep the first guess's.
+        traj = _finite_rows(traj, trajectory(problem, guess, k))
         t_next = flow.dt * ((k + 1) * shift - 1)
-        xb_next = flow(traj[shift - 1], t_next)
+        xb_next = _finite_or(flow(traj[shift - 1], t_next), traj[shift - 1])
         if strong:
             guess_next = xb_next
         else:
             tail = rollout(flow, traj[-1], shift, t0=flow.dt * (k * shift + window - 1))
-            guess_next = jnp.concatenate([traj[shift:], tail[1:]], axis=0)
-        out = (traj, sol.cost, sol.n_steps, sol.converged)
+            tail = _finite_rows(tail[1:], traj[-1])
+            guess_next = jnp.concatenate([traj[shift:], tail], axis=0)
+        out = (traj, sol.cost, sol.n_steps, result)
         return (xb_next, guess_next), out
 
-    guess0 = x_b if strong else rollout(flow, x_b, window - 1)
-    _, (trajs, cost, n_steps, converged) = jax.lax.scan(
+    guess0 = x_b if strong else _finite_rows(rollout(flow, x_b, window - 1), x_b)
+    _, (trajs, cost, n_steps, window_result) = jax.lax.scan(
         body, (x_b, guess0), jnp.arange(n_windows)
     )
     head = trajs[0, : window - shift]
     tails = trajs[:, window - shift :]
     tails = jnp.reshape(tails, (n_windows * shift, *tails.shape[2:]))
     analysis = jnp.concatenate([head, tails], axis=0)
-    return CycleResult(analysis, cost, n_steps, converged)
+    res = CycleResult(
+        analysis, cost, n_steps, window_result, _first_failure(window_result)
+    )
+    return raise_if_failed(res, res.result, throw)

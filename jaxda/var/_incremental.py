@@ -13,11 +13,20 @@ $z_{k+1} = z_k + \alpha_k (x_k - z_k)$ on the full nonlinear cost. The inner sys
 written in the information form, so $P_k^{-1}$ may be singular (no background) as long
 as the posterior precision is positive definite. In exact arithmetic one outer step
 equals one `GaussNewton` step.
+
+With a Levenberg-Marquardt damping $\lambda$ the inner system gains
+$\lambda D$ ($D$ the diagonal of the Gauss-Newton matrix $A = P_k^{-1} + H^T R^{-1} H$)
+on the left and $\lambda D z_k$ on the right, so that $x_k - z_k$ solves
+$(A + \lambda D)(x_k - z_k) = -\nabla J(z_k)$.
 """
 
+from typing import Literal
+
+import equinox as eqx
 import jax.numpy as jnp
 
-from ._gauss_newton import AbstractStructuredGaussNewton, block_solve, linearise
+from .._validation import check_choice
+from ._normal import AbstractNormalSolve, _check_weak, block_solve, linearise
 
 
 def _block_matvec(diagonal, lower, v):
@@ -28,7 +37,7 @@ def _block_matvec(diagonal, lower, v):
     return out
 
 
-def gaussian_map_step(problem, z, method: str = "sequential"):
+def gaussian_map_step(problem, z, method: str = "sequential", damping=None):
     r"""One inner step: the Gaussian MAP $x_k$ of the linearised problem at $z$.
 
     **Returns:** `(x_map, grad, ok)` with `x_map` shaped like `z`, the gradient
@@ -45,21 +54,35 @@ def gaussian_map_step(problem, z, method: str = "sequential"):
     grad_u = ne.grad - wo * (zf - yf)
     info = _block_matvec(prior_diag, ne.lower, zf) - grad_u
     rhs = info + wo * yf
-    x_map, ok = block_solve(ne.diagonal, ne.lower, rhs, method)
+    diagonal = ne.diagonal
+    if damping is not None:
+        d = jnp.diagonal(diagonal, axis1=1, axis2=2)
+        diagonal = diagonal + damping * d[:, :, None] * jnp.eye(n, dtype=d.dtype)
+        rhs = rhs + damping * d * zf
+    x_map, ok = block_solve(diagonal, ne.lower, rhs, method)
     return jnp.reshape(x_map, z.shape), ne.grad, ok
 
 
-class Incremental4DVar(AbstractStructuredGaussNewton):
-    r"""Incremental weak-constraint 4DVar: Gaussian-MAP inner solves + line search.
+class IncrementalMAP(AbstractNormalSolve):
+    r"""The step $x_k - z_k$ to the Gaussian MAP of the linearised problem (see the
+    module docstring), solved in information form with the block-tridiagonal
+    Cholesky.
 
-    $x_k = \mathrm{MAP}(y; \mu(z_k), P(z_k))$, $z_{k+1} = z_k + \alpha_k (x_k - z_k)$
-    with $\alpha_k$ the largest of $1, 1/2, \dots$ meeting the Armijo condition on the
-    full cost (see the module docstring). Stopping rules as `GaussNewton`.
+    **Arguments:**
 
-    **Arguments:** `rtol` (1e-8), `atol` (1e-12), `max_backtracks` (20), `armijo`
-    (1e-4), `method` (`"sequential"`/`"parallel"` block-tridiagonal solver).
+    - `method`: `"sequential"` (default) or `"parallel"` block-tridiagonal Cholesky.
     """
 
-    def direction(self, problem, z):
-        x_map, grad, ok = gaussian_map_step(problem, z, self.method)
+    method: Literal["sequential", "parallel"] = eqx.field(
+        static=True, default="sequential"
+    )
+
+    def __check_init__(self):
+        check_choice("method", self.method, ("sequential", "parallel"))
+
+    def check_problem(self, solver_name, problem):
+        _check_weak(solver_name, problem)
+
+    def direction(self, problem, z, damping):
+        x_map, grad, ok = gaussian_map_step(problem, z, self.method, damping)
         return x_map - z, jnp.reshape(grad, z.shape), ok

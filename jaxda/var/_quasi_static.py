@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from .._validation import check_int
 from ._costs import StrongConstraint4DVar, WeakConstraint4DVar
-from ._solution import AbstractSolver
+from ._solver import AbstractSolver
 from ._staged import AbstractStagedSolver
 
 

@@ -1,4 +1,6 @@
-"""Staged solvers: a sequence of easier problems, each from the last solution."""
+"""Staged solvers: a sequence of easier problems, each from the last solution.
+
+Used by `QuasiStatic` and `ModelErrorContinuation`."""
 
 import abc
 
@@ -7,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from .._validation import check_int
-from ._solution import AbstractSolver, Solution
+from ._solution import Solution
+from ._solver import AbstractSolver
 
 
 class AbstractStagedSolver(AbstractSolver):
@@ -16,8 +19,9 @@ class AbstractStagedSolver(AbstractSolver):
     Stage $j$ solves `stage_problem(problem, stage_inputs(problem)[j])` from the
     previous stage's estimate (at most `steps_per_stage` steps); the stages run in one
     `lax.scan`, and the final solve uses `solve`'s `max_steps`. `Solution.n_steps` is
-    the total over the stages; `converged`/`result`/`cost` are those of the last solve.
-    Subclasses give `stage_inputs` and `stage_problem`.
+    the total over the stages; `result`/`cost` (and `iterates`, when saved) are those
+    of the last solve. It wraps `solver` (any `AbstractSolver`) rather than iterating
+    itself; subclasses give `stage_inputs` and `stage_problem`.
     """
 
     solver: eqx.AbstractVar[AbstractSolver]
@@ -39,13 +43,7 @@ class AbstractStagedSolver(AbstractSolver):
     def stage_problem(self, problem, stage_input):
         """The problem solved at the stage given by `stage_input`."""
 
-    def init(self, problem, u0):  # pragma: no cover - runs through `run`
-        raise NotImplementedError(f"{type(self).__name__} runs through `run`.")
-
-    def step(self, problem, state):  # pragma: no cover
-        raise NotImplementedError(f"{type(self).__name__} runs through `run`.")
-
-    def run(self, problem, u0, max_steps: int) -> Solution:
+    def run(self, problem, u0, max_steps: int, save=None) -> Solution:
         def body(carry, stage_input):
             u, n = carry
             stage = self.stage_problem(problem, stage_input)
@@ -53,5 +51,5 @@ class AbstractStagedSolver(AbstractSolver):
             return (sol.x, n + sol.n_steps), None
 
         (u, n), _ = jax.lax.scan(body, (u0, jnp.array(0)), self.stage_inputs(problem))
-        sol = self.solver.run(problem, u, max_steps)
+        sol = self.solver.run(problem, u, max_steps, save)
         return eqx.tree_at(lambda s: s.n_steps, sol, sol.n_steps + n)
