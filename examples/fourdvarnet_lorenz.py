@@ -6,7 +6,7 @@ than the paper unless you ask for more), evaluates them beside the 4DVar baselin
 table shaped like the paper's (prior x solver x learning scheme: supervised MSE,
 unsupervised = the 4DVar cost as loss (eq. 13), semi-supervised = held-out observations
 as target), and saves in `--out` the trained models (`model_<system>_<config>.eqx`, see
-`jaxda.nn.load_model`), the energy-pathway figure (4DVar cost and reconstruction error
+`jaxda.io.load_model`), the energy-pathway figure (4DVar cost and reconstruction error
 against iteration), the table as Markdown (`table_<system>.md`) and a JSON record (with
 the run size), all written atomically.
 
@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxda.data as jd
-import jaxda.nn as nn
+import jaxda.fourdvarnet as fdn
+import jaxda.io as jio
 from jaxda import metrics, plot
 from jaxda.io import atomic_path, save_json
 from jaxda.models import flow_map
@@ -105,7 +106,7 @@ class Setup:
     truth_tr: jax.Array
     obs_te: Observations
     truth_te: jax.Array
-    rk4: nn.ODEPrior  # the true RK4 prior in normalised units
+    rk4: fdn.ODEPrior  # the true RK4 prior in normalised units
 
     @property
     def noise_var(self) -> float:
@@ -119,7 +120,7 @@ def setup(system: str, seed: int, n_train: int, n_test: int) -> Setup:
         PRESET[system], seed, n_train=n_train, n_test=n_test
     )
     norm = jd.Normalisation.fit(train.truth)
-    rk4 = nn.ODEPrior.from_model(preset.model, preset.dt, normalisation=norm)
+    rk4 = fdn.ODEPrior.from_model(preset.model, preset.dt, normalisation=norm)
     return Setup(
         system,
         preset,
@@ -147,9 +148,9 @@ def build(system, prior_name, solver_name, norm, preset, key, n_iter):
     field = system == "l96"
     layout = "field" if field else "channels"
     if prior_name == "ode":
-        prior = nn.ODEPrior.from_model(preset.model, preset.dt, normalisation=norm)
+        prior = fdn.ODEPrior.from_model(preset.model, preset.dt, normalisation=norm)
     else:
-        prior = nn.GENN(
+        prior = fdn.GENN(
             shape,
             key=k1,
             layout=layout,
@@ -159,12 +160,12 @@ def build(system, prior_name, solver_name, norm, preset, key, n_iter):
             periodic_space=field,
         )
     if solver_name == "lstm":
-        solver = nn.ConvLSTMSolver(shape, key=k2, layout=layout, periodic_space=field)
+        solver = fdn.ConvLSTMSolver(shape, key=k2, layout=layout, periodic_space=field)
     else:
-        solver = nn.CNNSolver(shape, key=k2, layout=layout, periodic_space=field)
+        solver = fdn.CNNSolver(shape, key=k2, layout=layout, periodic_space=field)
     # lam_obs : lam_prior = 0.01 : 1 initially, as the paper's fixed cost weights
-    cost = nn.VariationalCost(prior, 0.01, 1.0)
-    return nn.FourDVarNet(cost, solver, n_iter=n_iter, train_prior=prior_name != "ode")
+    cost = fdn.VariationalCost(prior, 0.01, 1.0)
+    return fdn.FourDVarNet(cost, solver, n_iter=n_iter, train_prior=prior_name != "ode")
 
 
 def train_config(
@@ -177,8 +178,8 @@ def train_config(
     seed: int,
     progress: bool = False,
     curriculum: tuple[int, ...] = (5, 10, 20),
-    init: nn.FourDVarNet | None = None,
-) -> tuple[nn.FourDVarNet, dict]:
+    init: fdn.FourDVarNet | None = None,
+) -> tuple[fdn.FourDVarNet, dict]:
     """Train configuration `cfg` = "mode-prior-solver" (e.g. "supervised-genn-cnn")
     with the iteration curriculum K = 5 -> 10 -> 20 and Adam (`lr`, divided by 10 in
     the last stage), gradient clipping at norm 1, from a fresh model or from `init`
@@ -193,10 +194,10 @@ def train_config(
         model = build(
             s.system, prior_name, solver_name, s.norm, s.preset, key, curriculum[0]
         )
-    stages = nn.default_curriculum(steps, learning_rate=lr, iterations=curriculum)
-    data = nn.make_training_data(s.obs_tr, s.truth_tr)
+    stages = fdn.default_curriculum(steps, learning_rate=lr, iterations=curriculum)
+    data = fdn.make_training_data(s.obs_tr, s.truth_tr)
     t0 = time.perf_counter()
-    res = nn.fit_fourdvarnet(
+    res = fdn.fit_fourdvarnet(
         model,
         data,
         key=key,
@@ -237,7 +238,7 @@ def _problem(preset, obs_var, model_var, values, mask):
 def gauss_newton(preset, obs_var, model_var, n_steps, chunk_size=None):
     """A jitted, vmapped `(values, mask, x_init) -> (estimates, iterations)`; with
     `chunk_size`, vmapped over that many windows at a time in one compiled loop (as
-    `jaxda.nn.assimilate_batch(..., chunk_size=...)`)."""
+    `jaxda.fourdvarnet.assimilate_batch(..., chunk_size=...)`)."""
 
     def one(values, mask, x0):
         problem = _problem(preset, obs_var, model_var, values, mask)
@@ -354,7 +355,7 @@ def run_system(system, args):
         init = init_path = None
         if args.init_from:
             init_path = os.path.join(args.init_from, f"model_{system}_{cfg}.eqx")
-            init = nn.load_model(init_path)
+            init = jio.load_model(init_path)
         trained, info = train_config(
             cfg,
             s,
@@ -369,12 +370,12 @@ def run_system(system, args):
         if args.init_from:
             info["init_from"] = init_path
         path = os.path.join(args.out, f"model_{system}_{cfg}.eqx")
-        nn.save_model(path, trained)  # atomic
-        model = nn.load_model(path)  # as a user would
+        jio.save_model(path, trained)  # atomic
+        model = jio.load_model(path)  # as a user would
         training[cfg] = info
 
         def run(m=model):
-            return nn.assimilate_batch(m, obs_te, chunk_size=args.chunk)
+            return fdn.assimilate_batch(m, obs_te, chunk_size=args.chunk)
 
         jax.block_until_ready(run())
         t0 = time.perf_counter()
@@ -382,7 +383,7 @@ def run_system(system, args):
         timings[cfg] = (time.perf_counter() - t0) / args.n_test
         r, fv, od = scores(x, truth_te, obs_te, norm, model.cost.prior, rk4)
         rows.append((mode, prior_name, solver_name, f"K={model.n_iter}", r, fv, od))
-        _, p = nn.assimilate_batch(model, obs_te, return_path=True)
+        _, p = fdn.assimilate_batch(model, obs_te, return_path=True)
         paths[cfg] = (np.arange(p.shape[1]), p.swapaxes(0, 1))
         print(
             f"[{system}] {cfg}: R={r:.3f}, train {info['train_s']:.0f} s "

@@ -13,20 +13,21 @@ r"""Neural incremental data assimilation on Lorenz-63 (seed 003, B24-L63), end t
    `max_obs` observations (`pattern.max_count`, 4 for B24-L63), so only that block is
    factorised (`--state-space-map` solves the d x d banded / dense systems instead).
 3. Training (objective 3.5, `jaxda.train.fit`, a fresh observation process per pair
-   and step): the neural band-Gaussian prior (`jaxda.nn.NeuralBandPrior`) and, with the
+   and step): the neural band-Gaussian prior (`incremental.NeuralBandGaussian`) and,
+   with the
    same budget, the unconditional cold-diffusion ablation (observations enter only
    through $z_0$).
 4. Evaluation on the test windows: first guess; weak-constraint 4DVar from $z_0$
    (structured Gauss-Newton, `jaxda.var`); cold diffusion; neural incremental
    (Algorithm 2); neural + 4DVar (4DVar started from the neural estimate, as
-   `jaxda.nn.neural_then_refine` does). MSE and RMSE in normalised units over all
+   `incremental.neural_then_refine` does). MSE and RMSE in normalised units over all
    test entries; time per assimilation (the whole pipeline from the observations,
    first guess included, vmapped over the test set, after compilation); compile time
    apart (each stage is compiled once, by the first row that uses it); mean number of
    Gauss-Newton iterations from each start. `--latency` also times each method on a
    single window (batch 1).
 5. Outputs in `--out`: `results.json`, `model.eqx` and `ablation.eqx` (load with
-   `jaxda.nn.load_model`), `trajectories.png` (needs matplotlib, the `plot` extra).
+   `jaxda.io.load_model`), `trajectories.png` (needs matplotlib, the `plot` extra).
 
 4DVar runs in original units, where the data have model error $N(0, dt\,I)$ per step;
 the observation noise 0.05 was added in normalised units, i.e. variance $(0.05\,
@@ -54,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxda import data, metrics, nn, plot, train, var
+from jaxda import data, incremental, io as jio, metrics, plot, train, var
 from jaxda.io import save_json
 from jaxda.models import flow_map
 
@@ -238,7 +239,7 @@ def main(argv=None) -> dict:
         preset, args.seed, n_train=args.train_windows, n_test=args.test_windows
     )
     r = preset.noise_std**2  # observation noise variance, normalised units
-    levels = nn.default_levels(args.levels)
+    levels = incremental.default_levels(args.levels)
     print(
         f"{preset.name}: {tr.n_windows} training / {te.n_windows} test windows of "
         f"{tr.n_times} x {tr.state_shape[0]}; device {jax.devices()[0]}"
@@ -257,14 +258,16 @@ def main(argv=None) -> dict:
         return data.gaussian_first_guess(obs, mean, cov, r, max_obs=max_obs)
 
     # 3. Training: the neural prior and the unconditional ablation, same budget.
-    loss = nn.make_incremental_loss(
+    loss = incremental.make_incremental_loss(
         first_guess, preset.train_pattern, preset.noise_std, levels, max_obs=max_obs
     )
     arch = dict(
         width=args.width, depth=args.depth, form=args.form, bandwidth=args.bandwidth
     )
-    model = nn.NeuralBandPrior(tr.n_times, tr.state_shape, key=k_model, **arch)
-    ablation = nn.NeuralBandPrior(
+    model = incremental.NeuralBandGaussian(
+        tr.n_times, tr.state_shape, key=k_model, **arch
+    )
+    ablation = incremental.NeuralBandGaussian(
         tr.n_times, tr.state_shape, key=k_ablation, conditional=False, **arch
     )
     model, t_model, losses = train_prior(
@@ -273,9 +276,9 @@ def main(argv=None) -> dict:
     ablation, t_ablation, losses_ab = train_prior(
         "cold diffusion", ablation, loss, tr.truth, args, k_fit, out
     )
-    nn.save_model(out / "model.eqx", model)
-    nn.save_model(out / "ablation.eqx", ablation)
-    model = nn.load_model(out / "model.eqx")  # as a user would
+    jio.save_model(out / "model.eqx", model)
+    jio.save_model(out / "ablation.eqx", ablation)
+    model = jio.load_model(out / "model.eqx")  # as a user would
 
     # 4. Evaluation: every method maps the test observations to an estimate.
     stats = tr.normalisation
@@ -296,7 +299,9 @@ def main(argv=None) -> dict:
 
     def assimilator(m):
         def one(z, o):
-            return nn.incremental_assimilation(m, z, o, r, levels, max_obs=max_obs).x
+            return incremental.incremental_assimilation(
+                m, z, o, r, levels, max_obs=max_obs
+            ).x
 
         return jax.jit(jax.vmap(one))
 

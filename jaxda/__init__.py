@@ -3,14 +3,17 @@
 Subpackages: `models` (dynamics, `simulate`, flow maps), `obs` (observations, patterns,
 noise), `data` (twin-experiment datasets and presets), `metrics`, `linalg` (banded and
 block-tridiagonal SPD algebra), `gaussian` (Gaussian MAP / optimal interpolation),
-`var` (4DVar costs and solvers), `nn` (learned DA: neural incremental DA, 4DVarNet),
-`train` (optax training loop), `sharding` (batches over devices), `io` (atomic file
-writing), `plot` (figures; needs matplotlib).
+`var` (4DVar costs and solvers), `fourdvarnet` (4DVarNet, [F21]), `incremental` (neural
+incremental DA, [B24]), `nn` (reusable layers), `train` (optax training loop),
+`sharding` (batches over devices), `io` (atomic files, checkpoints, model save/load),
+`plot` (figures; needs matplotlib).
 """
 
 from . import (
     data as data,
+    fourdvarnet as fourdvarnet,
     gaussian as gaussian,
+    incremental as incremental,
     io as io,
     linalg as linalg,
     metrics as metrics,

@@ -12,18 +12,14 @@ training pair and per epoch). The step number fixes both the batch (a seeded per
 per epoch) and the keys, so a run is deterministic for a seed and a resumed run equals
 an uninterrupted one.
 
-Checkpoints are one file: a JSON header line (format, user `header` such as architecture
-hyperparameters, payload size and checksum) followed by `equinox.tree_serialise_leaves`
-of the `TrainState`. They are written to a temporary file and moved into place with
-`os.replace`.
+Checkpoints use the format of `jaxda.io.save_checkpoint`: a JSON header line (user
+`header` such as architecture hyperparameters, payload size, and a checksum over both)
+followed by `equinox.tree_serialise_leaves` of the `TrainState`, written atomically.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -37,25 +33,18 @@ import optax
 
 from ._custom_types import Array, Key, Scalar
 from ._validation import check_int
-from .io import atomic_path
+from .io import load_checkpoint, save_checkpoint
 
 
 __all__ = [
-    "TrainState",
     "TrainResult",
+    "TrainState",
     "batch_indices",
     "batches",
     "fit",
     "init_state",
-    "load_checkpoint",
     "make_train_step",
-    "read_checkpoint_header",
-    "save_checkpoint",
-    "strong_types",
 ]
-
-_MAGIC = "jaxda-checkpoint"
-_VERSION = 1
 
 
 class TrainState(eqx.Module):
@@ -97,7 +86,7 @@ class TrainResult:
         return self.state.model
 
 
-def strong_types(tree):
+def _strong_types(tree):
     """`tree` with every weakly typed JAX array leaf made strongly typed (same dtype
     and values); other leaves are returned unchanged."""
 
@@ -124,7 +113,7 @@ def init_state(model, optimizer: optax.GradientTransformation, key: Key) -> Trai
     returns strongly typed arrays, and a weak leaf would otherwise make the compiled
     train step trace a second time.
     """
-    model = strong_types(model)
+    model = _strong_types(model)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     return TrainState(model, opt_state, jnp.asarray(0, dtype=jnp.int32), key)
 
@@ -259,157 +248,6 @@ def batches(data, batch_size: int, key: Key, *, start_step: int = 0) -> Iterator
     while True:
         yield batcher(step)
         step += 1
-
-
-# --------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _is_key(x) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(
-        x.dtype, jax.dtypes.prng_key
-    )
-
-
-def _unwrap_keys(tree):
-    """Typed PRNG keys -> their raw uint32 data (serialisable)."""
-    return jax.tree_util.tree_map(
-        lambda x: jax.random.key_data(x) if _is_key(x) else x, tree
-    )
-
-
-def _rewrap_keys(loaded, like):
-    """Inverse of `_unwrap_keys`, with the key implementation of `like`."""
-    return jax.tree_util.tree_map(
-        lambda x, ref: (
-            jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
-            if _is_key(ref)
-            else x
-        ),
-        loaded,
-        like,
-    )
-
-
-def _jsonable(header: dict | None) -> dict:
-    header = {} if header is None else dict(header)
-    try:
-        return json.loads(json.dumps(header, sort_keys=True))
-    except TypeError as e:
-        raise TypeError(f"`header` must be JSON-serialisable; got {header!r}.") from e
-
-
-def save_checkpoint(path: str | os.PathLike, tree, header: dict | None = None) -> None:
-    """Save a pytree (e.g. a `TrainState` or a model) to `path` atomically.
-
-    The file holds one JSON line `{"format", "version", "header", "nbytes", "sha256"}`
-    followed by the bytes of `equinox.tree_serialise_leaves(tree)`. It is written to a
-    temporary file in the same folder, flushed, then moved with `os.replace`, so an
-    interrupted save never leaves a half-written checkpoint at `path`.
-
-    **Arguments:**
-
-    - `path`: destination file.
-    - `tree`: pytree to save (array leaves are saved; the structure must be rebuilt by
-      the loader, e.g. from the architecture stored in `header`).
-    - `header`: JSON-serialisable dict, e.g. the architecture hyperparameters.
-    """
-    path = os.fspath(path)
-    buf = io.BytesIO()
-    eqx.tree_serialise_leaves(buf, _unwrap_keys(tree))
-    payload = buf.getvalue()
-    meta = {
-        "format": _MAGIC,
-        "version": _VERSION,
-        "header": _jsonable(header),
-        "nbytes": len(payload),
-        "sha256": hashlib.sha256(payload).hexdigest(),
-    }
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(json.dumps(meta, sort_keys=True).encode() + b"\n")
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _read(path) -> tuple[dict, bytes]:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No checkpoint at {path!r}.")
-    with open(path, "rb") as f:
-        raw = f.read()
-    line, sep, payload = raw.partition(b"\n")
-    try:
-        meta = json.loads(line.decode()) if sep else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        meta = None
-    if not isinstance(meta, dict) or meta.get("format") != _MAGIC:
-        raise ValueError(f"{path!r} is not a jaxda checkpoint (bad or missing header).")
-    if meta.get("version") != _VERSION:
-        raise ValueError(
-            f"{path!r} has checkpoint format version {meta.get('version')!r}; this "
-            "jaxda "
-            f"reads version {_VERSION}."
-        )
-    if len(payload) != meta.get("nbytes") or (
-        hashlib.sha256(payload).hexdigest() != meta.get("sha256")
-    ):
-        raise ValueError(
-            f"{path!r} is corrupt or truncated: expected {meta.get('nbytes')} payload "
-            "bytes "
-            f"with the stored checksum, got {len(payload)} bytes that do not match."
-        )
-    return meta, payload
-
-
-def read_checkpoint_header(path: str | os.PathLike) -> dict:
-    """The user `header` stored in a checkpoint (validates format and checksum).
-
-    Raises `ValueError` for a file that is not a jaxda checkpoint, or is
-    corrupt/truncated.
-    """
-    return _read(path)[0]["header"]
-
-
-def load_checkpoint(path: str | os.PathLike, like, header: dict | None = None):
-    """Load a pytree saved by `save_checkpoint`.
-
-    **Arguments:**
-
-    - `path`: checkpoint file.
-    - `like`: a pytree with the same structure, shapes and dtypes as the saved one (e.g.
-      a freshly initialised model or `TrainState`); its array leaves are replaced.
-    - `header`: if given, must equal the stored header (e.g. the architecture),
-      otherwise a `ValueError` lists the differences.
-
-    **Returns:** the loaded pytree, bit-for-bit equal to the saved one.
-
-    Raises `ValueError` if the file is not a jaxda checkpoint, is corrupt or truncated,
-    was saved from another architecture (header or leaf shapes differ).
-    """
-    meta, payload = _read(path)
-    if header is not None:
-        want = _jsonable(header)
-        got = meta["header"]
-        if want != got:
-            diff = {
-                k: (got.get(k), want.get(k))
-                for k in sorted(set(want) | set(got))
-                if got.get(k) != want.get(k)
-            }
-            raise ValueError(
-                f"Checkpoint {os.fspath(path)!r} was saved from another architecture; "
-                f"differences (saved, expected): {diff}."
-            )
-    try:
-        loaded = eqx.tree_deserialise_leaves(io.BytesIO(payload), _unwrap_keys(like))
-    except Exception as e:  # equinox/numpy raise various errors on mismatch
-        raise ValueError(
-            f"Checkpoint {os.fspath(path)!r} does not match the given structure "
-            "(another "
-            f"architecture or optimiser?): {type(e).__name__}: {e}"
-        ) from e
-    return _rewrap_keys(loaded, like)
 
 
 # --------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-import jaxda.nn as nn
+import jaxda.io as jio
 
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
@@ -46,9 +46,9 @@ def test_lorenz63_incremental_runs(tmp_path):
     for name in ("4DVar", "neural + 4DVar"):
         assert 1 <= results["rows"][name]["gn_iterations"] <= 3
     assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
-    model = nn.load_model(out / "model.eqx")
+    model = jio.load_model(out / "model.eqx")
     assert model.conditional and model.width == 8
-    assert not nn.load_model(out / "ablation.eqx").conditional
+    assert not jio.load_model(out / "ablation.eqx").conditional
     if results["figure"] is not None:
         assert (out / "trajectories.png").stat().st_size > 0
 
@@ -76,7 +76,7 @@ def test_fourdvarnet_lorenz_runs(tmp_path):
     assert len(res["pathways"]["Gauss-Newton"]["cost"]) == 9
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"][0]["rows"] == res["rows"]
-    model = nn.load_model(out / "model_l63_supervised-genn-cnn.eqx")
+    model = jio.load_model(out / "model_l63_supervised-genn-cnn.eqx")
     assert model.n_iter == 2
     assert (out / "pathways_l63.png").stat().st_size > 0
     table = (out / "table_l63.md").read_text().splitlines()

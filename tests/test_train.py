@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxda import train
+from jaxda import io as jio, train
 
 
 def _problem(n=64, n_in=3, n_out=2, seed=0):
@@ -133,13 +133,13 @@ def test_checkpoint_round_trip_exact(tmp_path):
     )
     path = tmp_path / "ck.eqx"
     header = {"arch": "linear", "n_in": 3}
-    train.save_checkpoint(path, res.state, header)
+    jio.save_checkpoint(path, res.state, header)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     like = train.init_state(_model(seed=9), opt, jax.random.key(42))
-    loaded = train.load_checkpoint(path, like, header)
+    loaded = jio.load_checkpoint(path, like, header)
     assert _same(loaded, res.state)
     assert int(loaded.step) == 7
-    assert train.read_checkpoint_header(path) == header
+    assert jio.read_checkpoint_header(path) == header
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -196,33 +196,33 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
     opt = optax.adam(1e-2)
     state = train.init_state(_model(), opt, jax.random.key(0))
     path = tmp_path / "ck"
-    train.save_checkpoint(path, state, {"arch": "linear", "n_in": 3})
+    jio.save_checkpoint(path, state, {"arch": "linear", "n_in": 3})
     raw = path.read_bytes()
 
     trunc = tmp_path / "trunc"
     trunc.write_bytes(raw[:-10])
-    with pytest.raises(ValueError, match="corrupt or truncated"):
-        train.load_checkpoint(trunc, state)
+    with pytest.raises(ValueError, match="corrupt, truncated"):
+        jio.load_checkpoint(trunc, state)
 
     flipped = tmp_path / "flip"
     flipped.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
-    with pytest.raises(ValueError, match="corrupt or truncated"):
-        train.load_checkpoint(flipped, state)
+    with pytest.raises(ValueError, match="corrupt, truncated"):
+        jio.load_checkpoint(flipped, state)
 
     junk = tmp_path / "junk"
     junk.write_bytes(b"\x00\x01 not a checkpoint")
     with pytest.raises(ValueError, match="not a jaxda checkpoint"):
-        train.load_checkpoint(junk, state)
+        jio.load_checkpoint(junk, state)
 
     with pytest.raises(ValueError, match="another architecture"):
-        train.load_checkpoint(path, state, {"arch": "linear", "n_in": 4})
+        jio.load_checkpoint(path, state, {"arch": "linear", "n_in": 4})
 
     other = train.init_state(_model(n_in=4), opt, jax.random.key(0))
     with pytest.raises(ValueError, match="does not match"):
-        train.load_checkpoint(path, other)
+        jio.load_checkpoint(path, other)
 
     with pytest.raises(FileNotFoundError):
-        train.load_checkpoint(tmp_path / "missing", state)
+        jio.load_checkpoint(tmp_path / "missing", state)
 
 
 def test_bad_inputs():
@@ -259,4 +259,4 @@ def test_bad_inputs():
             progress=False,
         )
     with pytest.raises(TypeError, match="JSON"):
-        train.save_checkpoint("/tmp/never", _model(), {"f": object()})
+        jio.save_checkpoint("/tmp/never", _model(), {"f": object()})

@@ -1,5 +1,9 @@
 """Twin-experiment datasets, presets, first guesses, normalisation, netCDF I/O."""
 
+from ._banded_gaussian import (
+    BandedGaussian as BandedGaussian,
+    covariance_band as covariance_band,
+)
 from ._dataset import (
     Dataset as Dataset,
     GaussianInitialState as GaussianInitialState,

@@ -1,6 +1,6 @@
 r"""Training 4DVarNet with an iteration curriculum on top of `jaxda.train.fit`.
 
-Seed 001 and the authors' code grow the number of unrolled iterations during training
+[F21] and the authors' code grow the number of unrolled iterations during training
 (5 -> 20) and restart Adam with a new learning rate at each stage. `fit_fourdvarnet`
 runs one `jaxda.train.fit` per `CurriculumStage`: the model's `n_iter` is a static
 field,
@@ -21,7 +21,8 @@ import optax
 from .._custom_types import Key
 from .._validation import check_int, check_positive
 from ..train import TrainResult, fit
-from ._fourdvarnet import FourDVarNet, make_fourdvarnet_loss
+from ._losses import make_fourdvarnet_loss
+from ._model import FourDVarNet
 
 
 class CurriculumStage(NamedTuple):

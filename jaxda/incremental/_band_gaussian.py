@@ -1,5 +1,5 @@
-r"""Neural band-Gaussian prior $\mathcal N(\mu(z; \theta, s), P(z; \theta, s))$ (seed
-003, §3).
+r"""Neural band-Gaussian prior $\mathcal N(\mu(z; \theta, s), P(z; \theta, s))$ ([B24],
+§3) and the assimilation operator at one level.
 
 The trajectory $z \in \mathbb R^{T \times n}$ is flattened in C order (time-major,
 components interleaved: index $i = t n + c$), so that a bandwidth $b = 2n$ couples each
@@ -40,10 +40,20 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .. import gaussian
 from .._custom_types import Array, Float, Key, ScalarLike
-from .._validation import check_choice, check_int, check_positive
+from .._results import (
+    RESULTS,
+    all_finite,
+    all_positive,
+    first_failure,
+    raise_if_failed,
+)
+from .._validation import check_choice, check_finite, check_int, check_positive
+from ..linalg import SymmetricBandMatrix
 from ..linalg._band_kernels import lower_band_gram, valid_band_mask
-from ._embedding import sinusoidal_embedding
+from ..nn._embedding import sinusoidal_embedding
+from ..obs import Observations
 
 
 _ACTIVATIONS = {
@@ -52,6 +62,19 @@ _ACTIVATIONS = {
     "gelu": jax.nn.gelu,
     "relu": jax.nn.relu,
 }
+
+
+def _float_dtype(dtype):
+    try:
+        out = jnp.dtype(jnp.float32 if dtype is None else dtype)
+    except TypeError:
+        out = None
+    if out is None or not jnp.issubdtype(out, jnp.floating):
+        raise TypeError(
+            "`dtype` must be a floating dtype (e.g. float32 or float64); got "
+            f"{dtype!r}."
+        )
+    return out
 
 
 class _MLPNet(eqx.Module):
@@ -113,7 +136,7 @@ class _ConvNet(eqx.Module):
         return out.reshape(n, per_step, t).transpose(1, 2, 0).reshape(per_step, t * n)
 
 
-class NeuralBandPrior(eqx.Module):
+class NeuralBandGaussian(eqx.Module):
     r"""Learned local Gaussian prior $x \mid z \sim \mathcal N(\mu(z; \theta, s), P(z;
     \theta, s))$.
 
@@ -193,8 +216,13 @@ class NeuralBandPrior(eqx.Module):
         dtype=None,
     ):
         self.n_times = check_int("n_times", n_times, minimum=1)
-        if isinstance(state_shape, int):
+        if isinstance(state_shape, int) and not isinstance(state_shape, bool):
             state_shape = (state_shape,)
+        if not isinstance(state_shape, tuple | list):
+            raise TypeError(
+                "`state_shape` must be an int or a tuple of ints; got "
+                f"{type(state_shape).__name__} ({state_shape!r})."
+            )
         state_shape = tuple(check_int("state_shape", s, minimum=1) for s in state_shape)
         self.state_shape = state_shape
         n = math.prod(state_shape)
@@ -226,7 +254,7 @@ class NeuralBandPrior(eqx.Module):
         check_positive("min_eig", min_eig)
         self.max_entry = float(max_entry)
         self.min_eig = float(min_eig)
-        dtype = jnp.dtype(jnp.float32 if dtype is None else dtype)
+        dtype = _float_dtype(dtype)
         self.dtype = dtype.name
         kmean, kfac = jax.random.split(key)
         b1 = self.bandwidth + 1
@@ -282,11 +310,11 @@ class NeuralBandPrior(eqx.Module):
             "dtype": self.dtype,
         }
 
-    def _check_z(self, z):
+    def _check_z(self, z, name="z"):
         want = (self.n_times, *self.state_shape)
         if jnp.shape(z) != want:
             raise ValueError(
-                f"`z` must have shape {want} (T, *state); got {jnp.shape(z)}."
+                f"`{name}` must have shape {want} (T, *state); got {jnp.shape(z)}."
             )
 
     def _features(self, z, s):
@@ -337,14 +365,136 @@ class NeuralBandPrior(eqx.Module):
         band = lower_band_gram(self.factor(z, s))
         return band.at[0].add(jnp.asarray(self.min_eig, band.dtype))
 
-    def prior(self, z: Float[Array, "T *state"], s: ScalarLike):
+    def moments(self, z: Float[Array, "T *state"], s: ScalarLike):
         """`(mean, band)` of the local Gaussian prior at `(z, s)` (see `mean`,
         `band`)."""
         return self.mean(z, s), self.band(z, s)
 
     def __call__(self, z, obs, s, obs_var, *, max_obs=None):
-        """The assimilation operator $A(z, y; \\theta, s)$; see
-        `jaxda.nn.assimilate`."""
-        from ._incremental import assimilate
+        """The assimilation operator $A(z, y; \\theta, s)$ as a bare array (for
+        training losses): `jaxda.incremental.assimilate(...).x` without the result code.
+        Shapes and concrete values are checked as in `assimilate` (`ValueError`)."""
+        _check_args(self, z, obs, obs_var)
+        return _assimilate(self, jnp.asarray(z), obs, s, obs_var, max_obs)[0]
 
-        return assimilate(self, z, obs, s, obs_var, max_obs=max_obs)
+
+def band_gaussian_map(mean, band, form, obs, obs_var, max_obs=None):
+    r"""MAP under $\mathcal N(\mu, A^{-1})$ (`form="precision"`) or $\mathcal N(\mu, A)$
+    (`form="covariance"`), $A$ given by `band`, with the banded solvers of
+    `jaxda.gaussian` ($O(d b^2)$, implicit derivatives). With `max_obs` the covariance
+    form is solved in observation space ($O(m^3 + d b)$, see
+    `jaxda.gaussian.map_covariance`); the precision form has no such shortcut and
+    ignores it.
+
+    **Returns:** `(mean, ok)`, `ok` whether the factorisation succeeded."""
+    mat = SymmetricBandMatrix(band)
+    if form == "precision":
+        out = gaussian.map_precision(mean, mat, obs.values, obs.mask, obs_var)
+    else:
+        out = gaussian.map_covariance(
+            mean, mat, obs.values, obs.mask, obs_var, max_obs=max_obs
+        )
+    if hasattr(out, "result"):
+        return out.mean, out.result == RESULTS.successful
+    return out.mean, out.ok
+
+
+class MAPSolution(eqx.Module):
+    """Output of `assimilate`: the MAP at one level and its result code.
+
+    **Fields:**
+
+    - `x`: the estimate $A(z, y; \\theta, s)$, shape `(T, *state)`.
+    - `result`: a `jaxda.RESULTS`: `successful`, `invalid_input` (a non-finite `z` or
+      observed value, or `obs_var <= 0`, seen under `jit`), `nonfinite` (the estimate is
+      not finite, e.g. from a first guess of $10^{30}$) or `not_positive_definite`
+      (the banded Cholesky of the MAP failed).
+    """
+
+    x: Array
+    result: RESULTS
+
+
+def _check_obs(model: NeuralBandGaussian, obs) -> Observations:
+    return Observations.check(obs, model.state_shape, n_times=model.n_times, name="obs")
+
+
+def _check_args(model, z, obs, obs_var, z_name="z"):
+    """Static checks, and the value checks that can be made eagerly (concrete values):
+    `ValueError` naming the argument."""
+    model._check_z(z, z_name)
+    check_finite(z_name, z)
+    if model.conditional:
+        _check_obs(model, obs)
+        check_positive("obs_var", obs_var)
+
+
+def _valid(model, z, obs, obs_var):
+    """The same value checks on traced values (for `RESULTS.invalid_input`)."""
+    ok = all_finite(z)
+    if model.conditional:
+        observed = jnp.where(obs.mask, obs.values, 0)
+        ok = ok & all_finite(observed) & all_positive(obs_var)
+    return ok
+
+
+def assimilate(
+    model: NeuralBandGaussian,
+    z: Float[Array, "T *state"],
+    obs: Observations,
+    s: ScalarLike,
+    obs_var: ScalarLike | Float[Array, "T *state"],
+    *,
+    max_obs: int | None = None,
+    throw: bool = True,
+) -> MAPSolution:
+    r"""The neural assimilation operator (eq. 3.2) at level $s$, with its result code.
+
+    $A(z, y; \theta, s) = x_{\mathrm{MAP}}(y; \mu, P) = \arg\min_x \tfrac12\|x -
+    \mu\|^2_{P^{-1}} + \tfrac12\|Hx - y\|^2_{R^{-1}}$ with $\mu = \mu(z; \theta, s)$, $P
+    = P(z; \theta, s)$ banded (or its banded precision), $H$ the selection of `obs.mask`
+    and $R = \mathrm{diag}(r)$. It is solved in $O(d b^2)$ by `jaxda.gaussian` and
+    differentiated implicitly. For an unconditional model it is $\mu(z; \theta, s)$
+    (`obs` unused). `model(z, obs, s, obs_var)` is the same operator returning the
+    bare array (for training losses).
+
+    **Arguments:**
+
+    - `model`: a `NeuralBandGaussian`.
+    - `z`: current estimate `(T, *state)`.
+    - `obs`: `Observations` of the same shape.
+    - `s`: level in $[0, 1]$.
+    - `obs_var`: observation noise variance $r > 0$ (scalar or per entry).
+    - `max_obs`: optional static bound on the number of observed entries per window
+      (e.g. `pattern.max_count(T, state_shape)`): the covariance-form MAP is then
+      solved in observation space, $O(m^3 + d b)$ with no sequential pass over the
+      window (`jaxda.gaussian.map_covariance`). A window with more observations gives
+      a non-finite estimate (`RESULTS.nonfinite`).
+    - `throw`: raise (eagerly and under `jit`) when `result` is not successful;
+      `False` to inspect `result` instead.
+
+    **Returns:** a `MAPSolution` (`.x` the estimate `(T, *state)`, `.result`).
+
+    Non-finite `z`, `obs_var <= 0` or a wrong shape raise `ValueError` eagerly; under
+    `jit` the value checks give `RESULTS.invalid_input`.
+    """
+    _check_args(model, z, obs, obs_var)
+    max_obs = None if max_obs is None else check_int("max_obs", max_obs, minimum=1)
+    z = jnp.asarray(z)
+    x, ok = _assimilate(model, z, obs, s, obs_var, max_obs)
+    result = first_failure(
+        (~_valid(model, z, obs, obs_var), RESULTS.invalid_input),
+        (~all_finite(x), RESULTS.nonfinite),
+        (~ok, RESULTS.not_positive_definite),
+    )
+    return raise_if_failed(MAPSolution(x, result), result, throw)
+
+
+def _assimilate(model, z, obs, s, obs_var, max_obs=None):
+    """`(estimate, ok)`, no checks; `ok` is False when the MAP's Cholesky failed."""
+    mean = model.mean(z, s)
+    if not model.conditional:
+        return mean, jnp.asarray(True)
+    band = model.band(z, s)
+    x, ok = band_gaussian_map(mean, band, model.form, obs, obs_var, max_obs)
+    return x.reshape(mean.shape), ok

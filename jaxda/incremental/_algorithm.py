@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Float, Key, Scalar, ScalarLike
+from .._results import RESULTS, all_finite, first_failure, raise_if_failed
 from .._validation import check_int, check_positive, is_concrete
 from ..obs import Observations, observe
-from . import _band
-from ._band_prior import NeuralBandPrior
+from ._band_gaussian import NeuralBandGaussian, _assimilate, _check_args, _valid
 
 
 def default_levels(ell: int = 5, dtype=None) -> Float[Array, " L"]:
@@ -44,66 +44,6 @@ def default_levels(ell: int = 5, dtype=None) -> Float[Array, " L"]:
     return 1.0 - jnp.arange(ell + 1, dtype=dtype) / (ell + 1)
 
 
-def _check_obs(model: NeuralBandPrior, obs) -> Observations:
-    if not isinstance(obs, Observations):
-        raise TypeError(
-            "`obs` must be jaxda.obs.Observations(values, mask); got "
-            f"{type(obs).__name__}."
-        )
-    want = (model.n_times, *model.state_shape)
-    if obs.shape != want:
-        raise ValueError(f"`obs` must have shape {want} (T, *state); got {obs.shape}.")
-    return obs
-
-
-def assimilate(
-    model: NeuralBandPrior,
-    z: Float[Array, "T *state"],
-    obs: Observations,
-    s: ScalarLike,
-    obs_var: ScalarLike | Float[Array, "T *state"],
-    *,
-    max_obs: int | None = None,
-) -> Float[Array, "T *state"]:
-    r"""The neural assimilation operator (eq. 3.2) at level $s$.
-
-    $A(z, y; \theta, s) = x_{\mathrm{MAP}}(y; \mu, P) = \arg\min_x \tfrac12\|x -
-    \mu\|^2_{P^{-1}} + \tfrac12\|Hx - y\|^2_{R^{-1}}$ with $\mu = \mu(z; \theta, s)$, $P
-    = P(z; \theta, s)$ banded (or its banded precision), $H$ the selection of `obs.mask`
-    and $R = \mathrm{diag}(r)$. It is solved in $O(d b^2)$ by `jaxda.gaussian` and
-    differentiated implicitly. For an unconditional model it is $\mu(z; \theta, s)$
-    (`obs` unused).
-
-    **Arguments:**
-
-    - `model`: a `NeuralBandPrior`.
-    - `z`: current estimate `(T, *state)`.
-    - `obs`: `Observations` of the same shape.
-    - `s`: level in $[0, 1]$.
-    - `obs_var`: observation noise variance $r > 0$ (scalar or per entry).
-    - `max_obs`: optional static bound on the number of observed entries per window
-      (e.g. `pattern.max_count(T, state_shape)`): the covariance-form MAP is then
-      solved in observation space, $O(m^3 + d b)$ with no sequential pass over the
-      window (`jaxda.gaussian.map_covariance`). A window with more observations gives
-      NaN (and `ok=False` in `incremental_assimilation`).
-
-    **Returns:** the estimate `(T, *state)`.
-    """
-    return _assimilate(model, z, obs, s, obs_var, max_obs)[0]
-
-
-def _assimilate(model, z, obs, s, obs_var, max_obs=None):
-    """`(estimate, ok)`; `ok` is False when the MAP's Cholesky failed."""
-    mean = model.mean(z, s)
-    if not model.conditional:
-        return mean, jnp.asarray(True)
-    obs = _check_obs(model, obs)
-    check_positive("obs_var", obs_var)
-    band = model.band(z, s)
-    x, ok = _band.band_gaussian_map(mean, band, model.form, obs, obs_var, max_obs)
-    return x.reshape(mean.shape), ok
-
-
 class IncrementalSolution(eqx.Module):
     """Output of `incremental_assimilation`.
 
@@ -113,15 +53,17 @@ class IncrementalSolution(eqx.Module):
     - `z`: the last iterate $z_{\\ell+1}$.
     - `estimates`: every $x_k$, shape `(ell + 1, T, *state)`.
     - `iterates`: $z_0, \\dots, z_\\ell$, shape `(ell + 1, T, *state)`.
-    - `ok`: whether every MAP's banded Cholesky succeeded and every estimate is finite
-      (the numerical-failure flag).
+    - `result`: a `jaxda.RESULTS`: `successful`; `invalid_input` (a non-finite `z0` or
+      observed value, or `obs_var <= 0`, seen under `jit`); `nonfinite` (an estimate
+      is not finite, e.g. from a first guess of $10^{30}$, or more observations than
+      `max_obs`); `not_positive_definite` (a MAP's banded Cholesky failed).
     """
 
     x: Array
     z: Array
     estimates: Array
     iterates: Array
-    ok: Array
+    result: RESULTS
 
 
 def _check_levels(levels):
@@ -143,13 +85,14 @@ def _check_levels(levels):
 
 
 def incremental_assimilation(
-    model: NeuralBandPrior,
+    model: NeuralBandGaussian,
     z0: Float[Array, "T *state"],
     obs: Observations,
     obs_var: ScalarLike | Float[Array, "T *state"],
     levels: Float[Array, " L"] | None = None,
     *,
     max_obs: int | None = None,
+    throw: bool = True,
 ) -> IncrementalSolution:
     r"""Algorithm 2 of [B24]: coarse-to-fine neural assimilation from a first guess.
 
@@ -161,7 +104,7 @@ def incremental_assimilation(
 
     **Arguments:**
 
-    - `model`: a trained `NeuralBandPrior`.
+    - `model`: a trained `NeuralBandGaussian`.
     - `z0`: first guess `(T, *state)` (e.g. the Gaussian MAP under empirical moments).
     - `obs`: `Observations`; `obs_var`: noise variance $r > 0$.
     - `levels`: the training levels $s_0 > \dots > s_\ell$ (default
@@ -170,18 +113,21 @@ def incremental_assimilation(
       (e.g. `pattern.max_count(T, state_shape)`): the covariance-form MAP is then
       solved in observation space, $O(m^3 + d b)$ with no sequential pass over the
       window (`jaxda.gaussian.map_covariance`). A window with more observations gives
-      NaN (and `ok=False` in `incremental_assimilation`).
+      a non-finite estimate (`RESULTS.nonfinite`).
+    - `throw`: raise (eagerly and under `jit`) when `result` is not successful;
+      `False` to inspect `result` instead (e.g. under `vmap`).
 
-    **Returns:** an `IncrementalSolution` (`.x` is the estimate).
+    **Returns:** an `IncrementalSolution` (`.x` is the estimate, `.result`).
+
+    A wrong shape, a non-finite `z0` or `obs_var <= 0` raise `ValueError` eagerly;
+    under `jit` these value checks give `RESULTS.invalid_input`.
     """
-    model._check_z(z0)
+    _check_args(model, z0, obs, obs_var, "z0")
     z0 = jnp.asarray(z0)
-    if model.conditional:
-        _check_obs(model, obs)
-        check_positive("obs_var", obs_var)
     levels = _check_levels(default_levels(5, z0.dtype) if levels is None else levels)
     max_obs = _check_max_obs(max_obs)
-    return _algorithm2(model, z0, obs, jnp.asarray(obs_var, z0.dtype), levels, max_obs)
+    sol = _algorithm2(model, z0, obs, jnp.asarray(obs_var, z0.dtype), levels, max_obs)
+    return raise_if_failed(sol, sol.result, throw)
 
 
 def _check_max_obs(max_obs):
@@ -199,12 +145,18 @@ def _algorithm2(model, z0, obs, obs_var, levels, max_obs):
         return z + (s - s_next) * (x - z0), (x, z, ok)
 
     z_last, (xs, zs, oks) = jax.lax.scan(body, z0, (levels, nxt))
-    ok = jnp.all(oks) & jnp.all(jnp.isfinite(xs))
-    return IncrementalSolution(x=xs[-1], z=z_last, estimates=xs, iterates=zs, ok=ok)
+    result = first_failure(
+        (~_valid(model, z0, obs, obs_var), RESULTS.invalid_input),
+        (~all_finite(xs), RESULTS.nonfinite),
+        (~jnp.all(oks), RESULTS.not_positive_definite),
+    )
+    return IncrementalSolution(
+        x=xs[-1], z=z_last, estimates=xs, iterates=zs, result=result
+    )
 
 
 def incremental_loss(
-    model: NeuralBandPrior,
+    model: NeuralBandGaussian,
     x: Float[Array, "T *state"],
     z0: Float[Array, "T *state"],
     obs: Observations,
@@ -222,8 +174,8 @@ def incremental_loss(
 
     **Returns:** a scalar.
     """
-    model._check_z(x)
-    model._check_z(z0)
+    model._check_z(x, "x")
+    _check_args(model, z0, obs, obs_var, "z0")
     levels = _check_levels(default_levels(5) if levels is None else levels)
     max_obs = _check_max_obs(max_obs)
     x = jnp.asarray(x)
@@ -232,7 +184,7 @@ def incremental_loss(
 
     def one(s):
         z = s * z0 + (1 - s) * x
-        xhat = assimilate(model, z, obs, s, obs_var, max_obs=max_obs)
+        xhat = _assimilate(model, z, obs, s, obs_var, max_obs)[0]
         return jnp.mean((xhat - x) ** 2)
 
     return jnp.mean(jax.vmap(one)(levels))
@@ -245,7 +197,7 @@ def make_incremental_loss(
     levels: Float[Array, " L"] | None = None,
     *,
     max_obs: int | None = None,
-) -> Callable[[NeuralBandPrior, Float[Array, "T *state"], Key], Scalar]:
+) -> Callable[[NeuralBandGaussian, Float[Array, "T *state"], Key], Scalar]:
     r"""Per-example loss for `jaxda.train.fit` with a fresh observation process per
     pair.
 
@@ -259,7 +211,8 @@ def make_incremental_loss(
     **Arguments:**
 
     - `first_guess`: `first_guess(obs) -> z0` for one window (e.g.
-      `BandedGaussianPrior.map` or a wrapper of `jaxda.data.gaussian_first_guess`).
+      `jaxda.data.BandedGaussian.map` or a wrapper of
+      `jaxda.data.gaussian_first_guess`).
     - `pattern`: `pattern(key, T, state_shape) -> mask` (a `jaxda.obs.AbstractPattern`).
     - `noise_std`: observation noise standard deviation $\sigma > 0$.
     - `levels`: training levels (default `default_levels(5)`).
@@ -285,7 +238,7 @@ def make_incremental_loss(
 
 
 def neural_then_refine(
-    model: NeuralBandPrior,
+    model: NeuralBandGaussian,
     z0: Float[Array, "T *state"],
     obs: Observations,
     obs_var: ScalarLike | Float[Array, "T *state"],
@@ -293,6 +246,7 @@ def neural_then_refine(
     levels: Float[Array, " L"] | None = None,
     *,
     max_obs: int | None = None,
+    throw: bool = True,
 ):
     r"""Neural estimate, then a physical refinement ([B24] §4.2, "neural + 4DVar").
 
@@ -301,7 +255,10 @@ def neural_then_refine(
     (that solver's solution reports its iteration count, to compare with a start from
     $z_0$).
 
-    **Returns:** `(neural_solution, refine(neural_solution.x, obs))`.
+    **Returns:** `(neural_solution, refine(neural_solution.x, obs))`; `throw` is
+    passed to `incremental_assimilation`.
     """
-    sol = incremental_assimilation(model, z0, obs, obs_var, levels, max_obs=max_obs)
+    sol = incremental_assimilation(
+        model, z0, obs, obs_var, levels, max_obs=max_obs, throw=throw
+    )
     return sol, refine(sol.x, obs)

@@ -4,7 +4,8 @@ A solver maps the current iterate $x^{(k)}$ and the gradient $\nabla_x U_\Phi(x^
 of the variational cost to $x^{(k+1)}$, carrying a state (LSTM memory, previous update,
 the gradient scale) through `lax.scan`:
 
-- `FixedStepGradient`: $x^{(k+1)} = x^{(k)} - \alpha \nabla_x U$ (the FSGD baseline).
+- `TrainableStepGradient`: $x^{(k+1)} = x^{(k)} - \alpha \nabla_x U$ with a step
+  $\alpha$ trained with the network (the FSGD baseline as a layer of the unroll).
 - `ConvLSTMSolver`: $\tilde g = \nabla_x U / \rho$ with $\rho$ the RMS of the gradient
   at the first iteration; $(h, c) \leftarrow \mathrm{ConvLSTM}(\tilde g, h, c)$;
   $x^{(k+1)} = x^{(k)} - \mathcal L(h) / K$ (eq. 11 with the $1/K$ scaling of the
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Float, Key
 from .._validation import check_int, check_positive
-from ._conv import Conv, ConvLSTMCell, check_layout, conv_shape, from_conv, to_conv
+from ..nn._conv import Conv, ConvLSTMCell, check_layout, conv_shape, from_conv, to_conv
 
 
 _TINY = 1e-12
@@ -64,12 +65,19 @@ class AbstractGradientSolver(eqx.Module):
         """Raise `ValueError` if this solver was built for another state shape."""
 
 
-class FixedStepGradient(AbstractGradientSolver):
-    r"""Fixed-step gradient descent $x^{(k+1)} = x^{(k)} - \alpha \nabla_x
-    U_\Phi(x^{(k)})$.
+class TrainableStepGradient(AbstractGradientSolver):
+    r"""Gradient steps $x^{(k+1)} = x^{(k)} - \alpha \nabla_x U_\Phi(x^{(k)})$ as a
+    layer of the unrolled network, with a trainable step $\alpha$.
 
-    **Arguments:** `step_size` $\alpha > 0$ (a float is a constant; an array is trained
-    with the rest of the model).
+    What differs from `jaxda.var.GradientDescent` (the same update run to convergence
+    with a stopping test, for a fixed cost): here exactly $K$ steps are unrolled inside
+    `FourDVarNet`, and $\alpha$ is learned with the prior by differentiating through
+    them. For plain gradient descent on a 4DVar cost use `jaxda.var.GradientDescent`.
+
+    **Arguments:**
+
+    - `step_size`: $\alpha > 0$; an array is trained with the rest of the model, a
+      Python float stays constant.
     """
 
     step_size: float | Float[Array, ""]
@@ -287,6 +295,6 @@ __all__ = [
     "AbstractGradientSolver",
     "CNNSolver",
     "ConvLSTMSolver",
-    "FixedStepGradient",
+    "TrainableStepGradient",
     "gradient_scale",
 ]

@@ -1,10 +1,10 @@
-"""The architecture of a `FourDVarNet` as JSON, for `jaxda.nn.save_model` /
+"""The architecture of a `FourDVarNet` as JSON, for `jaxda.io.save_model` /
 `load_model`.
 
 `describe(model)` returns the hyperparameters that rebuild the model's structure: the
 configuration of the unrolled network (`n_iter`, `fill`, ...), the prior (`GENN`,
 `UNetPrior` or `ODEPrior` of a `jaxda.models` system and flow map) and the solver
-(`FixedStepGradient`, `ConvLSTMSolver`, `CNNSolver` with its default network).
+(`TrainableStepGradient`, `ConvLSTMSolver`, `CNNSolver` with its default network).
 `rebuild(hp)` builds a model of that structure (arbitrary weights; the loader then
 replaces every leaf with the saved one). Custom modules (e.g. a `FlaxModule` prior)
 cannot be described: saving them raises a `TypeError`.
@@ -23,9 +23,9 @@ from .. import models as _models
 from .._validation import is_concrete
 from ..data import Normalisation
 from ..models import RK4, AbstractDynamics, DiffraxStep, Euler, flow_map
-from ._fourdvarnet import FourDVarNet, VariationalCost
+from ._model import FourDVarNet, VariationalCost
 from ._priors import GENN, ODEPrior, UNetPrior
-from ._solvers import CNNSolver, ConvLSTMSolver, FixedStepGradient
+from ._solvers import CNNSolver, ConvLSTMSolver, TrainableStepGradient
 
 
 _DIFFRAX = {
@@ -40,9 +40,10 @@ _SMALL = 64  # arrays up to this size keep their values in the header (valid ske
 def _cannot(what: str, obj) -> TypeError:
     return TypeError(
         f"save_model cannot describe the {what} of type {type(obj).__name__} (it "
-        "knows GENN, UNetPrior, ODEPrior of a jaxda.models system; FixedStepGradient, "
-        "ConvLSTMSolver, CNNSolver with its default network). Save such a model with "
-        "jaxda.train.save_checkpoint and rebuild its structure yourself to load it."
+        "knows GENN, UNetPrior, ODEPrior of a jaxda.models system; "
+        "TrainableStepGradient, ConvLSTMSolver, CNNSolver with its default "
+        "network). Save such a model with jaxda.io.save_checkpoint and rebuild "
+        "its structure yourself to load it."
     )
 
 
@@ -104,9 +105,9 @@ def _describe_prior(prior) -> dict:
 
 
 def _describe_solver(solver) -> dict:
-    if isinstance(solver, FixedStepGradient):
+    if isinstance(solver, TrainableStepGradient):
         step = _encode("step_size", solver.step_size, solver)
-        return {"class": "FixedStepGradient", "step_size": step}
+        return {"class": "TrainableStepGradient", "step_size": step}
     if isinstance(solver, ConvLSTMSolver):
         return {"class": "ConvLSTMSolver", **solver.hyperparameters}
     if isinstance(solver, CNNSolver) and solver.hyperparameters is not None:
@@ -155,8 +156,8 @@ def _rebuild_prior(hp: dict, key):
 def _rebuild_solver(hp: dict, key):
     hp = dict(hp)
     cls = hp.pop("class")
-    if cls == "FixedStepGradient":
-        return FixedStepGradient(_decode(hp["step_size"]))
+    if cls in ("TrainableStepGradient", "FixedStepGradient"):  # old name in files
+        return TrainableStepGradient(_decode(hp["step_size"]))
     if cls == "CNNSolver":
         # files written before the option existed hold first-iteration solvers
         hp.setdefault("gradient_rms", "first")
@@ -186,36 +187,16 @@ def rebuild(hp: dict) -> FourDVarNet:
     )
 
 
-def leaf_signature(tree) -> list:
-    """`[[shape, dtype], ...]` of the array leaves of `tree`, in flattening order."""
-    leaves = jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array))
-    return [[list(np.shape(a)), str(a.dtype)] for a in leaves]
+def _skeleton(hp: dict, signature: list) -> FourDVarNet:
+    """The structure of `rebuild(hp)` built abstractly (`eqx.filter_eval_shape`:
+    nothing is computed or allocated); `jaxda.io.load_model` compares its leaves with
+    `signature` and sets the stored dtypes."""
+    if not isinstance(hp, dict):
+        raise TypeError(f"hyperparameters must be a dict; got {type(hp).__name__}")
+    return eqx.filter_eval_shape(lambda: rebuild(hp))
 
 
-def _is_struct(x) -> bool:
-    return isinstance(x, jax.ShapeDtypeStruct)
+def register() -> None:
+    from ..io._model import register_model
 
-
-def abstract_model(hp: dict, signature: list) -> FourDVarNet:
-    """The structure of `rebuild(hp)` with `jax.ShapeDtypeStruct` leaves (built
-    abstractly: nothing is computed or compiled) and the saved dtypes, for
-    `equinox.tree_deserialise_leaves`. `ValueError` if its arrays differ in number or
-    shape from `signature` (`leaf_signature` of the saved model)."""
-    like = eqx.filter_eval_shape(lambda: rebuild(hp))
-    leaves, treedef = jax.tree_util.tree_flatten(like, is_leaf=_is_struct)
-    got = [list(a.shape) for a in leaves if _is_struct(a)]
-    want = [list(s) for s, _ in signature]
-    if got != want:
-        raise ValueError(
-            f"the stored architecture builds {len(got)} arrays of shapes {got}, but "
-            f"the file holds {len(want)} of shapes {want}"
-        )
-    dtypes = iter(jnp.dtype(d) for _, d in signature)
-    leaves = [
-        jax.ShapeDtypeStruct(a.shape, next(dtypes)) if _is_struct(a) else a
-        for a in leaves
-    ]
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-__all__ = ["abstract_model", "describe", "leaf_signature", "rebuild"]
+    register_model(FourDVarNet, describe=describe, skeleton=_skeleton)

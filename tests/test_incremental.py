@@ -1,4 +1,4 @@
-"""Tests of neural incremental data assimilation (`jaxda.nn`, seed 003)."""
+"""Tests of neural incremental data assimilation (`jaxda.incremental`, [B24])."""
 
 import equinox as eqx
 import jax
@@ -9,8 +9,10 @@ import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import jaxda.nn as nn
-from jaxda import train
+import jaxda.incremental as inc
+import jaxda.io as jio
+from jaxda import RESULTS, train
+from jaxda.data import BandedGaussian
 from jaxda.linalg import SymmetricBandMatrix
 from jaxda.obs import Observations, RandomComponentsPattern
 
@@ -71,7 +73,7 @@ def _model(key, **kw):
     kw.setdefault("width", 8)
     kw.setdefault("depth", 2)
     kw.setdefault("dtype", jnp.float64)
-    return nn.NeuralBandPrior(T, N, key=key, **kw)
+    return inc.NeuralBandGaussian(T, N, key=key, **kw)
 
 
 # -- structure ------------------------------------------------------------------------
@@ -124,10 +126,10 @@ def test_band_matrix_is_spd_for_random_weights_and_inputs(seed, s, scale, arch):
 
 
 def test_default_bandwidth_and_hyperparameters():
-    model = nn.NeuralBandPrior(8, 3, key=jax.random.key(0))
+    model = inc.NeuralBandGaussian(8, 3, key=jax.random.key(0))
     assert model.bandwidth == 6 and model.width == 32 and model.depth == 4
     z = jnp.zeros((8, 3), jnp.float32)
-    mean, band = eqx.filter_jit(lambda m, z: m.prior(z, 0.5))(model, z)
+    mean, band = eqx.filter_jit(lambda m, z: m.moments(z, 0.5))(model, z)
     assert band.shape == (7, 24) and band.dtype == jnp.float32
     assert mean.shape == (8, 3) and mean.dtype == jnp.float32
     assert model.hyperparameters["state_shape"] == [3]
@@ -136,7 +138,7 @@ def test_default_bandwidth_and_hyperparameters():
 def test_conv_is_translation_equivariant_in_time():
     key = jax.random.key(3)
     t_len = 12
-    model = nn.NeuralBandPrior(
+    model = inc.NeuralBandGaussian(
         t_len, N, key=key, architecture="conv", kernel_size=3, depth=1, width=8
     )
     z = jax.random.normal(jax.random.key(4), (t_len, N))
@@ -160,7 +162,7 @@ def test_assimilate_matches_dense_map(form, getkey):
     model = _model(getkey(), form=form)
     z = jax.random.normal(getkey(), (T, N))
     obs = _obs(getkey())
-    x = eqx.filter_jit(nn.assimilate)(model, z, obs, 0.4, 0.05)
+    x = eqx.filter_jit(inc.assimilate)(model, z, obs, 0.4, 0.05).x
     ref = _dense_map(model.mean(z, 0.4), _dense_prior_cov(model, z, 0.4), obs, 0.05)
     np.testing.assert_allclose(x, ref, rtol=1e-8, atol=1e-10)
     y = eqx.filter_jit(lambda m, z, o: m(z, o, 0.4, 0.05))(model, z, obs)
@@ -173,11 +175,11 @@ def test_gradients_through_map_equal_dense_autodiff(form, getkey):
     x_true = jax.random.normal(getkey(), (T, N))
     z0 = x_true + 0.5 * jax.random.normal(getkey(), (T, N))
     obs = _obs(getkey())
-    levels = nn.default_levels(2, jnp.float64)
+    levels = inc.default_levels(2, jnp.float64)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     def banded(p):
-        return nn.incremental_loss(
+        return inc.incremental_loss(
             eqx.combine(p, static), x_true, z0, obs, 0.05, levels
         )
 
@@ -192,7 +194,7 @@ def test_gradients_through_map_equal_dense_autodiff(form, getkey):
         return jnp.mean(jnp.stack([one(s) for s in levels]))
 
     def obs_space(p):  # the m x m observed block only (covariance form)
-        return nn.incremental_loss(
+        return inc.incremental_loss(
             eqx.combine(p, static), x_true, z0, obs, 0.05, levels, max_obs=T * N
         )
 
@@ -239,21 +241,21 @@ def test_oracle_prior_gives_exact_posterior_mean(getkey):
     obs = _obs(getkey())
     exact = _dense_map(mean, cov, obs, 0.01)
     z0 = jax.random.normal(getkey(), (T, N))
-    x = eqx.filter_jit(nn.assimilate)(model, z0, obs, 1.0, 0.01)
+    x = eqx.filter_jit(inc.assimilate)(model, z0, obs, 1.0, 0.01).x
     np.testing.assert_allclose(x, exact, rtol=1e-8, atol=1e-9)
     # Algorithm 2 with a perfect operator walks the path (3.4) to the posterior mean.
-    levels = nn.default_levels(4, jnp.float64)
-    sol = nn.incremental_assimilation(model, z0, obs, 0.01, levels)
+    levels = inc.default_levels(4, jnp.float64)
+    sol = inc.incremental_assimilation(model, z0, obs, 0.01, levels)
     np.testing.assert_allclose(sol.x, exact, rtol=1e-8, atol=1e-9)
     np.testing.assert_allclose(sol.z, exact, rtol=1e-8, atol=1e-9)
     path = levels[:, None, None] * z0 + (1 - levels[:, None, None]) * exact
     np.testing.assert_allclose(sol.iterates, path, rtol=1e-8, atol=1e-9)
-    assert bool(sol.ok) and sol.estimates.shape == (5, T, N)
+    assert sol.result == RESULTS.successful and sol.estimates.shape == (5, T, N)
 
 
 def test_banded_first_guess_oracle_and_fit(getkey):
     mean, cov, f, q = _linear_gaussian()
-    prior = nn.BandedGaussianPrior.from_covariance(
+    prior = BandedGaussian.from_covariance(
         mean, SymmetricBandMatrix.from_dense(cov, 2 * N).band, ridge=0.0
     )
     # Exact: the precision of a linear-Gaussian trajectory is banded (b = 2n - 1 <= 2n).
@@ -269,7 +271,7 @@ def test_banded_first_guess_oracle_and_fit(getkey):
     # From samples: SPD band precision, close to the truth for many samples.
     lf = jnp.linalg.cholesky(cov)
     xs = mean.reshape(-1) + jax.random.normal(getkey(), (20000, T * N)) @ lf.T
-    fitted = nn.BandedGaussianPrior.fit(xs.reshape(-1, T, N), 2 * N)
+    fitted = BandedGaussian.fit(xs.reshape(-1, T, N), 2 * N)
     qd = np.asarray(SymmetricBandMatrix(fitted.precision_band).to_dense())
     assert np.linalg.eigvalsh(qd).min() > 0
     np.testing.assert_allclose(fitted.mean, mean, atol=0.05)
@@ -282,8 +284,8 @@ def test_unconditional_ignores_observations(getkey):
     model = _model(getkey(), conditional=False)
     assert model.factor_net is None
     z = jax.random.normal(getkey(), (T, N))
-    a = nn.assimilate(model, z, _obs(getkey()), 0.5, 0.1)
-    b = nn.assimilate(model, z, _obs(getkey()), 0.5, 0.1)
+    a = inc.assimilate(model, z, _obs(getkey()), 0.5, 0.1).x
+    b = inc.assimilate(model, z, _obs(getkey()), 0.5, 0.1).x
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, model.mean(z, 0.5))
 
@@ -299,10 +301,10 @@ def _training_setup(n_samples=64):
         + jax.random.normal(jax.random.key(0), (n_samples, T * N)) @ lf.T
     )
     xs = xs.reshape(-1, T, N)
-    prior = nn.BandedGaussianPrior.fit(xs, 2 * N)
+    prior = BandedGaussian.fit(xs, 2 * N)
     pattern = RandomComponentsPattern(n_components=1, every=2)
-    loss_fn = nn.make_incremental_loss(
-        lambda obs: prior.map(obs, 0.01), pattern, 0.1, nn.default_levels(2)
+    loss_fn = inc.make_incremental_loss(
+        lambda obs: prior.map(obs, 0.01), pattern, 0.1, inc.default_levels(2)
     )
     return xs, loss_fn
 
@@ -333,22 +335,22 @@ def test_training_lowers_loss_and_compiles_once():
 def test_save_load_model_round_trip(tmp_path, getkey):
     model = _model(getkey(), architecture="conv", kernel_size=3)
     path = tmp_path / "model.eqx"
-    nn.save_model(path, model)
-    loaded = nn.load_model(path)
+    jio.save_model(path, model)
+    loaded = jio.load_model(path)
     assert bool(eqx.tree_equal(loaded, model))
     raw = path.read_bytes()
     (tmp_path / "bad").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(ValueError, match="corrupt or truncated"):
-        nn.load_model(tmp_path / "bad")
-    train.save_checkpoint(tmp_path / "other", model, {"class": "Something"})
-    with pytest.raises(ValueError, match="does not hold a NeuralBandPrior"):
-        nn.load_model(tmp_path / "other")
+    with pytest.raises(ValueError, match="corrupt, truncated"):
+        jio.load_model(tmp_path / "bad")
+    jio.save_checkpoint(tmp_path / "other", model, {"class": "Something"})
+    with pytest.raises(ValueError, match="does not hold a model saved by"):
+        jio.load_model(tmp_path / "other")
     other = _model(getkey(), architecture="mlp")
     with pytest.raises(ValueError, match="another architecture"):
-        train.load_checkpoint(
+        jio.load_checkpoint(
             path,
             other,
-            {"class": "NeuralBandPrior", "hyperparameters": other.hyperparameters},
+            {"class": "NeuralBandGaussian", "hyperparameters": other.hyperparameters},
         )
 
 
@@ -362,16 +364,16 @@ def test_bad_inputs(getkey):
     with pytest.raises(ValueError, match="`z` must have shape"):
         model.mean(jnp.zeros((T + 1, N)), 0.5)
     with pytest.raises(ValueError, match="`obs` must have shape"):
-        nn.assimilate(model, z, _obs(getkey(), (T, N + 1)), 0.5, 0.1)
+        inc.assimilate(model, z, _obs(getkey(), (T, N + 1)), 0.5, 0.1)
     with pytest.raises(TypeError, match="Observations"):
-        nn.assimilate(model, z, obs.values, 0.5, 0.1)
+        inc.assimilate(model, z, obs.values, 0.5, 0.1)
     with pytest.raises(ValueError, match="obs_var"):
-        nn.assimilate(model, z, obs, 0.5, -1.0)
+        inc.assimilate(model, z, obs, 0.5, -1.0)
     with pytest.raises(ValueError, match="levels"):
-        nn.incremental_assimilation(model, z, obs, 0.1, jnp.array([0.5, 0.8]))
+        inc.incremental_assimilation(model, z, obs, 0.1, jnp.array([0.5, 0.8]))
     with pytest.raises(ValueError, match="bandwidth"):
-        nn.NeuralBandPrior(T, N, key=getkey(), bandwidth=T * N)
+        inc.NeuralBandGaussian(T, N, key=getkey(), bandwidth=T * N)
     with pytest.raises(ValueError, match="architecture"):
-        nn.NeuralBandPrior(T, N, key=getkey(), architecture="transformer")
+        inc.NeuralBandGaussian(T, N, key=getkey(), architecture="transformer")
     with pytest.raises(ValueError, match="`s` must be a scalar"):
         model.mean(z, jnp.ones(2))

@@ -1,7 +1,7 @@
 r"""Banded Gaussian first guess: a band-precision (Gauss-Markov) fit of training
 windows.
 
-Seed 003's first guess is $z_0 = x_{\mathrm{MAP}}(y; \hat\mu, \hat P)$ with the
+The first guess of [B24] is $z_0 = x_{\mathrm{MAP}}(y; \hat\mu, \hat P)$ with the
 empirical mean and covariance of the training trajectories; the dense version is
 `jaxda.data.gaussian_first_guess` ($O(d^3)$). Truncating $\hat P$ to a band is not sound
 (a banded truncation of an SPD matrix need not be positive definite, and a banded
@@ -27,11 +27,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .. import gaussian
 from .._custom_types import Array, Float, ScalarLike
 from .._validation import check_int, check_positive
+from ..linalg import SymmetricBandMatrix
 from ..linalg._band_kernels import lower_band_gram
 from ..obs import Observations
-from . import _band
 
 
 def covariance_band(
@@ -86,12 +87,12 @@ def _precision_factor(cov_band, ridge):
     return jax.vmap(one)(jnp.arange(d)).T  # (b+1, d)
 
 
-class BandedGaussianPrior(eqx.Module):
+class BandedGaussian(eqx.Module):
     r"""A Gaussian $\mathcal N(\mu, Q^{-1})$ with a banded precision $Q$, fitted to
     windows.
 
-    Build it with `BandedGaussianPrior.fit(truth, bandwidth)` (from training
-    trajectories) or `BandedGaussianPrior.from_covariance(mean, cov_band)`; `map(obs,
+    Build it with `BandedGaussian.fit(truth, bandwidth)` (from training
+    trajectories) or `BandedGaussian.from_covariance(mean, cov_band)`; `map(obs,
     obs_var)` is the first guess $z_0 = x_{\mathrm{MAP}}(y; \mu, Q^{-1})$, solved in
     $O(d b^2)$ by `jaxda.gaussian.map_precision`. See the module docstring for the
     estimator.
@@ -110,7 +111,7 @@ class BandedGaussianPrior(eqx.Module):
         cov_band: Float[Array, "b1 d"],
         *,
         ridge: float = 1e-6,
-    ) -> "BandedGaussianPrior":
+    ) -> "BandedGaussian":
         r"""Band-precision Gaussian matching the covariance band `cov_band` (see
         module).
 
@@ -131,7 +132,7 @@ class BandedGaussianPrior(eqx.Module):
     @classmethod
     def fit(
         cls, truth: Float[Array, "N T *state"], bandwidth: int, *, ridge: float = 1e-6
-    ) -> "BandedGaussianPrior":
+    ) -> "BandedGaussian":
         """Fit to training windows `(N, T, *state)` (mean and covariance band, then the
         band-precision estimate of `from_covariance`)."""
         mean, band = covariance_band(truth, bandwidth)
@@ -156,14 +157,14 @@ class BandedGaussianPrior(eqx.Module):
                 f"`obs` must have shape {self.mean.shape}; got {obs.shape}."
             )
         check_positive("obs_var", obs_var)
-        x, _ = _band.band_gaussian_map(
+        out = gaussian.map_precision(
             self.mean.astype(obs.dtype),
-            self.precision_band.astype(obs.dtype),
-            "precision",
-            obs,
+            SymmetricBandMatrix(self.precision_band.astype(obs.dtype)),
+            obs.values,
+            obs.mask,
             obs_var,
         )
-        return x.reshape(self.mean.shape)
+        return out.mean.reshape(self.mean.shape)
 
     def __call__(self, obs, obs_var):
         """Alias of `map`."""

@@ -22,7 +22,7 @@ from .._custom_types import Array, Float, Key
 from .._validation import check_int
 from ..data import Normalisation
 from ..models import AbstractDynamics, AbstractFlowMap, flow_map
-from ._conv import (
+from ..nn._conv import (
     Conv,
     Upsample2x,
     UpsampleTime,

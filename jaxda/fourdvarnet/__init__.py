@@ -1,0 +1,70 @@
+r"""4DVarNet ([F21]): a learnable variational cost and its unrolled learned solver.
+
+- `VariationalCost`: $U_\Phi(x, y, \Omega) = \lambda_o \|x - y\|^2_\Omega + \lambda_p
+  \|x - \Phi(x)\|^2$ with a dynamical prior $\Phi$.
+- Dynamical priors $\Phi$ (trajectory -> trajectory maps): `ODEPrior`, `GENN`,
+  `UNetPrior` (or any module, e.g. a `jaxda.nn.FlaxModule`).
+- Gradient solvers $\Gamma$: `ConvLSTMSolver`, `CNNSolver`, `TrainableStepGradient`
+  (subclasses of `AbstractGradientSolver`).
+- `FourDVarNet`: the unrolled network $\Psi_{\Phi,\Gamma}$; `assimilate_batch` runs it
+  on a batch of windows and reports a `result`.
+- Losses: `supervised_loss`, `unsupervised_loss`, `semisupervised_loss`,
+  `make_fourdvarnet_loss`, `make_training_data`.
+- Curriculum training: `fit_fourdvarnet`, `CurriculumStage`, `default_curriculum`,
+  `FitResult`.
+
+Save and load trained models with `jaxda.io.save_model` / `jaxda.io.load_model`.
+"""
+
+from ._describe import register as _register
+from ._losses import (
+    make_fourdvarnet_loss as make_fourdvarnet_loss,
+    make_training_data as make_training_data,
+    semisupervised_loss as semisupervised_loss,
+    supervised_loss as supervised_loss,
+    unsupervised_loss as unsupervised_loss,
+)
+from ._model import (
+    FourDVarNet as FourDVarNet,
+    VariationalCost as VariationalCost,
+    assimilate_batch as assimilate_batch,
+)
+from ._priors import GENN as GENN, ODEPrior as ODEPrior, UNetPrior as UNetPrior
+from ._solvers import (
+    AbstractGradientSolver as AbstractGradientSolver,
+    CNNSolver as CNNSolver,
+    ConvLSTMSolver as ConvLSTMSolver,
+    TrainableStepGradient as TrainableStepGradient,
+)
+from ._train import (
+    CurriculumStage as CurriculumStage,
+    FitResult as FitResult,
+    default_curriculum as default_curriculum,
+    fit_fourdvarnet as fit_fourdvarnet,
+)
+
+
+_register()
+del _register
+
+__all__ = [
+    "GENN",
+    "AbstractGradientSolver",
+    "CNNSolver",
+    "ConvLSTMSolver",
+    "CurriculumStage",
+    "FitResult",
+    "FourDVarNet",
+    "ODEPrior",
+    "TrainableStepGradient",
+    "UNetPrior",
+    "VariationalCost",
+    "assimilate_batch",
+    "default_curriculum",
+    "fit_fourdvarnet",
+    "make_fourdvarnet_loss",
+    "make_training_data",
+    "semisupervised_loss",
+    "supervised_loss",
+    "unsupervised_loss",
+]
