@@ -7,9 +7,11 @@ first guess is the previous analysis shifted by $S$ and extended by a model fore
 The windows run in one `lax.scan`.
 
 A window whose solve fails keeps its best iterate (finite whenever its first guess
-is), and a forecast that overflows is replaced by persistence (the last analysed
-state), so a failed window never fills the analysis with NaN: the failure is reported
-in `CycleResult.result` / `window_result` instead.
+is). Where a forecast overflows, persistence replaces it: a weak-constraint first guess
+whose cost is not finite becomes the background state at every time, a trajectory or
+forecast that is not finite becomes its last finite starting state. So a failed
+window never fills the analysis with NaN; the failure is reported in
+`CycleResult.result` / `window_result` instead.
 """
 
 import equinox as eqx
@@ -153,13 +155,17 @@ def cycle(
     def body(carry, k):
         xb, guess = carry
         problem = make_problem(k, xb)
+        if not strong:
+            # A first guess whose cost overflows: persistence of the background.
+            finite = jnp.isfinite(problem.cost(guess))
+            guess = jnp.where(finite, guess, jnp.broadcast_to(xb, guess.shape))
         sol = solver.run(problem, guess, max_steps)
         result = RESULTS.where(
             problem.values_valid(), sol.result, RESULTS.invalid_input
         )
         traj = trajectory(problem, sol.x, k)
-        # A finite best iterate whose trajectory overflows: keep the first guess's.
-        traj = _finite_rows(traj, trajectory(problem, guess, k))
+        # A (strong-constraint) trajectory that overflows: persistence of its start.
+        traj = _finite_rows(traj, traj[0])
         t_next = flow.dt * ((k + 1) * shift - 1)
         xb_next = _finite_or(flow(traj[shift - 1], t_next), traj[shift - 1])
         if strong:
