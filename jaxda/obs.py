@@ -5,7 +5,9 @@ holds the observed numbers (zero where nothing is observed) and `mask` is `True`
 an observation exists. At file and user boundaries missing values may be NaN
 (`Observations.from_nan`, `Observations.to_nan`); inside the library they never are.
 
-Patterns return boolean masks of shape `(T, *state)`; `observe` adds Gaussian noise,
+Patterns (`FullPattern`, `EveryKPattern`, `RandomComponentsPattern`,
+`RandomTimesPattern`, `RandomPhasePattern`) give boolean masks of shape `(T, *state)`,
+`pattern(key, T, state_shape)`; `observe` adds Gaussian noise,
 $y = m \odot (x + \sigma \varepsilon)$, $\varepsilon \sim \mathcal N(0, I)$.
 
 Components of a state with several axes are numbered in flattened (C) order.
@@ -230,148 +232,58 @@ def _time_mask(n_times: int, k: int, offset, start: int, stop: int | None):
     return (t >= start) & (t < stop) & (t >= offset) & ((t - offset) % k == 0)
 
 
-def _check_window(n_times, k, offset, start, stop):
-    n_times = check_int("n_times", n_times, minimum=1)
-    k = check_int("k", k, minimum=1)
-    start = check_int("start", start, minimum=0)
-    if stop is not None:
-        stop = check_int("stop", stop, minimum=0)
-        if stop < start:
-            raise ValueError(f"`stop` must be >= `start` ({start}); got {stop}.")
-    if is_concrete(offset):
-        if isinstance(offset, int | np.integer) or np.ndim(offset) == 0:
-            if np.asarray(offset) < 0:
-                raise ValueError(f"`offset` must be >= 0; got {offset}.")
-    return n_times, k, start, stop
-
-
-def every_k_steps(
-    n_times: int,
-    state_shape: Sequence[int] | int,
-    k: int,
-    *,
-    components: Sequence[int] | None = None,
-    offset: int | Int[ArrayLike, ""] = 0,
-    start: int = 0,
-    stop: int | None = None,
-) -> Bool[Array, " T *state"]:
-    r"""Observe `components` at times $t = \text{offset} + jk$, $j \ge 0$, with
-    $\text{start} \le t < \text{stop}$.
-
-    Seed 001's Lorenz-63 setup is `every_k_steps(200, (3,), 8, components=[0], start=10,
-    stop=190)`: the first component every 8 steps, the first and last 10 steps of the
-    window unobserved. `offset` may be a traced integer (e.g. a random phase under
-    `vmap`).
-
-    **Arguments:** `n_times` T (>= 1); `state_shape`; `k` >= 1; `components` (flattened
-    state indices, default all); `offset` >= 0; `start` >= 0; `stop` (default T,
-    exclusive).
-
-    **Returns:** a boolean mask of shape `(T, *state_shape)`.
-    """
-    state_shape = _state_shape(state_shape)
-    n_times, k, start, stop = _check_window(n_times, k, offset, start, stop)
+def _every_k_mask(n_times, state_shape, k, components, offset, start, stop):
+    """Boolean `(T, *state)`: `components` at `t = offset + j k`, start <= t < stop."""
     comp = jnp.asarray(_component_mask(components, state_shape)).reshape(state_shape)
     tm = _time_mask(n_times, k, offset, start, stop)
     return tm.reshape((n_times,) + (1,) * len(state_shape)) & comp
 
 
-def full(n_times: int, state_shape: Sequence[int] | int) -> Bool[Array, " T *state"]:
-    """Every component at every time: a mask of ones, shape `(T, *state_shape)`."""
-    n_times = check_int("n_times", n_times, minimum=1)
-    return jnp.ones((n_times,) + _state_shape(state_shape), bool)
+def _window(n_times, state_shape) -> tuple[int, tuple[int, ...]]:
+    """The checked `(n_times, state_shape)` arguments of a pattern call."""
+    return check_int("n_times", n_times, minimum=1), _state_shape(state_shape)
 
 
-def _n_from_fraction(fraction, n_components, size) -> int:
-    if (fraction is None) == (n_components is None):
-        raise ValueError(
-            "Give exactly one of `fraction` and `n_components`; got "
-            f"fraction={fraction!r}, n_components={n_components!r}."
+def _components(components) -> tuple[int, ...] | None:
+    """`components` as a tuple of ints (a static field), or None (all)."""
+    if components is None:
+        return None
+    comps = np.atleast_1d(np.asarray(components))
+    if comps.ndim != 1 or not np.issubdtype(comps.dtype, np.integer):
+        raise TypeError(
+            f"`components` must be a sequence of ints (flattened state indices); got "
+            f"{components!r}."
         )
-    if fraction is not None:
-        if isinstance(fraction, bool) or not isinstance(
-            fraction, int | float | np.number
-        ):
-            raise TypeError(f"`fraction` must be a float in [0, 1]; got {fraction!r}.")
-        if not 0.0 <= float(fraction) <= 1.0:
-            raise ValueError(f"`fraction` must be in [0, 1]; got {fraction}.")
-        return int(round(float(fraction) * size))
-    n = check_int("n_components", n_components, minimum=0)
-    if n > size:
-        raise ValueError(f"`n_components` must be <= the state size {size}; got {n}.")
-    return n
+    return tuple(int(c) for c in comps)
 
 
-def random_components(
-    key: Key,
-    n_times: int,
-    state_shape: Sequence[int] | int,
-    *,
-    fraction: float | None = None,
-    n_components: int | None = None,
-    every: int = 1,
-    offset: int | Int[ArrayLike, ""] = 0,
-    start: int = 0,
-    stop: int | None = None,
-) -> Bool[Array, " T *state"]:
-    r"""At each observed time, a fresh random subset of exactly $n$ components.
-
-    Observed times are those of `every_k_steps(..., k=every, offset, start, stop)`; at
-    each of them $n$ of the $d$ state components are drawn uniformly without
-    replacement, independently across times. $n$ is `n_components` or `round(fraction *
-    d)` (exactly one of the two). Seed 001's Lorenz-96 setup: `random_components(key,
-    200, (40,), n_components=20, every=4)`.
-
-    **Returns:** a boolean mask of shape `(T, *state_shape)` with exactly $n$ `True`
-    entries at each observed time and none elsewhere.
-    """
-    state_shape = _state_shape(state_shape)
-    n_times, every, start, stop = _check_window(n_times, every, offset, start, stop)
-    size = math.prod(state_shape)
-    n = _n_from_fraction(fraction, n_components, size)
-    # Ranks of i.i.d. uniforms are a uniformly random permutation at each time.
-    u = jax.random.uniform(key, (n_times, size))
-    ranks = jnp.argsort(jnp.argsort(u, axis=1), axis=1)
-    chosen = ranks < n
-    tm = _time_mask(n_times, every, offset, start, stop)
-    return (chosen & tm[:, None]).reshape((n_times,) + state_shape)
-
-
-def random_times(
-    key: Key,
-    n_times: int,
-    state_shape: Sequence[int] | int,
-    n_observed_times: int,
-    *,
-    components: Sequence[int] | None = None,
-) -> Bool[Array, " T *state"]:
-    """Observe `components` at `n_observed_times` distinct times drawn at random.
-
-    **Returns:** a boolean mask of shape `(T, *state_shape)`.
-    """
-    state_shape = _state_shape(state_shape)
-    n_times = check_int("n_times", n_times, minimum=1)
-    m = check_int("n_observed_times", n_observed_times, minimum=0)
-    if m > n_times:
-        raise ValueError(f"`n_observed_times` must be <= n_times ({n_times}); got {m}.")
-    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (n_times,))))
-    tm = ranks < m
-    comp = jnp.asarray(_component_mask(components, state_shape)).reshape(state_shape)
-    return tm.reshape((n_times,) + (1,) * len(state_shape)) & comp
-
-
-# Pattern objects: a pattern as data, so presets can be configured and compiled once.
+def _random_key(key) -> None:
+    if not (
+        isinstance(key, jax.Array | jax.core.Tracer)
+        and (
+            jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            or (key.dtype == jnp.uint32 and key.shape[-1:] in ((2,), (4,)))
+        )
+    ):
+        raise TypeError(
+            "`key` must be a jax.random key for a random pattern; got "
+            f"{type(key).__name__} ({key!r})."
+        )
 
 
 class AbstractPattern(eqx.Module):
     """An observation pattern: `pattern(key, n_times, state_shape) -> mask`.
 
-    Deterministic patterns ignore the key. Used by `jaxda.data.make_dataset`.
+    A pattern is data (static settings), so datasets built from it compile once; the
+    mask of one window has shape `(n_times, *state_shape)` and vmaps over keys.
+    Deterministic patterns ignore the key (pass `None`). Used by
+    `jaxda.data.make_dataset` and the presets; components of a state with several
+    axes are numbered in flattened (C) order.
     """
 
     @abc.abstractmethod
     def __call__(
-        self, key: Key, n_times: int, state_shape: tuple[int, ...]
+        self, key: Key | None, n_times: int, state_shape: tuple[int, ...] | int
     ) -> Bool[Array, " T *state"]:
         """The mask of one window."""
 
@@ -389,17 +301,29 @@ class AbstractPattern(eqx.Module):
 
 
 class FullPattern(AbstractPattern):
-    """Every component at every time (see `full`)."""
+    """Every component at every time: a mask of ones, shape `(T, *state_shape)`."""
 
     def __call__(self, key, n_times, state_shape):
-        return full(n_times, state_shape)
+        n_times, state_shape = _window(n_times, state_shape)
+        return jnp.ones((n_times,) + state_shape, bool)
 
 
 class EveryKPattern(AbstractPattern):
-    """`every_k_steps` with fixed settings (see there)."""
+    r"""Observe `components` at times $t = \text{offset} + jk$, $j \ge 0$, with
+    $\text{start} \le t < T - \text{stop\_margin}$.
+
+    [F21]'s Lorenz-63 setup is `EveryKPattern(8, (0,), start=10, stop_margin=10)` with
+    `T = 200`: the first component every 8 steps (times 16, 24, ..., 184), the first
+    and last 10 steps of the window unobserved.
+
+    **Arguments:** `k` >= 1; `components` (flattened state indices, default all);
+    `offset` >= 0; `start` >= 0; `stop_margin` >= 0 (all static ints).
+    """
 
     k: int = eqx.field(static=True)
-    components: tuple[int, ...] | None = eqx.field(static=True, default=None)
+    components: tuple[int, ...] | None = eqx.field(
+        static=True, default=None, converter=_components
+    )
     offset: int = eqx.field(static=True, default=0)
     start: int = eqx.field(static=True, default=0)
     stop_margin: int = eqx.field(static=True, default=0)
@@ -411,19 +335,24 @@ class EveryKPattern(AbstractPattern):
         check_int("stop_margin", self.stop_margin, minimum=0)
 
     def __call__(self, key, n_times, state_shape):
-        return every_k_steps(
-            n_times,
-            state_shape,
-            self.k,
-            components=self.components,
-            offset=self.offset,
-            start=self.start,
-            stop=max(n_times - self.stop_margin, self.start),
+        n_times, state_shape = _window(n_times, state_shape)
+        stop = max(n_times - self.stop_margin, self.start)
+        return _every_k_mask(
+            n_times, state_shape, self.k, self.components, self.offset, self.start, stop
         )
 
 
 class RandomComponentsPattern(AbstractPattern):
-    """`random_components` with fixed settings: `n_components` every `every` steps."""
+    r"""Every `every` steps, a fresh random subset of exactly `n_components`
+    components.
+
+    At each observed time ($t = 0, \text{every}, 2\,\text{every}, \dots$)
+    `n_components` of the $d$ state components are drawn uniformly without
+    replacement, independently across times. [F21]'s Lorenz-96 setup:
+    `RandomComponentsPattern(20, every=4)` on `(40,)` states.
+
+    **Arguments:** `n_components` in `[0, d]`; `every` >= 1 (static ints).
+    """
 
     n_components: int = eqx.field(static=True)
     every: int = eqx.field(static=True, default=1)
@@ -433,24 +362,67 @@ class RandomComponentsPattern(AbstractPattern):
         check_int("every", self.every, minimum=1)
 
     def __call__(self, key, n_times, state_shape):
-        return random_components(
-            key, n_times, state_shape, n_components=self.n_components, every=self.every
-        )
+        n_times, state_shape = _window(n_times, state_shape)
+        _random_key(key)
+        size = math.prod(state_shape)
+        if self.n_components > size:
+            raise ValueError(
+                f"`n_components` must be <= the state size {size}; got "
+                f"{self.n_components}."
+            )
+        # Ranks of i.i.d. uniforms are a uniformly random permutation at each time.
+        u = jax.random.uniform(key, (n_times, size))
+        ranks = jnp.argsort(jnp.argsort(u, axis=1), axis=1)
+        chosen = ranks < self.n_components
+        tm = _time_mask(n_times, self.every, 0, 0, None)
+        return (chosen & tm[:, None]).reshape((n_times,) + state_shape)
+
+
+class RandomTimesPattern(AbstractPattern):
+    """Observe `components` at `n_observed_times` distinct times drawn at random.
+
+    **Arguments:** `n_observed_times` in `[0, T]`; `components` (flattened state
+    indices, default all).
+    """
+
+    n_observed_times: int = eqx.field(static=True)
+    components: tuple[int, ...] | None = eqx.field(
+        static=True, default=None, converter=_components
+    )
+
+    def __check_init__(self):
+        check_int("n_observed_times", self.n_observed_times, minimum=0)
+
+    def __call__(self, key, n_times, state_shape):
+        n_times, state_shape = _window(n_times, state_shape)
+        _random_key(key)
+        m = self.n_observed_times
+        if m > n_times:
+            raise ValueError(
+                f"`n_observed_times` must be <= n_times ({n_times}); got {m}."
+            )
+        ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (n_times,))))
+        comp = _component_mask(self.components, state_shape).reshape(state_shape)
+        return (ranks < m).reshape((n_times,) + (1,) * len(state_shape)) & comp
 
 
 class RandomPhasePattern(AbstractPattern):
     r"""Every `k` steps on `components`, starting at a phase drawn uniformly from
     `phases`.
 
-    Each window gets its own observation process $t \in \{p, p + k, \dots\}$. Giving the
-    training and test sets disjoint `phases` makes their observation times disjoint
+    Each window gets its own observation process $t \in \{p, p + k, \dots\}$. Giving
+    the training and test sets disjoint `phases` makes their observation times disjoint
     ([B24]'s setup: each training pair has its own observation process, tested on
     unseen ones).
+
+    **Arguments:** `k` >= 1; `phases` (non-empty ints >= 0); `components`.
     """
 
     k: int = eqx.field(static=True)
     phases: Int[Array, " p"] = eqx.field(converter=jnp.asarray)
-    components: tuple[int, ...] | None = eqx.field(static=True, default=None)
+    components: tuple[int, ...] | None = eqx.field(
+        static=True, default=None, converter=_components
+    )
 
     def __check_init__(self):
         check_int("k", self.k, minimum=1)
@@ -465,15 +437,12 @@ class RandomPhasePattern(AbstractPattern):
 
     def max_count(self, n_times, state_shape):
         """The count of the phase with the most observations."""
+        n_times, state_shape = _window(n_times, state_shape)
         return max(
             int(
                 jnp.sum(
-                    every_k_steps(
-                        n_times,
-                        state_shape,
-                        self.k,
-                        components=self.components,
-                        offset=int(p),
+                    _every_k_mask(
+                        n_times, state_shape, self.k, self.components, int(p), 0, None
                     )
                 )
             )
@@ -481,9 +450,11 @@ class RandomPhasePattern(AbstractPattern):
         )
 
     def __call__(self, key, n_times, state_shape):
+        n_times, state_shape = _window(n_times, state_shape)
+        _random_key(key)
         phase = jax.random.choice(key, self.phases)
-        return every_k_steps(
-            n_times, state_shape, self.k, components=self.components, offset=phase
+        return _every_k_mask(
+            n_times, state_shape, self.k, self.components, phase, 0, None
         )
 
 
@@ -550,9 +521,6 @@ __all__ = [
     "Observations",
     "RandomComponentsPattern",
     "RandomPhasePattern",
-    "every_k_steps",
-    "full",
+    "RandomTimesPattern",
     "observe",
-    "random_components",
-    "random_times",
 ]

@@ -48,7 +48,7 @@ def test_make_dataset_shapes_truth_and_observations(small):
         ref = simulate(Lorenz63(), ds.truth[i, 0], dt=0.01, n_steps=11, solver="rk4").ys
         np.testing.assert_allclose(ds.truth[i], ref, rtol=1e-10, atol=1e-10)
     mask = np.asarray(ds.obs.mask)
-    np.testing.assert_array_equal(mask[0], O.every_k_steps(12, (3,), 3, components=[0]))
+    np.testing.assert_array_equal(mask[0], O.EveryKPattern(3, (0,))(None, 12, (3,)))
     assert (mask == mask[:1]).all()
     err = np.asarray(ds.obs.values - ds.truth)[mask]
     assert 0 < np.abs(err).max() < 5 * 0.5
@@ -66,7 +66,7 @@ def test_same_key_same_data_different_keys_differ(small):
 
 def test_make_dataset_float32_and_fixed_inputs():
     x0 = jnp.array([[1.0, 1.0, 20.0], [2.0, 0.0, 25.0]])
-    mask = O.full(6, (3,))
+    mask = O.FullPattern()(None, 6, (3,))
     ds = _small(
         jax.random.key(3),
         n_windows=2,

@@ -1,4 +1,4 @@
-"""Observations: the (values, mask) pytree, patterns, noise and linear operators."""
+"""Observations: the (values, mask) pytree, patterns and noise."""
 
 import jax
 import jax.numpy as jnp
@@ -65,12 +65,14 @@ def test_bad_observations():
 # ------------------------------------------------------------------------------
 
 
-def test_every_k_steps_f21_l63_pattern():
-    m = np.asarray(O.every_k_steps(200, (3,), 8, components=[0], start=10, stop=190))
+def test_every_k_f21_l63_pattern():
+    every = O.EveryKPattern(8, (0,), start=10, stop_margin=10)
+    m = np.asarray(every(None, 200, (3,)))  # deterministic: the key is ignored
     assert m.shape == (200, 3)
     assert not m[:, 1:].any()
     np.testing.assert_array_equal(np.flatnonzero(m[:, 0]), np.arange(16, 185, 8))
     assert m.sum() == 22
+    np.testing.assert_array_equal(every(jax.random.key(5), 200, 3), m)
 
 
 @settings(max_examples=20, deadline=None)
@@ -78,29 +80,35 @@ def test_every_k_steps_f21_l63_pattern():
     k=st.integers(1, 9),
     offset=st.integers(0, 12),
     start=st.integers(0, 10),
-    length=st.integers(0, 40),
+    margin=st.integers(0, 30),
 )
-def test_every_k_steps_exact_times(k, offset, start, length):
-    n_times, stop = 30, start + length  # one shape: no recompilation across examples
-    m = O.every_k_steps(n_times, (2, 2), k, offset=offset, start=start, stop=stop)
-    m = np.asarray(m)
-    want = {t for t in range(offset, n_times, k) if start <= t < stop}
+def test_every_k_exact_times(k, offset, start, margin):
+    n_times = 30  # one shape: no recompilation across examples
+    pattern = O.EveryKPattern(k, offset=offset, start=start, stop_margin=margin)
+    m = np.asarray(pattern(None, n_times, (2, 2)))
+    want = {t for t in range(offset, n_times, k) if start <= t < n_times - margin}
     assert m.shape == (n_times, 2, 2)
     assert set(np.flatnonzero(m[:, 0, 0])) == want
     assert (m == m[:, :1, :1]).all()  # every component, same times
 
 
-def test_every_k_steps_traced_offset_under_vmap():
-    f = jax.jit(jax.vmap(lambda p: O.every_k_steps(16, 1, 4, offset=p)))
-    m = np.asarray(f(jnp.arange(4)))
-    for p in range(4):
-        np.testing.assert_array_equal(np.flatnonzero(m[p, :, 0]), np.arange(p, 16, 4))
+def test_random_phase_traced_under_vmap_and_jit():
+    # The phase is drawn from the key inside vmap: each window's times are exactly
+    # p, p + k, ... for its own p.
+    pattern = O.RandomPhasePattern(4, (0, 1, 2, 3))
+    keys = jax.random.split(jax.random.key(0), 16)
+    m = np.asarray(jax.jit(jax.vmap(lambda k: pattern(k, 16, 1)))(keys))
+    phases = set()
+    for row in m[:, :, 0]:
+        p = int(np.flatnonzero(row)[0])
+        np.testing.assert_array_equal(np.flatnonzero(row), np.arange(p, 16, 4))
+        phases.add(p)
+    assert len(phases) > 1
 
 
 def test_random_components_exact_counts_and_binomial_frequencies():
     n_times, d, n = 600, 10, 3
-    m = O.random_components(jax.random.key(0), n_times, (d,), n_components=n)
-    m = np.asarray(m)
+    m = np.asarray(O.RandomComponentsPattern(n)(jax.random.key(0), n_times, (d,)))
     np.testing.assert_array_equal(m.sum(axis=1), n)
     # Each component is chosen at each time with probability n/d: Binomial(600, 0.3).
     counts = m.sum(axis=0)
@@ -110,42 +118,37 @@ def test_random_components_exact_counts_and_binomial_frequencies():
     assert len({tuple(row) for row in m}) > 50
 
 
-def test_random_components_f21_l96_pattern_every_and_fraction():
-    m = np.asarray(
-        O.random_components(jax.random.key(1), 200, (40,), fraction=0.5, every=4)
-    )
+def test_random_components_f21_l96_pattern_every():
+    rc = O.RandomComponentsPattern(20, every=4)
+    m = np.asarray(rc(jax.random.key(1), 200, (40,)))
     per_time = m.sum(axis=1)
     np.testing.assert_array_equal(per_time[::4], 20)
     assert per_time[np.arange(200) % 4 != 0].sum() == 0
     # Same key, same mask; another key, another mask.
-    m2 = O.random_components(jax.random.key(1), 200, (40,), n_components=20, every=4)
-    m3 = O.random_components(jax.random.key(2), 200, (40,), n_components=20, every=4)
-    np.testing.assert_array_equal(m, np.asarray(m2))
-    assert (m != np.asarray(m3)).any()
+    np.testing.assert_array_equal(m, np.asarray(rc(jax.random.key(1), 200, (40,))))
+    assert (m != np.asarray(rc(jax.random.key(2), 200, (40,)))).any()
 
 
 def test_random_components_vmap_over_keys():
     keys = jax.random.split(jax.random.key(0), 5)
-    f = jax.jit(jax.vmap(lambda k: O.random_components(k, 8, (2, 3), n_components=4)))
-    m = np.asarray(f(keys))
+    rc = O.RandomComponentsPattern(4)
+    m = np.asarray(jax.jit(jax.vmap(lambda k: rc(k, 8, (2, 3))))(keys))
     assert m.shape == (5, 8, 2, 3)
     np.testing.assert_array_equal(m.reshape(5, 8, -1).sum(-1), 4)
 
 
 def test_random_times_and_full():
-    m = np.asarray(O.random_times(jax.random.key(3), 30, (3,), 7, components=[1, 2]))
+    pattern = O.RandomTimesPattern(7, components=[1, 2])
+    m = np.asarray(pattern(jax.random.key(3), 30, (3,)))
     assert m[:, 1].sum() == 7 and not m[:, 0].any()
     np.testing.assert_array_equal(m[:, 1], m[:, 2])
-    assert np.asarray(O.full(5, (2,))).all()
+    assert (m != np.asarray(pattern(jax.random.key(4), 30, (3,)))).any()
+    assert np.asarray(O.FullPattern()(None, 5, (2,))).all()
 
 
 def test_pattern_objects():
     key = jax.random.key(0)
     every = O.EveryKPattern(8, (0,), start=10, stop_margin=10)
-    np.testing.assert_array_equal(
-        every(key, 200, (3,)),
-        O.every_k_steps(200, (3,), 8, components=[0], start=10, stop=190),
-    )
     phase = O.RandomPhasePattern(8, (1, 3, 5, 7), (0,))
     keys = jax.random.split(key, 64)
     ms = np.asarray(jax.vmap(lambda k: phase(k, 32, (3,)))(keys))
@@ -168,29 +171,31 @@ def test_pattern_objects():
 
 def test_bad_patterns():
     with pytest.raises(ValueError, match="`k` must be >= 1"):
-        O.every_k_steps(10, (3,), 0)
+        O.EveryKPattern(0)
     with pytest.raises(TypeError, match="`k` must be an int"):
-        O.every_k_steps(10, (3,), 2.0)
+        O.EveryKPattern(2.0)
     with pytest.raises(ValueError, match="`offset` must be >= 0"):
-        O.every_k_steps(10, (3,), 2, offset=-1)
-    with pytest.raises(ValueError, match="`stop` must be >= `start`"):
-        O.every_k_steps(10, (3,), 2, start=5, stop=2)
+        O.EveryKPattern(2, offset=-1)
+    with pytest.raises(ValueError, match="`stop_margin` must be >= 0"):
+        O.EveryKPattern(2, stop_margin=-1)
     with pytest.raises(ValueError, match="`components` must be indices"):
-        O.every_k_steps(10, (3,), 2, components=[3])
-    with pytest.raises(ValueError, match=r"`fraction` must be in \[0, 1\]"):
-        O.random_components(jax.random.key(0), 10, (4,), fraction=1.5)
-    with pytest.raises(ValueError, match=r"`fraction` must be in \[0, 1\]"):
-        O.random_components(jax.random.key(0), 10, (4,), fraction=-0.1)
-    with pytest.raises(ValueError, match="one of `fraction` and `n_components`"):
-        O.random_components(jax.random.key(0), 10, (4,))
+        O.EveryKPattern(2, components=[3])(None, 10, (3,))
+    with pytest.raises(TypeError, match="`components` must be a sequence of ints"):
+        O.EveryKPattern(2, components=[0.5])
     with pytest.raises(ValueError, match="`n_components` must be <= the state size"):
-        O.random_components(jax.random.key(0), 10, (4,), n_components=5)
-    with pytest.raises(ValueError, match="`every` must be >= 1|`k` must be >= 1"):
+        O.RandomComponentsPattern(5)(jax.random.key(0), 10, (4,))
+    with pytest.raises(TypeError, match="`key` must be a jax.random key"):
+        O.RandomComponentsPattern(2)(None, 10, (4,))
+    with pytest.raises(ValueError, match="`every` must be >= 1"):
         O.RandomComponentsPattern(3, every=0)
+    with pytest.raises(ValueError, match="`n_observed_times` must be <= n_times"):
+        O.RandomTimesPattern(11)(jax.random.key(0), 10, (4,))
     with pytest.raises(ValueError, match="`phases` must be >= 0"):
         O.RandomPhasePattern(4, (-1, 2))
     with pytest.raises(ValueError, match="`state_shape` must have positive sizes"):
-        O.full(3, (0,))
+        O.FullPattern()(None, 3, (0,))
+    with pytest.raises(ValueError, match="`n_times` must be >= 1"):
+        O.FullPattern()(None, 0, (2,))
 
 
 # ------------------------------------------------------------------------------
@@ -203,7 +208,7 @@ def test_bad_patterns():
 )
 def test_observe_noise_statistics(kwargs, std):
     truth = jnp.linspace(-3, 3, 4000 * 5).reshape(4000, 5)
-    mask = O.every_k_steps(4000, (5,), 2, components=[0, 1, 3])
+    mask = O.EveryKPattern(2, (0, 1, 3))(None, 4000, (5,))
     o = O.observe(jax.random.key(0), truth, mask, **kwargs)
     err = np.asarray(o.values - truth)[np.asarray(mask)]
     n = err.size  # 6000
@@ -215,7 +220,7 @@ def test_observe_noise_statistics(kwargs, std):
 
 def test_observe_keys_dtype_and_per_component_std():
     truth = jnp.zeros((3000, 2), jnp.float32)
-    mask = O.full(3000, (2,))
+    mask = O.FullPattern()(None, 3000, (2,))
     a = O.observe(jax.random.key(0), truth, mask, noise_std=jnp.array([0.1, 2.0]))
     b = O.observe(jax.random.key(0), truth, mask, noise_std=jnp.array([0.1, 2.0]))
     c = O.observe(jax.random.key(1), truth, mask, noise_std=jnp.array([0.1, 2.0]))
