@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from ._custom_types import Array, ArrayLike, Bool, Float
 from ._validation import check_same_shape
+from .obs import Observations
 
 
 def _prep(estimate, truth, mask, transform):
@@ -140,7 +141,7 @@ def one_step_score(
 def fourdvar_score(
     prior: Callable[[Array], Array],
     x: Float[ArrayLike, " T *state"],
-    obs,
+    obs: Observations,
     *,
     obs_weight: float = 0.01,
 ) -> Float[Array, ""]:
@@ -149,12 +150,16 @@ def fourdvar_score(
     $\lambda \frac{1}{N}\sum_{t,i} m_{t,i}(x_{t,i} - y_{t,i})^2 + \frac{1}{N}
     \sum_{t \ge 1} \|x_t - \Phi(x)_t\|^2$, $N$ the number of entries of the window,
     $\lambda$ = `obs_weight` (the paper's 0.01), $\Phi$ = `prior` mapping a window to
-    its one-step prediction (e.g. `jaxda.nn.ODEPrior`: $\Phi(x)_t =
+    its one-step prediction (e.g. `jaxda.fourdvarnet.ODEPrior`: $\Phi(x)_t =
     \mathrm{RK4}(x_{t-1})$), `obs` a `jaxda.obs.Observations` of the window. Use
     normalised units, as the paper does.
+
+    **Returns:** a scalar.
     """
     x = jnp.asarray(x)
-    check_same_shape("x", x, "obs.values", obs.values)
+    if x.ndim < 2:
+        raise ValueError(f"`x` must have shape (T, *state); got {tuple(x.shape)}.")
+    Observations.check(obs, x.shape[1:], n_times=x.shape[0], name="obs")
     misfit = jnp.where(obs.mask, x - obs.values, 0.0) ** 2
     model = (x - prior(x))[1:] ** 2
     return obs_weight * jnp.mean(misfit) + jnp.sum(model) / x.size

@@ -116,5 +116,9 @@ def test_fourdvar_score_against_a_loop():
     # on a model trajectory observed without noise the score is zero
     traj = rollout(flow, jnp.asarray([1.0, 2.0, 20.0]), 5)
     assert float(M.fourdvar_score(prior, traj, Observations(traj, mask))) < 1e-20
-    with pytest.raises(ValueError, match="must have the same shape"):
+    with pytest.raises(ValueError, match="`obs` must have 6 time steps"):
         M.fourdvar_score(prior, x, Observations(y[:5], mask[:5]))
+    with pytest.raises(ValueError, match=r"`obs` must have shape \(T, 3\)"):
+        M.fourdvar_score(prior, x, Observations(y[:, :2], mask[:, :2]))
+    with pytest.raises(TypeError, match="`obs` must be jaxda.obs.Observations"):
+        M.fourdvar_score(prior, x, (y, mask))
