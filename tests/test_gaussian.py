@@ -2,6 +2,7 @@
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,14 +10,19 @@ import pytest
 from helpers import finite_difference_grad
 from hypothesis import given, settings, strategies as st
 
+from jaxda import RESULTS
 from jaxda.gaussian import (
     GaussianMAP,
+    PosteriorVariance,
     map_covariance,
     map_dense,
     map_precision,
     posterior_variance,
 )
 from jaxda.linalg import BlockTridiagonal, SymmetricBandMatrix
+
+
+OK = RESULTS.successful
 
 
 def lgssm(rng, t, n):
@@ -71,9 +77,11 @@ def test_precision_map_equals_kalman_smoother(t, n):
     r = rng.uniform(0.1, 0.5, size=(t, n))
     smooth_mean, smooth_var = kalman_rts(m, qw, m0, p0, y, mask, r)
     res = map_precision(mu, prec, y, mask, r)
-    assert isinstance(res, GaussianMAP) and bool(res.ok)
+    assert isinstance(res, GaussianMAP) and res.result == OK
     np.testing.assert_allclose(res.mean, smooth_mean, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(posterior_variance(prec, mask, r), smooth_var, rtol=1e-9)
+    var = posterior_variance(prec, mask, r)
+    assert isinstance(var, PosteriorVariance) and var.result == OK
+    np.testing.assert_allclose(var.variance, smooth_var, rtol=1e-9)
     # same answer from the banded layout, the covariance form and the dense reference
     band = prec.to_band()
     flat = map_precision(
@@ -84,7 +92,7 @@ def test_precision_map_equals_kalman_smoother(t, n):
     res_cov = map_covariance(mu, cov, y, mask, r)
     np.testing.assert_allclose(res_cov.mean, smooth_mean, atol=1e-9)
     np.testing.assert_allclose(
-        map_dense(mu, y, r, mask=mask, cov=cov), smooth_mean, atol=1e-9
+        map_dense(mu, y, r, mask=mask, cov=cov).mean, smooth_mean, atol=1e-9
     )
 
 
@@ -132,24 +140,26 @@ def test_covariance_precision_dense_agree(d, b, seed):
         map_covariance(mu, dense, y, mask, r).mean, expected, atol=1e-9
     )
     np.testing.assert_allclose(
-        map_dense(mu, y, r, mask=mask, cov=dense), expected, atol=1e-9
+        map_dense(mu, y, r, mask=mask, cov=dense).mean, expected, atol=1e-9
     )
     # observation space: only the observed block is factorised (buffer of d slots)
     for prior in (mat, dense):
         res = map_covariance(mu, prior, y, mask, r, max_obs=d)
-        assert bool(res.ok)
+        assert res.result == OK
         np.testing.assert_allclose(res.mean, expected, atol=1e-9)
     h = np.eye(d)[mask]
     np.testing.assert_allclose(
-        map_dense(mu, y[mask], r[mask], H=h, cov=dense), expected, atol=1e-9
+        map_dense(mu, y[mask], r[mask], H=h, cov=dense).mean, expected, atol=1e-9
     )
     # banded precision Q = dense: compare with the covariance form of P = Q^{-1}
     expected_q = numpy_map_cov(mu, np.linalg.inv(dense), y, mask, r)
     res = map_precision(mu, mat, y, mask, r)
-    assert bool(res.ok)
+    assert res.result == OK
     np.testing.assert_allclose(res.mean, expected_q, atol=1e-8)
     np.testing.assert_allclose(
-        map_dense(mu, y[mask], r[mask], H=h, precision=dense), expected_q, atol=1e-8
+        map_dense(mu, y[mask], r[mask], H=h, precision=dense).mean,
+        expected_q,
+        atol=1e-8,
     )
 
 
@@ -180,7 +190,7 @@ def test_vmap_over_samples_and_masks():
     res = jax.jit(jax.vmap(lambda mk: map_precision(mus[0], mat, ys[0], mk, 0.2)))(
         masks
     )
-    assert res.mean.shape == (5, 10) and bool(jnp.all(res.ok))
+    assert res.mean.shape == (5, 10) and bool(jnp.all(res.result == OK))
 
 
 def test_gradients_against_dense_and_finite_differences():
@@ -204,7 +214,7 @@ def test_gradients_against_dense_and_finite_differences():
         @jax.jit
         def loss_dense(band, mu, y, r, dense_kw=dense_kw):
             a = SymmetricBandMatrix(band).to_dense()
-            x = map_dense(mu, y, r, mask=mask, **{dense_kw: a})
+            x = map_dense(mu, y, r, mask=mask, **{dense_kw: a}).mean
             return jnp.sum(w * x) + jnp.sum(x**2)
 
         args = (mat.band, mu, y, r)
@@ -239,16 +249,20 @@ def test_observation_space_block_tridiagonal_and_buffer_overflow():
     ).reshape(mu.shape)
     for max_obs in (count, count + 3):
         res = map_covariance(mu, cov, y, mask, 0.4, max_obs=max_obs)
-        assert bool(res.ok)
+        assert res.result == OK
         np.testing.assert_allclose(res.mean, expected, atol=1e-9)
     np.testing.assert_allclose(map_covariance(mu, cov, y, mask, 0.4).mean, expected)
-    # more observations than the buffer: an error at the boundary, a flag inside jit
+    # more observations than the buffer: an error at the boundary, a result inside jit
     with pytest.raises(ValueError, match=f"holds {count} observations but `max_obs`"):
         map_covariance(mu, cov, y, mask, 0.4, max_obs=count - 1)
-    res = jax.jit(lambda mk: map_covariance(mu, cov, y, mk, 0.4, max_obs=count - 1))(
-        mask
-    )
-    assert not bool(res.ok) and bool(jnp.all(jnp.isnan(res.mean)))
+
+    def overflow(mk, throw):
+        return map_covariance(mu, cov, y, mk, 0.4, max_obs=count - 1, throw=throw)
+
+    res = jax.jit(functools.partial(overflow, throw=False))(mask)
+    assert res.result == RESULTS.invalid_input and bool(jnp.all(jnp.isnan(res.mean)))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="value check"):
+        eqx.filter_jit(overflow)(mask, True)
     with pytest.raises(ValueError, match="max_obs"):
         map_covariance(mu, cov, y, mask, 0.4, max_obs=0)
 
@@ -265,8 +279,10 @@ def test_float32_and_flag():
     expected = numpy_map_cov(mu, np.linalg.inv(dense), y, mask, np.full(12, 0.5))
     np.testing.assert_allclose(res.mean, expected, rtol=1e-4, atol=1e-4)
     bad = SymmetricBandMatrix(-mat.band)
-    res = jax.jit(map_precision)(mu, bad, y, np.zeros(12, bool), 0.5)
-    assert not bool(res.ok)
+    res = jax.jit(functools.partial(map_precision, throw=False))(
+        mu, bad, y, np.zeros(12, bool), 0.5
+    )
+    assert res.result == RESULTS.not_positive_definite
 
 
 def test_validation_errors():
@@ -287,3 +303,148 @@ def test_validation_errors():
         map_dense(z, z, 1.0, mask=mask)
     with pytest.raises(ValueError, match="`method` must be one of"):
         map_precision(z, mat, z, mask, 1.0, method="magic")
+
+
+def _forms(max_obs=None):
+    """The MAP entry points as `f(mu, prior, y, mask, r, throw)`."""
+    return {
+        "precision": lambda *a, throw=True: map_precision(*a, throw=throw),
+        "covariance": lambda *a, throw=True: map_covariance(
+            *a, max_obs=max_obs, throw=throw
+        ),
+    }
+
+
+def test_nonfinite_y_or_mu_rejected():
+    """Defect 4: NaN in observed `y` or in `mu` was ok=True with a NaN mean."""
+    mat = SymmetricBandMatrix(jnp.stack([jnp.full(6, 4.0), jnp.ones(6)]))
+    mask = jnp.arange(6) % 2 == 0
+    zeros, ones = jnp.zeros(6), jnp.ones(6)
+    bad_y, bad_mu = ones.at[0].set(jnp.nan), zeros.at[3].set(jnp.inf)
+    for max_obs in (None, 3):
+        for name, fn in _forms(max_obs).items():
+            with pytest.raises(ValueError, match=r"`y \(where mask is True\)` must"):
+                fn(zeros, mat, bad_y, mask, 1.0)
+            with pytest.raises(ValueError, match="`mu` must be finite"):
+                fn(bad_mu, mat, ones, mask, 1.0)
+            jitted = jax.jit(functools.partial(fn, throw=False))
+            assert jitted(zeros, mat, bad_y, mask, 1.0).result == RESULTS.invalid_input
+            assert jitted(bad_mu, mat, ones, mask, 1.0).result == RESULTS.invalid_input
+            with pytest.raises(eqx.EquinoxRuntimeError, match="value check"):
+                eqx.filter_jit(fn)(zeros, mat, bad_y, mask, 1.0)
+            # NaN where unobserved is ignored (zero-filled): an exact, finite MAP
+            y = ones.at[1].set(jnp.nan)
+            expected = map_dense(zeros, ones, 1.0, mask=mask, precision=mat.to_dense())
+            if name == "covariance":
+                expected = map_dense(zeros, ones, 1.0, mask=mask, cov=mat.to_dense())
+            res = jax.jit(fn)(zeros, mat, y, mask, 1.0)
+            assert res.result == OK
+            np.testing.assert_allclose(res.mean, expected.mean, atol=1e-12)
+    with pytest.raises(ValueError, match="`y` must be finite"):
+        map_dense(zeros, bad_y[:3], 1.0, H=jnp.eye(6)[:3], cov=mat.to_dense())
+
+
+def test_value_checks_under_jit():
+    """`obs_var=-1` under jit was ok=True with a wrong mean; now `invalid_input`."""
+    mat, _ = random_band(np.random.default_rng(6), 6, 1)
+    z, mask = np.zeros(6), np.ones(6, bool)
+    for max_obs in (None, 6):
+        for fn in _forms(max_obs).values():
+            with pytest.raises(ValueError, match="obs_var"):
+                fn(z, mat, z, mask, -1.0)
+            res = jax.jit(lambda r, fn=fn: fn(z, mat, z, mask, r, throw=False))(-1.0)
+            assert res.result == RESULTS.invalid_input
+    res = jax.jit(lambda r: posterior_variance(mat, mask, r, throw=False))(-1.0)
+    assert res.result == RESULTS.invalid_input
+    with pytest.raises(ValueError, match="obs_var"):
+        map_dense(z, z[:2], -1.0, H=np.eye(6)[:2], cov=np.eye(6))
+
+
+def test_indefinite_prior_covariance_flagged():
+    """Defect 6: an indefinite banded P gave ok=True and a finite "MAP"."""
+    P = SymmetricBandMatrix(jnp.stack([jnp.ones(6), jnp.full(6, 2.0)]))
+    assert np.min(np.linalg.eigvalsh(np.asarray(P.to_dense()))) < -2.5
+    mu, y, mask = jnp.zeros(6), jnp.ones(6), jnp.arange(6) % 2 == 0
+    # the observed system S = M P M + R~ alone is SPD here: checking it is not enough
+    m = mask.astype(float)
+    S = P.diag_congruence(m).add_diagonal(jnp.ones(6))
+    assert S.cholesky().result == OK
+    priors = {"band": P, "dense": P.to_dense(), "blocks": P.to_block_tridiagonal(2)}
+    for name, prior in priors.items():
+        res = map_covariance(mu, prior, y, mask, 1.0, throw=False)
+        assert res.result == RESULTS.not_positive_definite, name
+        res = jax.jit(functools.partial(map_covariance, throw=False))(
+            mu, prior, y, mask, 1.0
+        )
+        assert res.result == RESULTS.not_positive_definite, name
+        with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
+            map_covariance(mu, prior, y, mask, 1.0)
+    res = map_dense(mu, y, 1.0, mask=mask, cov=P.to_dense(), throw=False)
+    assert res.result == RESULTS.not_positive_definite
+    # observation space checks the observed block H P H^T: indefinite for mask {0, 1}
+    # ([[1, 2], [2, 1]]) although H P H^T + R = [[3, 2], [2, 3]] is SPD
+    two = jnp.arange(6) < 2
+    res = map_covariance(mu, P, y, two, 2.0, max_obs=2, throw=False)
+    assert res.result == RESULTS.not_positive_definite
+    # ... but not P outside the observed rows (documented): here H P H^T = I
+    assert map_covariance(mu, P, y, mask, 1.0, max_obs=3).result == OK
+    # an indefinite precision with an SPD posterior precision Q + D is flagged too
+    Q = SymmetricBandMatrix(jnp.stack([jnp.full(6, 1.0), jnp.full(6, 0.9)]))
+    full = jnp.ones(6, bool)
+    post = Q.add_diagonal(jnp.full(6, 10.0))
+    assert post.cholesky().result == OK
+    res = map_precision(mu, Q, y, full, 0.1, throw=False)
+    assert res.result == RESULTS.not_positive_definite
+    var = posterior_variance(Q, full, 0.1, throw=False)
+    assert var.result == RESULTS.not_positive_definite
+
+
+def test_semidefinite_priors_accepted():
+    """Singular but semi-definite priors are valid: empirical covariances of fewer
+    samples than d, intrinsic (random-walk) precisions with a null space."""
+    rng = np.random.default_rng(8)
+    d, n = 12, 5
+    x = rng.normal(size=(n, d))
+    c = x - x.mean(0)
+    cov = c.T @ c / n  # rank n - 1 < d
+    mu, y = x.mean(0), rng.normal(size=d)
+    mask = rng.uniform(size=d) < 0.5
+    r = np.full(d, 0.3)
+    for max_obs in (None, d):
+        res = map_covariance(mu, cov, y, mask, r, max_obs=max_obs)
+        assert res.result == OK
+        np.testing.assert_allclose(
+            res.mean, numpy_map_cov(mu, cov, y, mask, r), atol=1e-10
+        )
+    # random-walk precision D^T D: null space = constants; one observation fixes it
+    diff = np.eye(d)[1:] - np.eye(d)[:-1]
+    prec = diff.T @ diff
+    Q = SymmetricBandMatrix.from_dense(prec, 1)
+    one = np.arange(d) == 4
+    res = map_precision(mu, Q, y, one, 0.5)
+    assert res.result == OK
+    expected = mu + np.linalg.solve(prec + np.diag(one / 0.5), one / 0.5 * (y - mu))
+    np.testing.assert_allclose(res.mean, expected, atol=1e-10)
+    post_var = posterior_variance(Q, one, 0.5).variance
+    np.testing.assert_allclose(
+        post_var, np.diag(np.linalg.inv(prec + np.diag(one / 0.5))), rtol=1e-10
+    )
+    # with no observation the posterior is improper: the system check fires
+    res = map_precision(mu, Q, y, np.zeros(d, bool), 0.5, throw=False)
+    assert res.result == RESULTS.not_positive_definite
+
+
+def test_posterior_variance_not_spd_raises():
+    """Defect 12: `posterior_variance` returned NaN silently for a non-SPD Q."""
+    mat, _ = random_band(np.random.default_rng(9), 6, 1)
+    bad = SymmetricBandMatrix(-mat.band)
+    mask = np.zeros(6, bool)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
+        posterior_variance(bad, mask, 1.0)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
+        eqx.filter_jit(posterior_variance)(bad, mask, 1.0)
+    res = jax.jit(functools.partial(posterior_variance, throw=False))(bad, mask, 1.0)
+    assert res.result == RESULTS.not_positive_definite
+    assert not np.all(np.isfinite(res.variance))
+    with pytest.raises(ValueError, match="`Q` must be finite"):
+        posterior_variance(SymmetricBandMatrix(mat.band.at[0, 0].set(np.nan)), mask, 1)

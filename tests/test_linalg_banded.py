@@ -1,5 +1,6 @@
 """SymmetricBandMatrix against dense float64 numpy references."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,15 @@ import pytest
 from helpers import finite_difference_grad
 from hypothesis import given, settings, strategies as st
 
-from jaxda.linalg import SymmetricBandMatrix, logdet, solve
+from jaxda import RESULTS
+from jaxda.linalg import (
+    AbstractCholesky,
+    AbstractSPDMatrix,
+    BandCholesky,
+    SymmetricBandMatrix,
+    logdet,
+    solve,
+)
 
 
 def random_spd_band(rng, d, b, garbage=True):
@@ -49,7 +58,8 @@ def test_against_dense(d, b, seed):
     idx = np.arange(d)
     np.testing.assert_array_equal(A.entries(idx[:, None], idx[None, :]), dense)
     chol = A.cholesky()
-    assert bool(chol.is_spd)
+    assert isinstance(A, AbstractSPDMatrix) and isinstance(chol, AbstractCholesky)
+    assert chol.result == RESULTS.successful
     np.testing.assert_allclose(
         chol.lower_dense(), np.linalg.cholesky(dense), atol=1e-10
     )
@@ -170,21 +180,64 @@ def test_logdet_derivatives_both_modes():
 def test_not_spd_detected():
     band = np.array([[1.0, -1.0, 2.0], [2.0, 0.0, 0.0]])  # [[1, 2], [2, -1]] block
     A = SymmetricBandMatrix(band)
-    assert not bool(A.cholesky().is_spd)
-    with pytest.raises(ValueError, match="not symmetric positive definite"):
+    assert A.cholesky().result == RESULTS.not_positive_definite
+    with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
         A.solve(np.ones(3))
-    with pytest.raises(ValueError, match="not symmetric positive definite"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
         A.logdet()
+    # the same under jit (eqx.filter_jit keeps the message), and with throw=False
+    with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
+        eqx.filter_jit(lambda A: solve(A, jnp.ones(3)))(A)
 
     @jax.jit
     def f(band):
         chol = SymmetricBandMatrix(band).cholesky()
-        return chol.is_spd, chol.solve(jnp.ones(3))
+        return chol.result, chol.solve(jnp.ones(3), throw=False)
 
-    ok, x = f(band)
-    assert not bool(ok) and not np.all(np.isfinite(x))
-    ok, x = f(np.array([[2.0, 2.0, 2.0], [0.5, 0.5, 0.0]]))
-    assert bool(ok) and np.all(np.isfinite(x))
+    result, x = f(band)
+    assert result == RESULTS.not_positive_definite and not np.all(np.isfinite(x))
+    result, x = f(np.array([[2.0, 2.0, 2.0], [0.5, 0.5, 0.0]]))
+    assert result == RESULTS.successful
+    np.testing.assert_allclose(
+        x, np.linalg.solve([[2.0, 0.5, 0], [0.5, 2.0, 0.5], [0, 0.5, 2.0]], np.ones(3))
+    )
+    # non-finite entries are reported as such
+    nan_band = SymmetricBandMatrix(band.copy()).band.at[0, 1].set(np.nan)
+    assert SymmetricBandMatrix(nan_band).cholesky().result == RESULTS.nonfinite_input
+
+
+def test_sampling_and_inverse_of_not_spd_raise():
+    """Defect 12: `sample`, `sample_cov`, `inverse_diagonal` fail like `solve`."""
+    A = SymmetricBandMatrix(np.array([[1.0, -1.0, 2.0], [2.0, 0.0, 0.0]]))
+    key = jax.random.key(0)
+    calls = {
+        "sample": lambda A, throw: A.sample(key, (2,), throw=throw),
+        "sample_cov": lambda A, throw: A.sample_cov(key, (2,), throw=throw),
+        "inverse_diagonal": lambda A, throw: A.cholesky().inverse_diagonal(throw=throw),
+    }
+    for name, call in calls.items():
+        with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
+            call(A, True)
+        with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
+            eqx.filter_jit(call)(A, True)
+        assert not np.all(np.isfinite(call(A, False))), name
+    # an SPD matrix: the same calls succeed, eagerly and under jit
+    B = SymmetricBandMatrix(np.array([[2.0, 2.0, 2.0], [0.5, 0.5, 0.0]]))
+    inv = np.linalg.inv(np.asarray(B.to_dense()))
+    np.testing.assert_allclose(
+        eqx.filter_jit(calls["inverse_diagonal"])(B, True), np.diag(inv), rtol=1e-12
+    )
+    # x = L^{-T} z and L z for the documented draw z ~ N(0, I) of shape (d, m)
+    chol = B.cholesky()
+    assert isinstance(chol, BandCholesky)
+    low = np.asarray(chol.lower_dense())
+    z = np.asarray(jax.random.normal(key, (3, 2), jnp.float64))
+    np.testing.assert_allclose(
+        calls["sample"](B, True), np.linalg.solve(low.T, z).T, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        eqx.filter_jit(calls["sample_cov"])(B, True), (low @ z).T, rtol=1e-12
+    )
 
 
 def test_float32():
@@ -226,3 +279,5 @@ def test_validation_errors():
         wide.to_block_tridiagonal(2)
     with pytest.raises(TypeError, match="`A` must be"):
         solve(np.eye(3), np.ones(3))
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        A.cholesky(method="fast")

@@ -2,6 +2,7 @@
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 from helpers import finite_difference_grad
 from hypothesis import given, settings, strategies as st
 
-from jaxda.linalg import BlockTridiagonal, logdet, solve
+from jaxda import RESULTS
+from jaxda.linalg import BlockTridiagonal, CyclicReductionCholesky, logdet, solve
 
 
 def random_spd_blocktri(rng, t, n):
@@ -50,7 +52,7 @@ def test_against_dense(t, n, seed):
         A.matvec(x).reshape(t * n, 2), dense @ x.reshape(t * n, 2), atol=1e-12
     )
     chol = A.cholesky()
-    assert bool(chol.is_spd)
+    assert chol.result == RESULTS.successful
     inv = np.linalg.inv(dense)
     for out in [chol.solve(x[..., 0]), A.solve(x[..., 0], method="sequential")]:
         np.testing.assert_allclose(
@@ -136,18 +138,56 @@ def test_derivatives_both_modes():
     np.testing.assert_allclose(j1, j2, rtol=1e-10)
 
 
-def test_not_spd_detected():
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_not_spd_detected(method):
     diag = np.stack([np.eye(2), np.diag([1.0, -1.0])])
     A = BlockTridiagonal(diag, np.zeros((1, 2, 2)))
-    assert not bool(A.cholesky().is_spd)
-    with pytest.raises(ValueError, match="not symmetric positive definite"):
-        A.solve(np.ones((2, 2)))
-    with pytest.raises(ValueError, match="not symmetric positive definite"):
-        A.logdet()
-    ok, x = jax.jit(
-        lambda A: (A.cholesky().is_spd, A.cholesky().solve(jnp.ones((2, 2))))
+    assert A.cholesky(method).result == RESULTS.not_positive_definite
+    with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
+        A.solve(np.ones((2, 2)), method=method)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
+        A.logdet(method=method)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
+        eqx.filter_jit(lambda A: logdet(A, method=method))(A)
+    result, x = jax.jit(
+        lambda A: (
+            A.cholesky(method).result,
+            A.cholesky(method).solve(jnp.ones((2, 2)), throw=False),
+        )
     )(A)
-    assert not bool(ok) and not np.all(np.isfinite(x))
+    assert result == RESULTS.not_positive_definite and not np.all(np.isfinite(x))
+    inf_diag = diag.copy()
+    inf_diag[0, 1, 1] = np.inf
+    B = BlockTridiagonal(inf_diag, np.zeros((1, 2, 2)))
+    assert B.cholesky(method).result == RESULTS.nonfinite_input
+
+
+def test_sampling_and_inverse_of_not_spd_raise():
+    """Defect 12: `sample`, `sample_cov`, `inverse_diagonal` fail like `solve`."""
+    A = BlockTridiagonal(
+        np.stack([np.eye(2), np.diag([1.0, -1.0])]), np.zeros((1, 2, 2))
+    )
+    key = jax.random.key(0)
+    calls = [
+        lambda A, throw: A.sample(key, (3,), throw=throw),
+        lambda A, throw: A.sample_cov(key, (3,), throw=throw),
+        lambda A, throw: A.cholesky().inverse_diagonal(throw=throw),
+        lambda A, throw: A.cholesky("parallel").inverse_diagonal(throw=throw),
+    ]
+    for call in calls:
+        with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
+            call(A, True)
+        with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
+            eqx.filter_jit(call)(A, True)
+        assert not np.all(np.isfinite(call(A, False)))
+    # SPD: the parallel factor's inverse diagonal is the dense one
+    rng = np.random.default_rng(7)
+    diag, low, dense = random_spd_blocktri(rng, 5, 2)
+    par = BlockTridiagonal(diag, low).cholesky("parallel")
+    assert isinstance(par, CyclicReductionCholesky)
+    np.testing.assert_allclose(
+        par.inverse_diagonal().reshape(-1), np.diag(np.linalg.inv(dense)), rtol=1e-10
+    )
 
 
 def test_validation_errors():
@@ -170,7 +210,7 @@ def test_parallel_equals_sequential(t, n):
     A = BlockTridiagonal(diag, low)
     rhs = jnp.asarray(rng.normal(size=(t, n)))
     seq, par = A.cholesky("sequential"), A.cholesky("parallel")
-    assert bool(par.is_spd)
+    assert par.result == RESULTS.successful
     x_par = jax.jit(lambda c, r: c.solve(r))(par, rhs)
     np.testing.assert_allclose(x_par, seq.solve(rhs), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(
@@ -200,8 +240,8 @@ def test_parallel_equals_sequential(t, n):
 def test_parallel_not_spd_and_jit():
     diag = np.stack([np.eye(2), np.eye(2), np.diag([1.0, -1.0])])
     A = BlockTridiagonal(diag, np.zeros((2, 2, 2)))
-    assert not bool(A.cholesky("parallel").is_spd)
-    with pytest.raises(ValueError, match="not symmetric positive definite"):
+    assert A.cholesky("parallel").result == RESULTS.not_positive_definite
+    with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):
         A.solve(np.ones((3, 2)), method="parallel")
     B = BlockTridiagonal(np.stack([2.0 * np.eye(2)] * 3), 0.5 * np.ones((2, 2, 2)))
     x = jax.jit(lambda B, r: B.solve(r, method="parallel"))(B, jnp.ones((3, 2)))

@@ -389,14 +389,14 @@ def band_gaussian_map(mean, band, form, obs, obs_var, max_obs=None):
     **Returns:** `(mean, ok)`, `ok` whether the factorisation succeeded."""
     mat = SymmetricBandMatrix(band)
     if form == "precision":
-        out = gaussian.map_precision(mean, mat, obs.values, obs.mask, obs_var)
+        out = gaussian.map_precision(
+            mean, mat, obs.values, obs.mask, obs_var, throw=False
+        )
     else:
         out = gaussian.map_covariance(
-            mean, mat, obs.values, obs.mask, obs_var, max_obs=max_obs
+            mean, mat, obs.values, obs.mask, obs_var, max_obs=max_obs, throw=False
         )
-    if hasattr(out, "result"):
-        return out.mean, out.result == RESULTS.successful
-    return out.mean, out.ok
+    return out.mean, out.result == RESULTS.successful
 
 
 class MAPSolution(eqx.Module):

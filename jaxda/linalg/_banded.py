@@ -1,16 +1,21 @@
 r"""Symmetric banded matrices in LAPACK lower storage and their Cholesky factor."""
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._custom_types import Array, ArrayLike, Bool, Float, Int, Key
-from .._validation import check_int
+from .._custom_types import Array, ArrayLike, Float, Int
+from .._results import RESULTS
+from .._validation import check_choice, check_int
 from . import _band_kernels as K, _implicit
+from ._base import METHODS, AbstractCholesky, AbstractSPDMatrix, factor_result
 
 
-class SymmetricBandMatrix(eqx.Module):
+def _pivots_ok(piv) -> Array:
+    return jnp.all((piv > 0) & jnp.isfinite(piv))
+
+
+class SymmetricBandMatrix(AbstractSPDMatrix):
     r"""A symmetric $d \times d$ matrix $A$ of bandwidth $b$ in lower-band storage.
 
     `band[k, i]` $= A_{i+k,\,i}$ for $k = 0, \dots, b$ (LAPACK lower storage); entries
@@ -21,7 +26,9 @@ class SymmetricBandMatrix(eqx.Module):
 
     `solve` and `logdet` are differentiable in forward and reverse mode with respect to
     `band` and the right-hand side by implicit rules that reuse the factorisation (see
-    `jaxda.linalg.solve`).
+    `jaxda.linalg.solve`). `solve`, `logdet`, `sample` and `sample_cov` take
+    `throw=True` (see `AbstractSPDMatrix`): a matrix that is not SPD raises, eagerly and
+    under `jit` alike.
 
     **Arguments:**
 
@@ -66,6 +73,11 @@ class SymmetricBandMatrix(eqx.Module):
     def size(self) -> int:
         """The dimension $d$."""
         return self.band.shape[1]
+
+    @property
+    def vector_shape(self) -> tuple[int, ...]:
+        """`(d,)`."""
+        return (self.size,)
 
     @property
     def bandwidth(self) -> int:
@@ -120,45 +132,36 @@ class SymmetricBandMatrix(eqx.Module):
         )
         return SymmetricBandMatrix(self.band * s[None, :] * s_shift)
 
-    def cholesky(self) -> "BandCholesky":
+    def cholesky(self, method: str = "sequential") -> "BandCholesky":
         r"""Banded Cholesky factor $A = L L^\top$ ($L$ lower, same bandwidth).
 
         The factor is computed from `stop_gradient(band)`: differentiate through the
         returned object's `solve` / `logdet` (implicit rules), not through its `factor`
-        entries. `is_spd` is `False` when a pivot is not positive or not finite (then
-        the factor holds NaN).
+        entries. `result` is `RESULTS.not_positive_definite` when a pivot is not
+        positive or not finite (then the factor holds NaN or zeros), and
+        `RESULTS.nonfinite_input` when the band holds NaN or inf. `method` is accepted
+        for a uniform interface with `BlockTridiagonal` (a band has one algorithm).
         """
+        check_choice("method", method, METHODS)
         band = lax.stop_gradient(self.masked_band())
         factor, piv = K.band_cholesky(band)
-        is_spd = jnp.all((piv > 0) & jnp.isfinite(piv))
-        return BandCholesky(self, factor, is_spd)
+        return BandCholesky(self, factor, factor_result(band, _pivots_ok(piv)))
 
-    def solve(self, rhs: Float[ArrayLike, " d"]) -> Float[Array, " d"]:
-        r"""$A^{-1}$ `rhs`; see `jaxda.linalg.solve`."""
-        return _implicit.solve(self, rhs)
-
-    def logdet(self) -> Float[Array, ""]:
-        r"""$\log\det A$; see `jaxda.linalg.logdet`."""
-        return _implicit.logdet(self)
-
-    def sample(self, key: Key, shape: tuple[int, ...] = ()) -> Float[Array, "*shape d"]:
-        r"""Draw from $\mathcal N(0, A^{-1})$: $A$ is a **precision** matrix.
-
-        $x = L^{-\top} z$ with $z \sim \mathcal N(0, I)$, so
-        $\mathrm{Cov}(x) = L^{-\top} L^{-1} = A^{-1}$. Differentiable with respect to
-        `band` by ordinary autodiff through the factorisation. Returns shape
-        `(*shape, d)`.
-        """
-        return _sample(self, key, shape, precision=True)
-
-    def sample_cov(
-        self, key: Key, shape: tuple[int, ...] = ()
-    ) -> Float[Array, "*shape d"]:
-        r"""Draw from $\mathcal N(0, A)$: $A$ is a **covariance** matrix.
-
-        $x = L z$, $z \sim \mathcal N(0, I)$, $\mathrm{Cov}(x) = L L^\top = A$.
-        """
-        return _sample(self, key, shape, precision=False)
+    def _sample(self, key, shape, precision):
+        shape = tuple(check_int("shape", s, minimum=0) for s in shape)
+        band = self.masked_band()
+        factor, piv = K.band_cholesky(band)
+        d = self.size
+        m = 1
+        for s in shape:
+            m *= s
+        z = jax.random.normal(key, (d, m), band.dtype)
+        if precision:
+            x = K.backward_substitution(factor, z)
+        else:
+            x = K.lower_matvec(factor, z)
+        result = factor_result(band, _pivots_ok(lax.stop_gradient(piv)))
+        return x.T.reshape(*shape, d), result
 
     def to_block_tridiagonal(self, n: int):
         r"""The same matrix as a `BlockTridiagonal` with blocks of size `n`.
@@ -173,23 +176,7 @@ class SymmetricBandMatrix(eqx.Module):
         return band_to_block_tridiagonal(self, n)
 
 
-def _sample(matrix, key, shape, precision):
-    shape = tuple(check_int("shape", s, minimum=0) for s in shape)
-    band = matrix.masked_band()
-    factor, _ = K.band_cholesky(band)
-    d = matrix.size
-    m = 1
-    for s in shape:
-        m *= s
-    z = jax.random.normal(key, (d, m), band.dtype)
-    if precision:
-        x = K.backward_substitution(factor, z)
-    else:
-        x = K.lower_matvec(factor, z)
-    return x.T.reshape(*shape, d)
-
-
-class BandCholesky(eqx.Module):
+class BandCholesky(AbstractCholesky):
     r"""Cholesky factorisation $A = L L^\top$ of a `SymmetricBandMatrix`.
 
     **Fields:**
@@ -197,30 +184,17 @@ class BandCholesky(eqx.Module):
     - `matrix`: the factorised matrix (kept for the implicit derivative rules).
     - `factor`: `(b + 1, d)` lower band of $L$ (`factor[k, i]` $= L_{i+k,\,i}$),
       computed without gradient.
-    - `is_spd`: boolean scalar, `False` if a pivot was not positive and finite; then
-      `solve` / `logdet` results are NaN. Check it inside `jit`.
+    - `result`: a `jaxda.RESULTS` item, `successful`, `not_positive_definite` (a pivot
+      was not positive and finite) or `nonfinite_input`. `solve`, `logdet` and
+      `inverse_diagonal` raise on failure with `throw=True` (their default).
     """
 
     matrix: SymmetricBandMatrix
     factor: Float[Array, "b1 d"]
-    is_spd: Bool[Array, ""]
-
-    def solve(self, rhs: Float[ArrayLike, " d"]) -> Float[Array, " d"]:
-        r"""$A^{-1}$ `rhs` for `rhs` of shape `(d,)` or `(d, m)`, differentiable
-        (implicit rule) with respect to `matrix` and `rhs`."""
-        return _implicit.factor_solve(self, rhs)
-
-    def logdet(self) -> Float[Array, ""]:
-        r"""$\log\det A = 2 \sum_i \log L_{ii}$, differentiable: $d \log\det A =
-        \mathrm{tr}(A^{-1} dA)$ from the band of $A^{-1}$ (selected inversion)."""
-        return _implicit.factor_logdet(self)
-
-    def rhs_lead_shape(self) -> tuple[int, ...]:
-        """Leading shape a right-hand side must have: `(d,)`."""
-        return (self.matrix.size,)
+    result: RESULTS
 
     def logdet_with_rule(self) -> Float[Array, ""]:
-        """$\\log\\det A$ with the implicit JVP rule (no SPD check)."""
+        """$\\log\\det A$ with the implicit JVP rule (no check)."""
         return _implicit.band_logdet(self.matrix, self.factor)
 
     def solve_factor(self, rhs: Float[ArrayLike, " d"]) -> Float[Array, " d"]:
@@ -232,12 +206,12 @@ class BandCholesky(eqx.Module):
     def inverse_band(self) -> SymmetricBandMatrix:
         r"""The entries of $A^{-1}$ inside the band (selected inversion, $O(d b^2)$).
 
-        Not differentiable (computed from the gradient-free factor).
+        Not differentiable (computed from the gradient-free factor); NaN when `result`
+        is not successful.
         """
         return SymmetricBandMatrix(K.selected_inverse(self.factor))
 
-    def inverse_diagonal(self) -> Float[Array, " d"]:
-        r"""$\mathrm{diag}(A^{-1})$ (e.g. posterior marginal variances)."""
+    def _inverse_diagonal(self) -> Float[Array, " d"]:
         return K.selected_inverse(self.factor)[0]
 
     def lower_dense(self) -> Float[Array, "d d"]:

@@ -1,19 +1,17 @@
 r"""Symmetric block-tridiagonal matrices and their sequential block Cholesky factor."""
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._custom_types import Array, ArrayLike, Bool, Float, Int, Key
+from .._custom_types import Array, ArrayLike, Float, Int
+from .._results import RESULTS
 from .._validation import check_choice, check_int
 from . import _blocktri_kernels as TK, _implicit
+from ._base import METHODS, AbstractCholesky, AbstractSPDMatrix, factor_result
 
 
-_METHODS = ("sequential", "parallel")
-
-
-class BlockTridiagonal(eqx.Module):
+class BlockTridiagonal(AbstractSPDMatrix):
     r"""A symmetric block-tridiagonal matrix with $T \times T$ blocks of size $n$.
 
     $A_{t,t}$ = `diagonal[t]` (symmetric, `(T, n, n)`) and $A_{t+1,t}$ = `lower[t]`
@@ -23,7 +21,9 @@ class BlockTridiagonal(eqx.Module):
     Gauss-Newton normal matrix of weak-constraint 4DVar.
 
     The diagonal blocks must be symmetric: `matvec` uses them as given while the
-    Cholesky factorisation reads their symmetric part.
+    Cholesky factorisation reads their symmetric part. `solve`, `logdet`, `sample` and
+    `sample_cov` take `throw=True` (see `AbstractSPDMatrix`): a matrix that is not SPD
+    raises, eagerly and under `jit` alike.
 
     **Arguments:**
 
@@ -73,6 +73,11 @@ class BlockTridiagonal(eqx.Module):
     def size(self) -> int:
         """$d = T n$."""
         return self.num_blocks * self.block_size
+
+    @property
+    def vector_shape(self) -> tuple[int, ...]:
+        """`(T, n)`."""
+        return (self.num_blocks, self.block_size)
 
     def matvec(self, x: Float[ArrayLike, "T n"]) -> Float[Array, "T n"]:
         r"""$A x$ for `x` of shape `(T, n)` or `(T, n, m)`."""
@@ -125,42 +130,36 @@ class BlockTridiagonal(eqx.Module):
         `method="sequential"`: $A = L L^\top$ by a scan over $T$ ($O(T n^3)$, the CPU
         default). `method="parallel"`: block cyclic reduction, $O(\log T)$ depth
         (`CyclicReductionCholesky`; same results up to rounding, for accelerators and
-        long windows).
+        long windows). `result` is `RESULTS.not_positive_definite` when a pivot is not
+        positive and finite, `RESULTS.nonfinite_input` when a block holds NaN or inf.
         """
-        check_choice("method", method, _METHODS)
+        check_choice("method", method, METHODS)
         if method == "parallel":
             from ._parallel import cyclic_reduction_cholesky
 
             return cyclic_reduction_cholesky(self)
         diag, lower = lax.stop_gradient((self.diagonal, self.lower))
         chol, off = TK.blocktri_cholesky(diag, lower)
-        return BlockTridiagonalCholesky(self, chol, off, TK.blocktri_pivots_ok(chol))
+        result = factor_result((diag, lower), TK.blocktri_pivots_ok(chol))
+        return BlockTridiagonalCholesky(self, chol, off, result)
 
-    def solve(
-        self, rhs: Float[ArrayLike, "T n"], method: str = "sequential"
-    ) -> Float[Array, "T n"]:
-        r"""$A^{-1}$ `rhs`; see `jaxda.linalg.solve`."""
-        return _implicit.solve(self, rhs, method=method)
-
-    def logdet(self, method: str = "sequential") -> Float[Array, ""]:
-        r"""$\log\det A$; see `jaxda.linalg.logdet`."""
-        return _implicit.logdet(self, method=method)
-
-    def sample(
-        self, key: Key, shape: tuple[int, ...] = ()
-    ) -> Float[Array, "*shape T n"]:
-        r"""Draw from $\mathcal N(0, A^{-1})$ ($A$ a **precision**): $x = L^{-\top} z$.
-
-        Differentiable with respect to the blocks by autodiff through the factor.
-        Returns shape `(*shape, T, n)`.
-        """
-        return _sample(self, key, shape, precision=True)
-
-    def sample_cov(
-        self, key: Key, shape: tuple[int, ...] = ()
-    ) -> Float[Array, "*shape T n"]:
-        r"""Draw from $\mathcal N(0, A)$ ($A$ a **covariance**): $x = L z$."""
-        return _sample(self, key, shape, precision=False)
+    def _sample(self, key, shape, precision):
+        shape = tuple(check_int("shape", s, minimum=0) for s in shape)
+        chol, off = TK.blocktri_cholesky(self.diagonal, self.lower)
+        m = 1
+        for s in shape:
+            m *= s
+        t, n = self.num_blocks, self.block_size
+        z = jax.random.normal(key, (t, n, m), chol.dtype)
+        if precision:
+            x = TK.blocktri_backward(chol, off, z)
+        else:
+            x = chol @ z
+            if t > 1:
+                x = x.at[1:].add(off @ z[:-1])
+        spd = TK.blocktri_pivots_ok(lax.stop_gradient(chol))
+        result = factor_result((self.diagonal, self.lower), spd)
+        return jnp.moveaxis(x, -1, 0).reshape(*shape, t, n), result
 
     def to_band(self):
         r"""The same matrix as a `SymmetricBandMatrix` of bandwidth $2n - 1$
@@ -170,24 +169,7 @@ class BlockTridiagonal(eqx.Module):
         return block_tridiagonal_to_band(self)
 
 
-def _sample(matrix, key, shape, precision):
-    shape = tuple(check_int("shape", s, minimum=0) for s in shape)
-    chol, off = TK.blocktri_cholesky(matrix.diagonal, matrix.lower)
-    m = 1
-    for s in shape:
-        m *= s
-    t, n = matrix.num_blocks, matrix.block_size
-    z = jax.random.normal(key, (t, n, m), chol.dtype)
-    if precision:
-        x = TK.blocktri_backward(chol, off, z)
-    else:
-        x = chol @ z
-        if t > 1:
-            x = x.at[1:].add(off @ z[:-1])
-    return jnp.moveaxis(x, -1, 0).reshape(*shape, t, n)
-
-
-class BlockTridiagonalCholesky(eqx.Module):
+class BlockTridiagonalCholesky(AbstractCholesky):
     r"""Sequential block Cholesky $A = L L^\top$ of a `BlockTridiagonal`.
 
     $L$ is block lower-bidiagonal: `chol[t]` $= L_{t,t}$ (lower triangular) and
@@ -196,26 +178,15 @@ class BlockTridiagonalCholesky(eqx.Module):
     $L_{t,t} = \mathrm{chol}(A_{tt} - L_{t,t-1} L_{t,t-1}^\top)$.
 
     **Fields:** `matrix` (kept for the implicit rules), `chol`, `off` (computed without
-    gradient), `is_spd` (boolean scalar; `False` means NaN results: check it inside
-    `jit`).
+    gradient), `result` (a `jaxda.RESULTS` item: `successful`,
+    `not_positive_definite` or `nonfinite_input`; `solve`, `logdet` and
+    `inverse_diagonal` raise on failure with `throw=True`, their default).
     """
 
     matrix: BlockTridiagonal
     chol: Float[Array, "T n n"]
     off: Float[Array, "Tm1 n n"]
-    is_spd: Bool[Array, ""]
-
-    def rhs_lead_shape(self) -> tuple[int, ...]:
-        """Leading shape a right-hand side must have: `(T, n)`."""
-        return (self.matrix.num_blocks, self.matrix.block_size)
-
-    def solve(self, rhs: Float[ArrayLike, "T n"]) -> Float[Array, "T n"]:
-        r"""$A^{-1}$ `rhs` (`(T, n)` or `(T, n, m)`), differentiable (implicit rule)."""
-        return _implicit.factor_solve(self, rhs)
-
-    def logdet(self) -> Float[Array, ""]:
-        r"""$\log\det A = 2\sum_t \sum_i \log (L_{tt})_{ii}$, differentiable."""
-        return _implicit.factor_logdet(self)
+    result: RESULTS
 
     def logdet_with_rule(self) -> Float[Array, ""]:
         """Log-determinant with the JVP rule (no SPD check)."""
@@ -233,11 +204,10 @@ class BlockTridiagonalCholesky(eqx.Module):
         r"""The blocks of $A^{-1}$ on the block-tridiagonal pattern (selected inversion;
         the RTS smoother covariances and lag-one cross-covariances).
 
-        Not differentiable."""
+        Not differentiable; NaN when `result` is not successful."""
         sd, sl = TK.blocktri_selected_inverse(self.chol, self.off)
         return BlockTridiagonal(sd, sl)
 
-    def inverse_diagonal(self) -> Float[Array, "T n"]:
-        r"""$\mathrm{diag}(A^{-1})$ with shape `(T, n)`."""
+    def _inverse_diagonal(self) -> Float[Array, "T n"]:
         sd, _ = TK.blocktri_selected_inverse(self.chol, self.off)
         return jnp.diagonal(sd, axis1=-2, axis2=-1)

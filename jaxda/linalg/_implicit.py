@@ -18,17 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._validation import is_concrete
 from . import _band_kernels as BK, _blocktri_kernels as TK
-
-
-def _raise_if_not_spd(is_spd, what: str) -> None:
-    if is_concrete(is_spd) and not bool(is_spd):
-        raise ValueError(
-            f"{what}: the matrix is not symmetric positive definite (a Cholesky pivot "
-            "was not positive and finite). Inside `jit`, check the `is_spd` flag of "
-            "`A.cholesky()` instead."
-        )
 
 
 def _prepare_rhs(matrix, rhs, expected_lead: tuple[int, ...]):
@@ -46,13 +36,8 @@ def matrix_dtype(matrix):
     return leaf.dtype
 
 
-def factor_solve(chol, rhs, *, check: bool = True):
-    """Differentiable $A^{-1}$ `rhs` from a factor object (band, block or parallel).
-
-    With `check`, a concrete non-SPD flag raises `ValueError`.
-    """
-    if check:
-        _raise_if_not_spd(chol.is_spd, "solve")
+def factor_solve(chol, rhs):
+    """Differentiable $A^{-1}$ `rhs` from an `AbstractCholesky` (no failure check)."""
     matrix = chol.matrix
     rhs = _prepare_rhs(matrix, rhs, chol.rhs_lead_shape())
     frozen = lax.stop_gradient(chol)
@@ -102,12 +87,6 @@ def _blocktri_logdet_jvp(primals, tangents):
     return value, tangent
 
 
-def factor_logdet(chol):
-    """Differentiable $\\log\\det A$ from a factor object."""
-    _raise_if_not_spd(chol.is_spd, "logdet")
-    return chol.logdet_with_rule()
-
-
 def band_logdet(matrix, factor):
     """$\\log\\det$ of a band matrix with the selected-inversion JVP rule."""
     return _band_logdet(matrix.masked_band(), lax.stop_gradient(factor))
@@ -116,50 +95,3 @@ def band_logdet(matrix, factor):
 def blocktri_logdet(matrix, value):
     """$\\log\\det$ of a block-tridiagonal matrix, JVP rule (`value`: primal)."""
     return _blocktri_logdet(matrix.diagonal, matrix.lower, lax.stop_gradient(value))
-
-
-# --- module-level entry points -------------------------------------------------------
-
-
-def solve(A, rhs, *, method: str = "sequential"):
-    r"""Solve $A x = b$ for a structured SPD matrix, differentiably.
-
-    $A$ is a `SymmetricBandMatrix` (`rhs` of shape `(d,)` or `(d, m)`) or a
-    `BlockTridiagonal` (`rhs` of shape `(T, n)` or `(T, n, m)`; `method` is
-    `"sequential"` or `"parallel"`). Derivatives with respect to the entries of $A$ and
-    `rhs`, in forward and reverse mode, come from the implicit rules
-    $\dot x = A^{-1}(\dot b - \dot A x)$, $\bar b = A^{-1}\bar x$,
-    $\bar A = -\mathrm{P}(\bar b x^\top)$ ($\mathrm{P}$ = projection on the stored
-    structure) and reuse the factorisation.
-
-    Outside `jit`, a matrix that is not SPD raises `ValueError`; inside `jit` the result
-    is NaN and `A.cholesky().is_spd` is `False` -- check that flag (the `jaxda.gaussian`
-    results carry it).
-
-    **Returns:** $x$, with the shape of `rhs`.
-    """
-    return _cholesky(A, method).solve(rhs)
-
-
-def logdet(A, *, method: str = "sequential"):
-    r"""$\log\det A$ for a structured SPD matrix, differentiable in both modes.
-
-    $d \log\det A = \mathrm{tr}(A^{-1} dA)$ with the entries of $A^{-1}$ on the
-    structure of $A$ from selected inversion. Not SPD: `ValueError` outside `jit`, NaN
-    (with `A.cholesky().is_spd == False`) inside.
-    """
-    return _cholesky(A, method).logdet()
-
-
-def _cholesky(A, method):
-    from ._banded import SymmetricBandMatrix
-    from ._block_tridiagonal import BlockTridiagonal
-
-    if isinstance(A, SymmetricBandMatrix):
-        return A.cholesky()
-    if isinstance(A, BlockTridiagonal):
-        return A.cholesky(method=method)
-    raise TypeError(
-        "`A` must be a `SymmetricBandMatrix` or a `BlockTridiagonal`; got "
-        f"{type(A).__name__}."
-    )

@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from .._custom_types import Array, ArrayLike, Bool, Float
+from .._custom_types import Array, ArrayLike, Float
+from .._results import RESULTS
 from . import _blocktri_kernels as TK, _implicit
+from ._base import AbstractCholesky, factor_result
 
 
 def _mT(x):
@@ -100,34 +102,24 @@ def cyclic_reduction_cholesky(matrix):
     diag, lower = jax.lax.stop_gradient((matrix.diagonal, matrix.lower))
     levels, last, logdet, ok = cr_factor(diag, lower)
     sizes = level_sizes(matrix.num_blocks)
-    return CyclicReductionCholesky(matrix, levels, last, logdet, ok, sizes)
+    result = factor_result((diag, lower), ok)
+    return CyclicReductionCholesky(matrix, levels, last, logdet, result, sizes)
 
 
-class CyclicReductionCholesky(eqx.Module):
+class CyclicReductionCholesky(AbstractCholesky):
     r"""Block cyclic-reduction factor of a `BlockTridiagonal` ($O(\log T)$ depth).
 
     Same interface as `BlockTridiagonalCholesky`: `solve` (implicit derivative rule),
-    `logdet` (its derivative uses the sequential selected inversion), `is_spd`.
+    `logdet` (its derivative uses the sequential selected inversion), `result`;
+    `inverse_diagonal` uses the sequential selected inversion.
     """
 
     matrix: "BlockTridiagonal"  # noqa: F821
     levels: tuple
     last: Float[Array, "n n"]
     logdet_value: Float[Array, ""]
-    is_spd: Bool[Array, ""]
+    result: RESULTS
     sizes: tuple[int, ...] = eqx.field(static=True)
-
-    def rhs_lead_shape(self) -> tuple[int, ...]:
-        """Leading shape a right-hand side must have: `(T, n)`."""
-        return (self.matrix.num_blocks, self.matrix.block_size)
-
-    def solve(self, rhs: Float[ArrayLike, "T n"]) -> Float[Array, "T n"]:
-        r"""$A^{-1}$ `rhs`, differentiable by the implicit rule."""
-        return _implicit.factor_solve(self, rhs)
-
-    def logdet(self) -> Float[Array, ""]:
-        r"""$\log\det A$, differentiable."""
-        return _implicit.factor_logdet(self)
 
     def logdet_with_rule(self) -> Float[Array, ""]:
         """Log-determinant with the JVP rule (no SPD check)."""
@@ -140,3 +132,9 @@ class CyclicReductionCholesky(eqx.Module):
             self.levels, self.last, self.sizes, rhs.reshape(*rhs.shape[:2], -1)
         )
         return x.reshape(rhs.shape)
+
+    def _inverse_diagonal(self) -> Float[Array, "T n"]:
+        diag, lower = jax.lax.stop_gradient((self.matrix.diagonal, self.matrix.lower))
+        chol, off = TK.blocktri_cholesky(diag, lower)
+        sd, _ = TK.blocktri_selected_inverse(chol, off)
+        return jnp.diagonal(sd, axis1=-2, axis2=-1)

@@ -1,0 +1,45 @@
+r"""Gaussian MAP estimation (optimal interpolation) with structured prior matrices.
+
+Prior $x \sim \mathcal N(\mu, P)$ (or precision $Q = P^{-1}$), observations
+$y = H x + \varepsilon$, $\varepsilon \sim \mathcal N(0, R)$ with diagonal $R$, where
+$H$ selects the entries where `mask` is `True`. The posterior mean (= MAP) is
+
+- covariance form: $x = \mu + P H^\top (H P H^\top + R)^{-1} (y - H\mu)$;
+- precision form: $(Q + H^\top R^{-1} H)\, x = Q\mu + H^\top R^{-1} y$.
+
+Arrays `mu`, `y`, `mask` (and `obs_var` unless scalar) share one shape of size $d$ and
+are flattened in C order: a `(T, n)` trajectory becomes the interleaved time-major
+layout $i = t n + j$, matching `SymmetricBandMatrix` (bandwidth $\le 2n-1$) and
+`BlockTridiagonal` (blocks of size $n$). Results have the shape of `mu`.
+
+Costs are $O(d b^2)$ (band) or $O(T n^3)$ (block-tridiagonal): for a mask, $H^\top
+R^{-1} H = \mathrm{diag}(m / r)$ is added to the diagonal of $Q$; in covariance form
+the observed block $H P H^\top + R$ is embedded in a $d \times d$ matrix of the same
+structure, $S = M P M + \tilde R$ with $M = \mathrm{diag}(m)$ and $\tilde R$ the
+observation variances on observed entries and $1$ elsewhere: $S$ is block diagonal
+(after permutation) with blocks $H P H^\top + R$ and $I$, so with
+$z = S^{-1} M (y - \mu)$ (zero on unobserved entries), $x = \mu + P z$.
+
+Derivatives with respect to `mu`, `y`, `obs_var` and the prior matrix entries come from
+the implicit rules of `jaxda.linalg.solve`. Every function handles one problem and is
+`jax.vmap`-able over samples and masks; with no observation at all the MAP is `mu`.
+
+**Failures** follow the library's one convention: every function returns a Module with
+a `result` field (`jaxda.RESULTS`) and takes `throw=True`, which raises an
+`equinox.EquinoxRuntimeError` carrying the result's message when it is not
+`successful`, eagerly and under `jit` alike (pass `throw=False` under `vmap` to keep
+the members that succeeded). Static misuse (shapes, dtypes, types) and, on concrete
+values, a non-finite `mu`, `y` (where observed) or prior matrix, or `obs_var <= 0`,
+raise a `ValueError` / `TypeError` naming the argument; under `jit` those value checks
+give `RESULTS.invalid_input`. A prior that is not positive semi-definite or a linear
+system that is not SPD gives `RESULTS.not_positive_definite`: both are checked, by one
+batched factorisation (see below).
+"""
+
+from ._checks import GaussianMAP as GaussianMAP, PosteriorVariance as PosteriorVariance
+from ._dense import map_dense as map_dense
+from ._structured import (
+    map_covariance as map_covariance,
+    map_precision as map_precision,
+    posterior_variance as posterior_variance,
+)
