@@ -71,16 +71,20 @@ def check_real(name: str, value) -> None:
     check_finite(name, value)
 
 
-def check_key(name: str, key) -> None:
-    """Raise `TypeError` unless `key` is a `jax.random` key (typed or legacy uint32)."""
+def check_key(name: str, key, *, int_seed: bool = False) -> None:
+    """Raise `TypeError` unless `key` is a `jax.random` key (typed or legacy uint32).
+
+    `int_seed`: whether the caller also accepts an int seed (said in the message).
+    """
     if isinstance(key, jax.core.Tracer | jax.Array):
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             return
         if key.dtype == jnp.uint32 and key.shape[-1:] in ((2,), (4,)):
             return
     raise TypeError(
-        f"`{name}` must be a jax.random key (jax.random.key(seed)) or an int seed; "
-        f"got {type(key).__name__} ({key!r})."
+        f"`{name}` must be a jax.random key (jax.random.key(seed))"
+        f"{' or an int seed' if int_seed else ''}; got {type(key).__name__} "
+        f"({key!r})."
     )
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Array, ArrayLike, Bool, Float, Int, Key
-from ._validation import check_int, check_positive, is_concrete
+from ._validation import check_int, check_key, check_positive, is_concrete
 
 
 # ------------------------------------------------------------------------------
@@ -257,20 +257,6 @@ def _components(components) -> tuple[int, ...] | None:
     return tuple(int(c) for c in comps)
 
 
-def _random_key(key) -> None:
-    if not (
-        isinstance(key, jax.Array | jax.core.Tracer)
-        and (
-            jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-            or (key.dtype == jnp.uint32 and key.shape[-1:] in ((2,), (4,)))
-        )
-    ):
-        raise TypeError(
-            "`key` must be a jax.random key for a random pattern; got "
-            f"{type(key).__name__} ({key!r})."
-        )
-
-
 class AbstractPattern(eqx.Module):
     """An observation pattern: `pattern(key, n_times, state_shape) -> mask`.
 
@@ -363,7 +349,7 @@ class RandomComponentsPattern(AbstractPattern):
 
     def __call__(self, key, n_times, state_shape):
         n_times, state_shape = _window(n_times, state_shape)
-        _random_key(key)
+        check_key("key", key)
         size = math.prod(state_shape)
         if self.n_components > size:
             raise ValueError(
@@ -395,7 +381,7 @@ class RandomTimesPattern(AbstractPattern):
 
     def __call__(self, key, n_times, state_shape):
         n_times, state_shape = _window(n_times, state_shape)
-        _random_key(key)
+        check_key("key", key)
         m = self.n_observed_times
         if m > n_times:
             raise ValueError(
@@ -451,7 +437,7 @@ class RandomPhasePattern(AbstractPattern):
 
     def __call__(self, key, n_times, state_shape):
         n_times, state_shape = _window(n_times, state_shape)
-        _random_key(key)
+        check_key("key", key)
         phase = jax.random.choice(key, self.phases)
         return _every_k_mask(
             n_times, state_shape, self.k, self.components, phase, 0, None

@@ -168,7 +168,7 @@ def _key_and_seed(key) -> tuple[Key, int | None]:
     """`(key, seed)` from a PRNG key (`seed=None`) or an int seed; `TypeError` else."""
     if isinstance(key, int | np.integer) and not isinstance(key, bool):
         return jax.random.key(int(key)), int(key)
-    check_key("key", key)
+    check_key("key", key, int_seed=True)
     return key, None
 
 

@@ -14,7 +14,13 @@ import lineax as lx
 
 from .._custom_types import Array, Float, Key
 from .._results import RESULTS, all_finite, first_failure, raise_if_failed
-from .._validation import check_choice, check_finite, check_int, check_positive
+from .._validation import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_key,
+    check_positive,
+)
 from ._base import AbstractDynamics
 from ._flow import RK4, Euler
 
@@ -172,10 +178,8 @@ def simulate(
             "`key` is required when `process_noise_std` may be > 0; got key=None and "
             f"process_noise_std={process_noise_std!r}."
         )
-    if noisy and not _is_key(key):
-        raise TypeError(
-            f"`key` must be a jax.random key (jax.random.key or PRNGKey); got {key!r}."
-        )
+    if noisy:
+        check_key("key", key)
 
     dtype = x0.dtype
     dt = jnp.asarray(dt, dtype=dtype)
@@ -236,8 +240,7 @@ def sample_initial_states(
         center = model.reference_state
     center = jnp.asarray(center)
     model.check_state("center", center)
-    if not _is_key(key):
-        raise TypeError(f"`key` must be a jax.random key; got {key!r}.")
+    check_key("key", key)
     eps = jax.random.normal(key, (n, *model.state_shape), dtype=center.dtype)
     starts = center + jnp.asarray(spread, center.dtype) * eps
     if _is_concrete(burn_in_time) and float(burn_in_time) == 0.0:
@@ -450,14 +453,6 @@ def _simulate_sde(
 
 def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
-
-
-def _is_key(key) -> bool:
-    if isinstance(key, jax.core.Tracer | jax.Array):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-            return True
-        return key.dtype == jnp.uint32 and key.shape[-1:] in ((2,), (4,))
-    return False
 
 
 def _check_scalar(name: str, value) -> None:

@@ -13,7 +13,9 @@ class Lorenz63(AbstractDynamics):
     $$\dot u_1 = \sigma (u_2 - u_1),\quad \dot u_2 = \rho u_1 - u_2 - u_1 u_3,\quad
     \dot u_3 = u_1 u_2 - \beta u_3.$$
 
-    **Arguments:** `sigma`, `rho`, `beta` (defaults 10, 28, 8/3: the chaotic regime).
+    **Arguments:** `sigma`, `rho`, `beta` (defaults 10, 28, 8/3: the chaotic regime):
+    finite real numbers, Python floats or arrays (e.g. `jnp.array(28.0)`, to learn
+    them); anything else is a `TypeError` naming the parameter.
     """
 
     sigma: Float[Array, ""] | float = 10.0

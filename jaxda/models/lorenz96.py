@@ -14,7 +14,7 @@ class Lorenz96(AbstractDynamics):
     $$\dot x_i = (x_{i+1} - x_{i-2})\, x_{i-1} - x_i + F,\qquad x_{i+n} = x_i.$$
 
     `x = F` (all sites) is a fixed point. **Arguments:** `n` (>= 4, static, default 40),
-    `forcing` F (default 8: chaotic).
+    `forcing` F (default 8: chaotic; a finite real number, float or array).
     """
 
     n: int = eqx.field(static=True, default=40)

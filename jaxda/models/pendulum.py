@@ -13,7 +13,7 @@ class Pendulum(AbstractDynamics):
     $$\dot\theta = \omega,\qquad \dot\omega = -\omega_0^2 \sin\theta - \gamma\,\omega.$$
 
     **Arguments:** `omega0_sq` = g / l (default 1), `damping` gamma (default 0:
-    undamped).
+    undamped); finite real numbers, floats or arrays.
     """
 
     omega0_sq: Float[Array, ""] | float = 1.0
