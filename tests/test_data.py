@@ -465,6 +465,10 @@ def test_load_malformed_files_name_what_is_missing(tmp_path, small):
                       r"'state_shape' must be a JSON list .* \(3\); got \[4\]"),
         "not_json": (xds.assign_attrs(state_shape="[3"), "'state_shape' must be JSON"),
         "float_shape": (xds.assign_attrs(state_shape="[3.0]"), "'state_shape'"),
+        "bad_dt": (xds.assign_attrs(dt="fast"), "attribute 'dt' must be a number"),
+        "no_seed": (xds.drop_attrs().assign_attrs(
+            {k: v for k, v in xds.attrs.items() if k != "seed"}),
+            "no attribute 'seed'"),
     }  # fmt: skip
     for name, (edited, match) in cases.items():
         edited.to_netcdf(tmp_path / f"{name}.nc", engine="h5netcdf")

@@ -110,6 +110,20 @@ def _attr(attrs, name: str, path):
     return attrs[name]
 
 
+def _number_attr(attrs, name: str, path, kind, default=None):
+    """Attribute `name` as `kind` (`int` or `float`); `ValueError` naming it if not."""
+    value = default if (name not in attrs and default is not None) else None
+    if value is None:
+        value = _attr(attrs, name, path)  # raises when missing
+    try:
+        return kind(np.asarray(value).item())
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`path` {str(path)!r}: the attribute {name!r} must be a number; got "
+            f"{value!r}."
+        ) from None
+
+
 def _json_attr(attrs, name: str, path):
     text = _attr(attrs, name, path)
     try:
@@ -241,7 +255,7 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     truth = truth.reshape((n, t) + state_shape)
     obs = obs.reshape((n, t) + state_shape)
     stats = None
-    if int(attrs.get("normalised", 0)):
+    if _number_attr(attrs, "normalised", path, int, 0):
         stats = Normalisation(
             jnp.asarray(
                 _variable(xds, "normalisation_mean", ("component",), path).reshape(
@@ -259,16 +273,16 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         _json_attr(attrs, "model_parameters", path),
         path,
     )
-    seed = int(_attr(attrs, "seed", path))
+    seed = _number_attr(attrs, "seed", path, int)
     return Dataset(
         jnp.asarray(truth),
         Observations.from_nan(jnp.asarray(obs)),
         model,
-        float(_attr(attrs, "dt", path)),
+        _number_attr(attrs, "dt", path, float),
         stats,
         name=str(attrs.get("name", "")),
         split=str(attrs.get("split", "")),
-        noise_std=float(_attr(attrs, "noise_std", path)),
-        process_noise_std=float(attrs.get("process_noise_std", 0.0)),
+        noise_std=_number_attr(attrs, "noise_std", path, float),
+        process_noise_std=_number_attr(attrs, "process_noise_std", path, float, 0.0),
         seed=None if seed < 0 else seed,
     )
