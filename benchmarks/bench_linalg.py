@@ -13,7 +13,10 @@ component observed every 8 steps, vmapped over a batch of windows: `state-space`
 d x d banded system, a sequential pass over d) against `observation-space` (`max_obs`:
 the m x m observed block, `ratio_to_state_space`), each also with the gradient with
 respect to the band (`+grad`). T = 32 is seed 003's B24-L63 window (d = 96, m = 4).
-`time_s` is the median run time (compile excluded, `compile_s` apart),
+Solves run with their default `throw=True` (the `equinox.error_if` check is inside
+the timings); the MAPs include the prior's semi-definiteness check (one more
+factorisation, batched with the solve in state space, an m x m one in observation
+space). `time_s` is the median run time (compile excluded, `compile_s` apart),
 `time_per_element_s = time_s / d`. `memory_bytes` counts the arrays of the problem,
 the factor and the solution (the O(d b) / O(T n^2) working set); `peak_rss_mb` is the
 process's peak resident memory so far (monotone over the run).

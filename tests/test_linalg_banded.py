@@ -214,6 +214,7 @@ def test_sampling_and_inverse_of_not_spd_raise():
         "sample": lambda A, throw: A.sample(key, (2,), throw=throw),
         "sample_cov": lambda A, throw: A.sample_cov(key, (2,), throw=throw),
         "inverse_diagonal": lambda A, throw: A.cholesky().inverse_diagonal(throw=throw),
+        "inverse_band": lambda A, throw: A.cholesky().inverse_band(throw=throw).band,
     }
     for name, call in calls.items():
         with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):

@@ -173,6 +173,7 @@ def test_sampling_and_inverse_of_not_spd_raise():
         lambda A, throw: A.sample_cov(key, (3,), throw=throw),
         lambda A, throw: A.cholesky().inverse_diagonal(throw=throw),
         lambda A, throw: A.cholesky("parallel").inverse_diagonal(throw=throw),
+        lambda A, throw: A.cholesky().inverse_blocks(throw=throw).diagonal,
     ]
     for call in calls:
         with pytest.raises(eqx.EquinoxRuntimeError, match="positive definite"):

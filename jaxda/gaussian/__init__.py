@@ -32,8 +32,28 @@ the members that succeeded). Static misuse (shapes, dtypes, types) and, on concr
 values, a non-finite `mu`, `y` (where observed) or prior matrix, or `obs_var <= 0`,
 raise a `ValueError` / `TypeError` naming the argument; under `jit` those value checks
 give `RESULTS.invalid_input`. A prior that is not positive semi-definite or a linear
-system that is not SPD gives `RESULTS.not_positive_definite`: both are checked, by one
-batched factorisation (see below).
+system that is not SPD gives `RESULTS.not_positive_definite`.
+
+**Definiteness.** Two matrices are checked, each by a Cholesky factorisation of the
+prior's structure (for a structured prior both in one batched pass):
+
+- the *system* matrix (the posterior precision $Q + H^\top R^{-1} H$, or $S = M P M +
+  \tilde R$, or $H P H^\top + R$) must be SPD: its factorisation is the solve itself;
+- the *prior* matrix $A$ ($P$ or $Q$) must be positive **semi**-definite: $A + \delta I$
+  is factorised, $\delta = \sqrt{\varepsilon}\,\max_i |A_{ii}| + \text{tiny}$
+  ($\varepsilon$ the machine epsilon of the dtype). Since $\lambda_{\min}(A + \delta
+  I) = \lambda_{\min}(A) + \delta$, this flags every $A$ with an eigenvalue below
+  $-\delta$ (an indefinite prior, for which the "MAP" is a saddle point, not a
+  minimum) and accepts singular semi-definite priors (an empirical covariance of fewer
+  samples than $d$; an intrinsic precision with a null space) and eigenvalues in
+  $(-\delta, 0)$, which are rounding at working precision.
+
+An SPD system does not imply a valid prior: with $P$ tridiagonal with unit diagonal and
+off-diagonal 2 (eigenvalues down to $-2.6$) and every other entry observed, $S$ is
+diagonal and positive while $P$ is indefinite; hence the second check. The
+observation-space form (`map_covariance(..., max_obs=m)`) checks only the observed
+block $H P H^\top$ (a necessary condition), to keep its cost free of a sequential pass
+over $d$.
 """
 
 from ._checks import GaussianMAP as GaussianMAP, PosteriorVariance as PosteriorVariance

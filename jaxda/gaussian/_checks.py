@@ -4,24 +4,8 @@ r"""Inputs, results and the definiteness checks shared by the Gaussian MAPs.
 where `mask` is `True`. Eagerly a violation is a `ValueError` naming the argument;
 under `jit` the same check gives `RESULTS.invalid_input` in the output's `result`.
 
-**Definiteness.** Two matrices are checked, each by one Cholesky factorisation of the
-prior's structure, computed in one batched pass:
-
-- the *system* matrix (posterior precision $Q + H^\top R^{-1} H$, or $S = M P M +
-  \tilde R$, or $H P H^\top + R$) must be SPD: its factorisation is the solve itself;
-- the *prior* matrix $A$ ($P$ or $Q$) must be positive **semi**-definite: $A + \delta I$
-  is factorised with $\delta = \sqrt{\varepsilon}\,\max_i |A_{ii}| + \text{tiny}$
-  ($\varepsilon$ the machine epsilon of the dtype). Since $\lambda_{\min}(A + \delta I)
-  = \lambda_{\min}(A) + \delta$, this flags every $A$ with an eigenvalue below
-  $-\delta$ (an indefinite prior: the "MAP" would be a saddle point) and accepts
-  singular but semi-definite priors (an empirical covariance of fewer samples than
-  $d$; an intrinsic precision with a null space) together with eigenvalues in
-  $(-\delta, 0)$, which are rounding at working precision.
-
-A positive definite system does not imply a valid prior: with $P$ tridiagonal of unit
-diagonal and off-diagonal 2 (eigenvalues down to $-2.6$) and every other entry
-observed, $S$ is diagonal and positive while $P$ is indefinite. Hence the second
-check.
+**Definiteness** (see `jaxda.gaussian`): the system matrix must be SPD, the prior
+positive semi-definite, checked by factorising $A + \delta I$.
 """
 
 import equinox as eqx

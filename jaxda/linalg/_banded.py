@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._custom_types import Array, ArrayLike, Float, Int
-from .._results import RESULTS
+from .._results import RESULTS, raise_if_failed
 from .._validation import check_choice, check_int
 from . import _band_kernels as K, _implicit
 from ._base import METHODS, AbstractCholesky, AbstractSPDMatrix, factor_result
@@ -203,13 +203,14 @@ class BandCholesky(AbstractCholesky):
         x = K.cholesky_solve(self.factor, rhs.reshape(rhs.shape[0], -1))
         return x.reshape(rhs.shape)
 
-    def inverse_band(self) -> SymmetricBandMatrix:
+    def inverse_band(self, *, throw: bool = True) -> SymmetricBandMatrix:
         r"""The entries of $A^{-1}$ inside the band (selected inversion, $O(d b^2)$).
 
-        Not differentiable (computed from the gradient-free factor); NaN when `result`
-        is not successful.
+        Not differentiable (computed from the gradient-free factor). `throw` as in
+        `solve` (with `throw=False`, NaN when `result` is not successful).
         """
-        return SymmetricBandMatrix(K.selected_inverse(self.factor))
+        inverse = SymmetricBandMatrix(K.selected_inverse(self.factor))
+        return raise_if_failed(inverse, self.result, throw)
 
     def _inverse_diagonal(self) -> Float[Array, " d"]:
         return K.selected_inverse(self.factor)[0]

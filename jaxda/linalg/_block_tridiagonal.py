@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._custom_types import Array, ArrayLike, Float, Int
-from .._results import RESULTS
+from .._results import RESULTS, raise_if_failed
 from .._validation import check_choice, check_int
 from . import _blocktri_kernels as TK, _implicit
 from ._base import METHODS, AbstractCholesky, AbstractSPDMatrix, factor_result
@@ -200,13 +200,14 @@ class BlockTridiagonalCholesky(AbstractCholesky):
         )
         return x.reshape(rhs.shape)
 
-    def inverse_blocks(self) -> BlockTridiagonal:
+    def inverse_blocks(self, *, throw: bool = True) -> BlockTridiagonal:
         r"""The blocks of $A^{-1}$ on the block-tridiagonal pattern (selected inversion;
         the RTS smoother covariances and lag-one cross-covariances).
 
-        Not differentiable; NaN when `result` is not successful."""
+        Not differentiable. `throw` as in `solve` (with `throw=False`, NaN when
+        `result` is not successful)."""
         sd, sl = TK.blocktri_selected_inverse(self.chol, self.off)
-        return BlockTridiagonal(sd, sl)
+        return raise_if_failed(BlockTridiagonal(sd, sl), self.result, throw)
 
     def _inverse_diagonal(self) -> Float[Array, "T n"]:
         sd, _ = TK.blocktri_selected_inverse(self.chol, self.off)
