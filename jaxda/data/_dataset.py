@@ -270,6 +270,42 @@ def _observe_all(key, truth, mask, std, stats):
     return truth, obs
 
 
+def _noise_std(noise_std, noise_var) -> float:
+    """The observation noise std from exactly one of `noise_std` and `noise_var`."""
+    if (noise_std is None) == (noise_var is None):
+        raise ValueError(
+            "Give exactly one of `noise_std` and `noise_var`; got "
+            f"noise_std={noise_std!r}, noise_var={noise_var!r}."
+        )
+    if noise_std is not None:
+        check_positive("noise_std", noise_std, allow_zero=True)
+        return float(noise_std)
+    check_positive("noise_var", noise_var, allow_zero=True)
+    return float(np.sqrt(noise_var))
+
+
+def _check_fixed_inputs(initial_state, pattern, n_windows, n_times, state_shape):
+    """Shape, dtype and value checks of an array `initial_state` / mask `pattern`."""
+    if not callable(initial_state):
+        x0 = jnp.asarray(initial_state)
+        if x0.shape not in (state_shape, (n_windows,) + state_shape):
+            raise ValueError(
+                f"`initial_state` must be a sampler, a state of shape {state_shape} or "
+                f"states of shape {(n_windows,) + state_shape}; got shape {x0.shape}."
+            )
+        check_finite("initial_state", x0)
+    if not callable(pattern):
+        m = jnp.asarray(pattern)
+        if m.dtype != jnp.bool_:
+            raise TypeError(f"`pattern` mask must be boolean; got dtype {m.dtype}.")
+        full_shape = (n_times,) + state_shape
+        if m.shape not in (full_shape, (n_windows,) + full_shape):
+            raise ValueError(
+                f"`pattern` must be a pattern callable or a mask of shape {full_shape} "
+                f"or {(n_windows,) + full_shape}; got shape {m.shape}."
+            )
+
+
 def make_dataset(
     key: Key | int,
     model: AbstractDynamics,
@@ -336,17 +372,7 @@ def make_dataset(
     check_positive("dt", dt)
     burn_in_steps = check_int("burn_in_steps", burn_in_steps, minimum=0)
     check_positive("process_noise_std", process_noise_std, allow_zero=True)
-    if (noise_std is None) == (noise_var is None):
-        raise ValueError(
-            "Give exactly one of `noise_std` and `noise_var`; got "
-            f"noise_std={noise_std!r}, noise_var={noise_var!r}."
-        )
-    if noise_std is not None:
-        check_positive("noise_std", noise_std, allow_zero=True)
-        std = float(noise_std)
-    else:
-        check_positive("noise_var", noise_var, allow_zero=True)
-        std = float(np.sqrt(noise_var))
+    std = _noise_std(noise_std, noise_var)
     if not (isinstance(normalise, bool) or isinstance(normalise, Normalisation)):
         raise TypeError(
             "`normalise` must be a bool or a Normalisation; got "
@@ -357,25 +383,7 @@ def make_dataset(
         raise TypeError(f"`dtype` must be a floating dtype; got {dtype}.")
     state_shape = model.state_shape
 
-    if not callable(initial_state):
-        x0 = jnp.asarray(initial_state)
-        if x0.shape not in (state_shape, (n_windows,) + state_shape):
-            raise ValueError(
-                f"`initial_state` must be a sampler, a state of shape {state_shape} or "
-                f"states of shape {(n_windows,) + state_shape}; got shape {x0.shape}."
-            )
-        check_finite("initial_state", x0)
-    if not callable(pattern):
-        m = jnp.asarray(pattern)
-        if m.dtype != jnp.bool_:
-            raise TypeError(f"`pattern` mask must be boolean; got dtype {m.dtype}.")
-        full_shape = (n_times,) + state_shape
-        if m.shape not in (full_shape, (n_windows,) + full_shape):
-            raise ValueError(
-                f"`pattern` must be a pattern callable or a mask of shape {full_shape} "
-                "or "
-                f"{(n_windows,) + full_shape}; got shape {m.shape}."
-            )
+    _check_fixed_inputs(initial_state, pattern, n_windows, n_times, state_shape)
 
     k_gen, k_noise = jax.random.split(key)
     truth, mask, results = _generate(
