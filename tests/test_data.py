@@ -81,6 +81,18 @@ def test_make_dataset_float32_and_fixed_inputs():
     assert ds.obs.mask.all()
 
 
+def test_dataset_checks_its_fields(small):
+    with pytest.raises(TypeError, match="`model` must be a jaxda.models"):
+        D.Dataset(small.truth, small.obs, "Lorenz63", 0.01)
+    with pytest.raises(TypeError, match="`obs` must be jaxda.obs.Observations"):
+        D.Dataset(small.truth, small.obs.values, None, 0.01)
+    with pytest.raises(ValueError, match="`obs` must have 11 time steps"):
+        D.Dataset(small.truth[:, :11], small.obs, None, 0.01)
+    with pytest.raises(ValueError, match="`dt` must be finite and > 0"):
+        D.Dataset(small.truth, small.obs, None, -0.01)
+    assert D.Dataset(small.truth, small.obs, None, 0.01).model is None
+
+
 def test_dataset_slicing(small):
     sub = small[1:]
     assert sub.n_windows == 2

@@ -117,6 +117,11 @@ class Dataset(eqx.Module):
                 f"`obs` must have the shape of `truth` {jnp.shape(self.truth)}; got "
                 f"{self.obs.shape}."
             )
+        if self.model is not None and not isinstance(self.model, AbstractDynamics):
+            raise TypeError(
+                "`model` must be a jaxda.models.AbstractDynamics or None; got "
+                f"{type(self.model).__name__}."
+            )
         check_positive("dt", self.dt)
 
     @property
