@@ -201,6 +201,12 @@ def test_not_spd_detected():
     np.testing.assert_allclose(
         x, np.linalg.solve([[2.0, 0.5, 0], [0.5, 2.0, 0.5], [0, 0.5, 2.0]], np.ones(3))
     )
+    # a non-finite right-hand side is refused with throw=True (not checked without)
+    good = SymmetricBandMatrix(np.array([[2.0, 2.0, 2.0], [0.5, 0.5, 0.0]]))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="non-finite"):
+        good.solve(np.array([1.0, np.nan, 0.0]))
+    x = good.solve(np.array([1.0, np.nan, 0.0]), throw=False)
+    assert not np.all(np.isfinite(x))
     # non-finite entries are reported as such
     nan_band = SymmetricBandMatrix(band.copy()).band.at[0, 1].set(np.nan)
     assert SymmetricBandMatrix(nan_band).cholesky().result == RESULTS.nonfinite_input

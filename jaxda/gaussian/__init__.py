@@ -63,3 +63,13 @@ from ._structured import (
     map_precision as map_precision,
     posterior_variance as posterior_variance,
 )
+
+
+__all__ = [
+    "GaussianMAP",
+    "PosteriorVariance",
+    "map_covariance",
+    "map_dense",
+    "map_precision",
+    "posterior_variance",
+]

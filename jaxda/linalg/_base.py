@@ -10,12 +10,13 @@ and implement the public entry points once (`solve`, `logdet`, `sample`, `sample
 `nonfinite_input` when an entry of the matrix is NaN or infinite,
 `not_positive_definite` when a Cholesky pivot is not positive and finite, `successful`
 otherwise. The functions that return a plain array (`solve`, `logdet`, `sample`,
-`sample_cov`, `inverse_diagonal`) take `throw=True`: a failed factorisation raises an
-`equinox.EquinoxRuntimeError` carrying the result's message, eagerly and under `jit`
-alike (`equinox.error_if`); under `vmap` it raises when any member failed. With
-`throw=False` the array is returned as computed (NaN where the factorisation failed):
-callers who branch on failure factorise once, `chol = A.cholesky()`, read
-`chol.result`, and call `chol.solve(rhs, throw=False)`.
+`sample_cov`, `inverse_diagonal`, `inverse_band`, `inverse_blocks`) take `throw=True`:
+a failed factorisation (and, for `solve`, a non-finite right-hand side,
+`nonfinite_input`) raises an `equinox.EquinoxRuntimeError` carrying the result's
+message, eagerly and under `jit` alike (`equinox.error_if`); under `vmap` it raises
+when any member failed. With `throw=False` the array is returned as computed (NaN
+where the factorisation failed): callers who branch on failure factorise once,
+`chol = A.cholesky()`, read `chol.result`, and call `chol.solve(rhs, throw=False)`.
 """
 
 import abc
@@ -165,11 +166,18 @@ class AbstractCholesky(eqx.Module):
         Differentiable in forward and reverse mode by the implicit rules
         $\dot x = A^{-1}(\dot b - \dot A x)$, $\bar b = A^{-1}\bar x$,
         $\bar A = -\mathrm{P}(\bar b x^\top)$. With `throw`, a failed factorisation
-        raises (eagerly and under `jit`); else the solution holds NaN and `result`
-        says why.
+        or a non-finite `rhs` (`RESULTS.nonfinite_input`) raises, eagerly and under
+        `jit`; with `throw=False` nothing is checked: the solution holds NaN where the
+        factorisation failed, and `result` says why.
         """
         x = _implicit.factor_solve(self, rhs)
-        return raise_if_failed(x, self.result, throw)
+        if not throw:
+            return x
+        result = first_failure(
+            (self.result != RESULTS.successful, self.result),
+            (~all_finite(rhs), RESULTS.nonfinite_input),
+        )
+        return raise_if_failed(x, result, throw)
 
     def logdet(self, *, throw: bool = True) -> Float[Array, ""]:
         r"""$\log\det A = 2 \sum_i \log L_{ii}$, differentiable: $d \log\det A =
@@ -214,7 +222,7 @@ def solve(
       `BlockTridiagonal` (`rhs` of shape `(T, n)` or `(T, n, m)`).
     - `method`: `"sequential"` or `"parallel"` (cyclic reduction; block-tridiagonal
       only, a band has one algorithm and ignores it).
-    - `throw`: when $A$ is not SPD (or holds NaN / inf), raise an
+    - `throw`: when $A$ is not SPD (or $A$ or `rhs` holds NaN / inf), raise an
       `equinox.EquinoxRuntimeError`, eagerly and under `jit` alike. With
       `throw=False` the solution holds NaN; to branch on the failure, factorise once
       and read `A.cholesky(method).result`.
