@@ -164,22 +164,7 @@ def simulate(
     check_positive("process_noise_std", process_noise_std, allow_zero=True)
     check_positive("rtol", rtol)
     check_positive("atol", atol)
-    check_choice("noise", noise, _NOISE_KINDS)
-    noisy = not (_is_concrete(process_noise_std) and float(process_noise_std) == 0.0)
-    sde = noisy and noise == "sde"
-    if solver is None:
-        solver = "shark" if sde else "tsit5"
-    if sde:
-        check_choice("solver", solver, tuple(_SDE_SOLVERS))
-    else:
-        check_choice("solver", solver, (*_ODE_SOLVERS, *_FIXED_SOLVERS))
-    if noisy and key is None:
-        raise ValueError(
-            "`key` is required when `process_noise_std` may be > 0; got key=None and "
-            f"process_noise_std={process_noise_std!r}."
-        )
-    if noisy:
-        check_key("key", key)
+    noisy, solver = _noise_and_solver(noise, solver, process_noise_std, key)
 
     dtype = x0.dtype
     dt = jnp.asarray(dt, dtype=dtype)
@@ -449,6 +434,28 @@ def _simulate_sde(
     )
     xs = sol.ys.reshape(n_steps + 1, *shape)
     return xs, _from_diffrax(sol.result)
+
+
+def _noise_and_solver(noise, solver, process_noise_std, key) -> tuple[bool, str]:
+    """Whether the run is noisy (`process_noise_std` not a concrete 0) and its solver,
+    after checking `noise`, `solver` and `key`."""
+    check_choice("noise", noise, _NOISE_KINDS)
+    noisy = not (_is_concrete(process_noise_std) and float(process_noise_std) == 0.0)
+    sde = noisy and noise == "sde"
+    if solver is None:
+        solver = "shark" if sde else "tsit5"
+    if sde:
+        check_choice("solver", solver, tuple(_SDE_SOLVERS))
+    else:
+        check_choice("solver", solver, (*_ODE_SOLVERS, *_FIXED_SOLVERS))
+    if noisy and key is None:
+        raise ValueError(
+            "`key` is required when `process_noise_std` may be > 0; got key=None and "
+            f"process_noise_std={process_noise_std!r}."
+        )
+    if noisy:
+        check_key("key", key)
+    return noisy, solver
 
 
 def _is_concrete(x) -> bool:
