@@ -448,3 +448,23 @@ def test_posterior_variance_not_spd_raises():
     assert not np.all(np.isfinite(res.variance))
     with pytest.raises(ValueError, match="`Q` must be finite"):
         posterior_variance(SymmetricBandMatrix(mat.band.at[0, 0].set(np.nan)), mask, 1)
+
+
+def test_parallel_method_equals_sequential_and_dense():
+    rng = np.random.default_rng(3)
+    *_, prec, mu = lgssm(rng, 9, 2)
+    y, mask = rng.normal(size=(9, 2)), rng.uniform(size=(9, 2)) < 0.5
+    dense = map_dense(mu, y, 0.3, mask=mask, precision=prec.to_dense()).mean
+
+    def loss(diag, method):
+        Q = BlockTridiagonal(diag, prec.lower)
+        return jnp.sum(map_precision(mu, Q, y, mask, 0.3, method=method).mean ** 2)
+
+    par = map_precision(mu, prec, y, mask, 0.3, method="parallel")
+    assert par.result == OK
+    np.testing.assert_allclose(par.mean, dense, atol=1e-12)
+    np.testing.assert_allclose(
+        jax.grad(loss)(prec.diagonal, "parallel"),
+        jax.grad(loss)(prec.diagonal, "sequential"),
+        atol=1e-10,
+    )
