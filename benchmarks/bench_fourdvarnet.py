@@ -1,7 +1,7 @@
 """4DVarNet vs structured Gauss-Newton 4DVar: accuracy and time per window, same batch.
 
 For F21-L63 (and F21-L96 in the full suite), 4DVarNets are trained with the functions of
-`examples/fourdvarnet_lorenz.py` (`setup`, `train_config`: iteration curriculum
+`benchmarks/_experiments.py` (`setup`, `train_config`: iteration curriculum
 5 -> 10 -> 20, Adam, clipping) on `n_train` windows, in the learning schemes listed in
 `configs`: supervised; in the full suite also unsupervised (the 4DVar cost as loss,
 with the RK4 prior) and, on L96, semi-supervised (held-out observations as target; L63
@@ -14,18 +14,13 @@ suite trains for a handful of steps only: its accuracy numbers are not meaningfu
 timings are.
 """
 
-import pathlib
-import sys
 from collections.abc import Iterator
 
+import _experiments as ex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from _common import record, time_call
-
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
-import fourdvarnet_lorenz as ex  # noqa: E402
 
 
 _SIZES = {
@@ -66,7 +61,7 @@ def records(suite: str) -> Iterator[dict]:
     cfg = _SIZES[suite]
     for system in cfg["systems"]:
         s = ex.setup(system, 0, cfg["n_train"], cfg["batch"])
-        name = ex.PRESET[system]
+        name = ex.F21_PRESET[system]
         for config in cfg["configs"][system]:
             model, info = ex.train_config(
                 config,

@@ -1,39 +1,27 @@
-"""B24-L63 and B24-pendulum (seed 003): every method of
-`examples/lorenz63_incremental.py`.
+"""B24-L63 and B24-pendulum ([B24]): every method of `benchmarks/reproduce_b24.py`.
 
     python benchmarks/run.py --only incremental --suite quick
 
-Runs the example (data, training of the neural prior and of the cold-diffusion
+Runs the experiment (data, training of the neural prior and of the cold-diffusion
 ablation, evaluation on test windows whose observation phases are unseen in training)
 and turns its table into records: MSE / RMSE in normalised units, median window MSE,
 time per window vmapped over the test set (`batch` = test windows) and on one window
 (`latency_s`, batch 1), compile times, Gauss-Newton iterations. The quick suite is the
-example's defaults on B24-L63 (400 Adam steps per model, 1800 / 200 windows); the
+harness's defaults on B24-L63 (400 Adam steps per model, 1800 / 200 windows); the
 full suite trains 10x longer on 10x more L63 windows, and adds B24-pendulum (the
 preset's 400 / 100 windows).
 """
 
-import importlib.util
-import pathlib
 import tempfile
 
+import reproduce_b24
 from _common import record
 
 
-EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples"
 _ARGS = {
     "quick": [],
     "full": ["--steps", "4000", "--train-windows", "18000", "--batch-size", "128"],
 }
-
-
-def _example():
-    spec = importlib.util.spec_from_file_location(
-        "lorenz63_incremental", EXAMPLE / "lorenz63_incremental.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def records(suite: str):
@@ -48,7 +36,7 @@ def _preset_records(preset: str, suite: str):
         args = args[:2]  # the pendulum keeps its preset's (smaller) training set
     with tempfile.TemporaryDirectory() as out:
         argv = args + ["--preset", preset, "--latency", "--no-plot", "--no-progress"]
-        res = _example().main(argv + ["--out", out])
+        res = reproduce_b24.main(argv + ["--out", out])
     n_test = res["n_test"]
     for name, row in res["rows"].items():
         yield record(

@@ -1,499 +1,160 @@
-"""4DVarNet on Lorenz-63 / Lorenz-96 (seed 001, Tables 1-2 and Figs. 2/4).
+r"""4DVarNet [F21] on Lorenz-63 or Lorenz-96: train, save, compare with 4DVar.
 
-Trains learned variational costs and solvers on the F21-L63 / F21-L96 presets (smaller
-than the paper unless you ask for more), evaluates them beside the 4DVar baselines
-(fixed-step gradient descent and structured Gauss-Newton on the true RK4 cost), prints a
-table shaped like the paper's (prior x solver x learning scheme: supervised MSE,
-unsupervised = the 4DVar cost as loss (eq. 13), semi-supervised = held-out observations
-as target), and saves in `--out` the trained models (`model_<system>_<config>.eqx`, see
-`jaxda.io.load_model`), the energy-pathway figure (4DVar cost and reconstruction error
-against iteration), the table as Markdown (`table_<system>.md`) and a JSON record (with
-the run size), all written atomically.
+    python examples/fourdvarnet_lorenz.py --system l63          # minutes on a CPU
+    python examples/fourdvarnet_lorenz.py --system l96 --n-times 20
 
-Metrics (all on the test windows):
+The steps of the tutorial `docs/tutorials/fourdvarnet_lorenz96.md` on the F21-L63 /
+F21-L96 presets (smaller than the paper): normalise the windows with the training
+statistics, train a 4DVarNet (GENN prior, CNN or ConvLSTM solver) supervised through a
+curriculum of unrolled iterations, save and reload it, and compare on the test windows
+with the interpolated observations and with weak-constraint 4DVar (structured
+Gauss-Newton on the true RK4 cost, R = the noise variance, Q = `--model-var`). The
+table gives the MSE in original units (the paper's R-score) and the time per window
+(vmapped over the test set, after compilation).
 
-- R-score: MSE over all state entries in original units (the authors' code).
-- 4DVar-score: $0.01\\,\\overline{m (x - y)^2} + \\overline{(x - \\Phi_{RK4}(x))^2}$ in
-  normalised units (means over all entries), the paper's fixed weights.
-- ODE-score: $\\overline{(x^{true} - \\Phi(x^{true}))^2}$ of the configuration's prior
-  (normalised units; times $t \\ge 1$).
-
-Example (about 10 minutes on 2 CPU cores):
-
-    python examples/fourdvarnet_lorenz.py --system l63 --n-train 512 --steps 600
-
-Evaluate (or, with `--steps N`, train further) the models of an earlier run:
-
-    python examples/fourdvarnet_lorenz.py --system l63 --n-train 10000 --n-test 2000 \
-        --configs supervised-genn-cnn --init-from benchmarks/results/fourdvarnet/l63 \
-        --steps 0
-
-The functions `setup`, `build`, `train_config`, `gauss_newton` are reused by
-`benchmarks/bench_fourdvarnet.py`.
+Outputs in `--out`: `model.eqx` (`jaxda.io.load_model`) and `results.json`. The
+paper-reproduction harness (every configuration of Tables 1-2 with the paper's
+numbers, FSGD, energy pathways, `--init-from`) is `benchmarks/reproduce_f21.py`.
 """
 
-from __future__ import annotations
-
 import argparse
-import dataclasses
-import os
+import pathlib
 import time
-import zlib
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-import jaxda.data as jd
 import jaxda.fourdvarnet as fdn
-import jaxda.io as jio
-from jaxda import metrics, plot
-from jaxda.io import atomic_path, save_json
+from jaxda import data, io, metrics, var
 from jaxda.models import flow_map
-from jaxda.obs import Observations
-from jaxda.var import GaussNewton, GradientDescent, WeakConstraint4DVar
 
 
-PAPER = {
-    "l63": {
-        ("none", "ode", "fsgd"): 3.55,
-        ("unsupervised", "ode", "cnn"): 3.52,
-        ("unsupervised", "ode", "lstm"): 4.52,
-        ("unsupervised", "genn", "cnn"): 7.05,
-        ("unsupervised", "genn", "lstm"): 7.05,
-        ("supervised", "ode", "cnn"): 2.82,
-        ("supervised", "ode", "lstm"): 4.00,
-        ("supervised", "genn", "cnn"): 1.34,
-        ("supervised", "genn", "lstm"): 1.62,
-    },
-    "l96": {
-        ("none", "ode", "4dvar"): 1.06,
-        ("unsupervised", "ode", "cnn"): 1.00,
-        ("unsupervised", "ode", "lstm"): 1.32,
-        ("supervised", "ode", "cnn"): 0.82,
-        ("supervised", "ode", "lstm"): 0.97,
-        ("supervised", "genn", "cnn"): 0.49,
-        ("supervised", "genn", "lstm"): 0.38,
-    },
-}
-# Table 1 prints "L63-GENN" beside the first unsupervised rows (3.52, 4.52) and no
-# label beside the 7.05 rows; we follow the text and the ODE-score column instead: the
-# 3.52 / 4.52 rows have the RK4 prior's ODE-score (< 1e-4), and "the use of a GINN prior
-# results in very poor reconstruction performance" with ODE-score 2.0e-4 (the 7.05
-# rows), as the supervised rows pair ODE-score < 1e-4 with RK4 and 0.16 with GENN.
-PRESET = {"l63": "F21-L63", "l96": "F21-L96"}
-COLUMNS = ("mode", "prior", "solver", "iters", "r_score", "fourdvar_score", "ode_score")
-DEFAULT_CONFIGS = {
-    # L63 observes u1 only: unsupervised / semi-supervised GENN priors leave u2, u3
-    # unconstrained (see docs/benchmarks.md), so the defaults are the paper's best
-    # supervised row and the RK4-prior rows
-    "l63": ["supervised-genn-cnn", "supervised-ode-cnn", "unsupervised-ode-cnn"],
-    "l96": ["supervised-genn-lstm", "unsupervised-ode-cnn", "semisupervised-genn-lstm"],
+SYSTEMS = {  # prior and solver sizes of each system
+    "l63": dict(preset="F21-L63", layout="channels", width=10, kernel=5, pool=4),
+    "l96": dict(preset="F21-L96", layout="field", width=8, kernel=3, pool=2),
 }
 
-
-@dataclasses.dataclass
-class Setup:
-    """Data of one system: train / test splits, normalisation, normalised arrays."""
-
-    system: str
-    preset: jd.Preset
-    train: jd.Dataset
-    test: jd.Dataset
-    norm: jd.Normalisation
-    obs_tr: Observations
-    truth_tr: jax.Array
-    obs_te: Observations
-    truth_te: jax.Array
-    rk4: fdn.ODEPrior  # the true RK4 prior in normalised units
-
-    @property
-    def noise_var(self) -> float:
-        return self.preset.noise_std**2
+p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+p.add_argument("--system", choices=tuple(SYSTEMS), default="l63")
+p.add_argument("--n-train", type=int, default=256)
+p.add_argument("--n-test", type=int, default=64)
+p.add_argument("--n-times", type=int, default=None, help="window length (preset's)")
+p.add_argument("--steps", type=int, default=300, help="Adam steps in all")
+p.add_argument("--batch", type=int, default=32)
+p.add_argument("--curriculum", type=int, nargs="+", default=[5, 10, 20])
+p.add_argument("--solver", choices=("cnn", "lstm"), default="cnn")
+p.add_argument("--gn-steps", type=int, default=20, help="Gauss-Newton cap")
+p.add_argument("--model-var", type=float, default=0.01, help="Q of 4DVar")
+p.add_argument("--out", type=pathlib.Path, default="outputs/fourdvarnet_lorenz")
 
 
-def setup(system: str, seed: int, n_train: int, n_test: int) -> Setup:
-    """Simulate the F21 train / test windows of `system` ("l63" or "l96")."""
-    preset = jd.get_preset(PRESET[system])
-    train, test = jd.make_preset_splits(
-        PRESET[system], seed, n_train=n_train, n_test=n_test
+def main(argv=None) -> dict:
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    cfg = SYSTEMS[args.system]
+    k_prior, k_solver, k_fit = jax.random.split(jax.random.key(0), 3)
+
+    # -- data, normalised with the training statistics --
+    window = {"n_times": args.n_times} if args.n_times else {}
+    preset = data.get_preset(cfg["preset"], **window)
+    tr, te = data.make_preset_splits(
+        preset, 0, n_train=args.n_train, n_test=args.n_test
     )
-    norm = jd.Normalisation.fit(train.truth)
-    rk4 = fdn.ODEPrior.from_model(preset.model, preset.dt, normalisation=norm)
-    return Setup(
-        system,
-        preset,
-        train,
-        test,
-        norm,
-        norm.apply_obs(train.obs),
-        norm.apply(train.truth),
-        norm.apply_obs(test.obs),
-        norm.apply(test.truth),
-        rk4,
+    norm = data.Normalisation.fit(tr.truth)
+    print(f"{preset.name}: {tr.n_windows} train / {te.n_windows} test windows")
+
+    # -- the model: a GENN prior and a learned gradient solver --
+    shape, field = preset.model.state_shape, cfg["layout"] == "field"
+    prior = fdn.GENN(
+        shape,
+        key=k_prior,
+        layout=cfg["layout"],
+        width=cfg["width"],
+        kernel_size=cfg["kernel"],
+        pool=cfg["pool"],
+        periodic_space=field,
     )
+    Solver = fdn.ConvLSTMSolver if args.solver == "lstm" else fdn.CNNSolver
+    solver = Solver(shape, key=k_solver, layout=cfg["layout"], periodic_space=field)
+    cost = fdn.VariationalCost(prior, 0.01, 1.0)  # the paper's initial weights
+    model = fdn.FourDVarNet(cost, solver, n_iter=args.curriculum[0])
 
-
-def first_guess(s: Setup) -> jax.Array:
-    """Interpolated test observations, never-observed components at the mean
-    (original units)."""
-    fill = np.asarray(s.norm.mean)
-    return jax.vmap(lambda o: jd.interpolate_observations(o, fill))(s.test.obs)
-
-
-def build(system, prior_name, solver_name, norm, preset, key, n_iter):
-    k1, k2 = jax.random.split(key)
-    shape = preset.model.state_shape
-    field = system == "l96"
-    layout = "field" if field else "channels"
-    if prior_name == "ode":
-        prior = fdn.ODEPrior.from_model(preset.model, preset.dt, normalisation=norm)
-    else:
-        prior = fdn.GENN(
-            shape,
-            key=k1,
-            layout=layout,
-            width=10 if not field else 8,
-            kernel_size=5 if not field else 3,
-            pool=4 if not field else 2,
-            periodic_space=field,
-        )
-    if solver_name == "lstm":
-        solver = fdn.ConvLSTMSolver(shape, key=k2, layout=layout, periodic_space=field)
-    else:
-        solver = fdn.CNNSolver(shape, key=k2, layout=layout, periodic_space=field)
-    # lam_obs : lam_prior = 0.01 : 1 initially, as the paper's fixed cost weights
-    cost = fdn.VariationalCost(prior, 0.01, 1.0)
-    return fdn.FourDVarNet(cost, solver, n_iter=n_iter, train_prior=prior_name != "ode")
-
-
-def train_config(
-    cfg: str,
-    s: Setup,
-    *,
-    steps: int,
-    lr: float,
-    batch: int,
-    seed: int,
-    progress: bool = False,
-    curriculum: tuple[int, ...] = (5, 10, 20),
-    init: fdn.FourDVarNet | None = None,
-) -> tuple[fdn.FourDVarNet, dict]:
-    """Train configuration `cfg` = "mode-prior-solver" (e.g. "supervised-genn-cnn")
-    with the iteration curriculum K = 5 -> 10 -> 20 and Adam (`lr`, divided by 10 in
-    the last stage), gradient clipping at norm 1, from a fresh model or from `init`
-    (a trained one; `steps=0` returns it unchanged). **Returns:** `(model, info)`."""
-    mode, prior_name, solver_name = cfg.split("-")
-    key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(cfg.encode()) % 2**31)
-    if init is not None and steps == 0:
-        return init, {"train_s": 0.0, "train_steps": 0, "final_loss": None}
-    if init is not None:
-        model = init.with_iterations(curriculum[0])
-    else:
-        model = build(
-            s.system, prior_name, solver_name, s.norm, s.preset, key, curriculum[0]
-        )
-    stages = fdn.default_curriculum(steps, learning_rate=lr, iterations=curriculum)
-    data = fdn.make_training_data(s.obs_tr, s.truth_tr)
-    t0 = time.perf_counter()
-    res = fdn.fit_fourdvarnet(
+    # -- supervised training through the curriculum of unrolled iterations --
+    stages = fdn.default_curriculum(
+        args.steps, learning_rate=3e-3, iterations=tuple(args.curriculum)
+    )
+    fit = fdn.fit_fourdvarnet(
         model,
-        data,
-        key=key,
-        batch_size=batch,
+        fdn.make_training_data(norm.apply_obs(tr.obs), norm.apply(tr.truth)),
+        key=k_fit,
+        batch_size=min(args.batch, tr.n_windows),
         stages=stages,
-        mode=mode,
-        prior_weight=0.1 if mode == "supervised" else 0.0,
+        prior_weight=0.1,
         clip_norm=1.0,
-        progress=progress,
-        print_every=50,
+        progress=False,
     )
-    info = {
-        "train_s": time.perf_counter() - t0,
-        "train_steps": sum(st.n_steps for st in stages),
-        "final_loss": round(float(np.mean(res.losses[-20:])), 6),
-    }
-    return res.model, info
+    print(f"training loss: first {fit.losses[0]:.3f}, last {fit.losses[-1]:.3f}")
+    io.save_model(args.out / "model.eqx", fit.model)
+    model = io.load_model(args.out / "model.eqx")  # as a user would
 
+    # -- evaluation on the test windows (original units) --
+    fill = norm.mean  # never-observed components start at the training mean
 
-def fourdvar_scores(x, obs, rk4):
-    """Mean 4DVar-score (normalised units, true RK4 prior) of a batch of windows."""
-    score = eqx.filter_jit(jax.vmap(metrics.fourdvar_score, in_axes=(None, 0, 0)))
-    return float(jnp.mean(score(rk4, x, obs)))
+    def interpolation(obs):
+        return data.interpolate_observations(obs, fill)
 
-
-def scores(x, truth, obs, norm, prior, rk4_prior):
-    """R-score (orig units), 4DVar-score and ODE-score (normalised) of a batch."""
-    r = float(jnp.mean((norm.invert(x) - norm.invert(truth)) ** 2))
-    ode = eqx.filter_jit(jax.vmap(lambda t: jnp.mean((t - prior(t))[1:] ** 2)))
-    return r, fourdvar_scores(x, obs, rk4_prior), float(jnp.mean(ode(truth)))
-
-
-def _problem(preset, obs_var, model_var, values, mask):
     flow = flow_map(preset.model, preset.dt)
-    return WeakConstraint4DVar(flow, Observations(values, mask), obs_var, model_var)
 
-
-def gauss_newton(preset, obs_var, model_var, n_steps, chunk_size=None):
-    """A jitted, vmapped `(values, mask, x_init) -> (estimates, iterations)`; with
-    `chunk_size`, vmapped over that many windows at a time in one compiled loop (as
-    `jaxda.fourdvarnet.assimilate_batch(..., chunk_size=...)`)."""
-
-    def one(values, mask, x0):
-        problem = _problem(preset, obs_var, model_var, values, mask)
-        sol = GaussNewton().run(problem, x0, n_steps)
+    def fourdvar(obs):
+        problem = var.WeakConstraint4DVar(
+            flow, obs, preset.noise_std**2, args.model_var
+        )
+        sol = var.solve(
+            problem,
+            var.GaussNewton(),
+            interpolation(obs),
+            max_steps=args.gn_steps,
+            throw=False,
+        )
         return sol.x, sol.n_steps
 
-    if chunk_size is None:
-        return eqx.filter_jit(jax.vmap(one))
-    return eqx.filter_jit(
-        lambda *a: jax.lax.map(lambda w: one(*w), a, batch_size=chunk_size)
-    )
+    def fourdvarnet(obs):  # the batch entry point: normalise, assimilate, invert
+        sol = fdn.assimilate_batch(model, norm.apply_obs(obs))
+        return norm.invert(sol.x)
 
-
-def iterates(solver, preset, obs, x_init, obs_var, model_var, record):
-    """`(x_last, path)`: `record[-1]` fixed steps of a `jaxda.var` solver on every
-    window (vmapped), keeping `x_init` and the iterates listed in `record` (sorted
-    step numbers >= 1) as `path` of shape `(len(record) + 1, N, T, n)`."""
-    rec = jnp.asarray(record)
-
-    def one(values, mask, x0):
-        problem = _problem(preset, obs_var, model_var, values, mask)
-        snaps = jnp.zeros((len(record), *x0.shape), x0.dtype)
-
-        def body(carry, k):
-            state, snaps = carry
-            state, _, _ = solver.step(problem, state)
-            snaps = jnp.where((rec == k + 1)[:, None, None], state.u[None], snaps)
-            return (state, snaps), None
-
-        carry = (solver.init(problem, x0), snaps)
-        (state, snaps), _ = jax.lax.scan(body, carry, jnp.arange(int(record[-1])))
-        return state.u, jnp.concatenate([x0[None], snaps])
-
-    x, path = eqx.filter_jit(jax.vmap(one))(obs.values, obs.mask, x_init)
-    return x, path.swapaxes(0, 1)
-
-
-def markdown_table(system, rows, timings, args, training) -> str:
-    """Seed 001's Table 1 / 2 layout (scheme x prior x solver) with the paper's
-    R-score beside ours, the 4DVar- and ODE-scores, and the time per window of the
-    timed methods (same test windows, same chunk size)."""
-    preset = jd.get_preset(PRESET[system])
-    steps = {cfg: info["train_steps"] for cfg, info in training.items()}
-    if args.init_from and not any(steps.values()):
-        trained = f"models trained by an earlier run, loaded from {args.init_from}"
-    else:
-        trained = (
-            "Adam steps per configuration: "
-            f"{', '.join(f'{c} {n}' for c, n in steps.items()) or '-'}"
-            f"{' (continued from an earlier run)' if args.init_from else ''}"
-        )
-    lines = [
-        f"**{PRESET[system]}**: {args.n_train} train / {args.n_test} test windows "
-        f"(paper {preset.n_train} / {preset.n_test}), {trained}; device "
-        f"{jax.devices()[0].device_kind}.",
-        "",
-        "| scheme | prior | solver | iterations | R-score | paper | 4DVar-score "
-        "| ODE-score | ms / window |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for mode, prior, solver, it, r, fv, od in rows:
-        ref = PAPER[system].get((mode, prior, solver))
-        key = "gauss_newton" if solver == "4dvar" else f"{mode}-{prior}-{solver}"
-        ms = timings.get(key)
-        lines.append(
-            f"| {mode} | {prior} | {solver} | {it} | {r:.3f} | "
-            f"{'-' if ref is None else f'{ref:.2f}'} | {fv:.3e} | {od:.2e} | "
-            f"{'-' if ms is None else f'{ms * 1e3:.3f}'} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def run_system(system, args):
-    t0 = time.perf_counter()
-    s = setup(system, args.seed, args.n_train, args.n_test)
-    preset, test, norm = s.preset, s.test, s.norm
-    obs_te, truth_te, rk4 = s.obs_te, s.truth_te, s.rk4
-    print(
-        f"[{system}] data: {args.n_train} train / {args.n_test} test windows, "
-        f"{time.perf_counter() - t0:.1f} s"
-    )
-    rows, paths, timings, training = [], {}, {}, {}
-    noise_var = s.noise_var
-
-    # -- baselines on the true RK4 cost (original units) --
-    x0 = first_guess(s)
-    record = np.unique(np.geomspace(1, args.gd_steps, 25).astype(int))
-    lr = 0.5 / (4.0 / args.model_var + 1.0 / noise_var)  # < 1/L of the weak cost
-    t0 = time.perf_counter()
-    x_gd, gd_path = iterates(
-        GradientDescent(lr), preset, test.obs, x0, noise_var, args.model_var, record
-    )
-    r, fv, od = scores(norm.apply(x_gd), truth_te, obs_te, norm, rk4, rk4)
-    rows.append(("none", "ode", "fsgd", f"{args.gd_steps} it", r, fv, od))
-    paths["FSGD"] = (np.concatenate([[0], record]), norm.apply(gd_path))
-    print(f"[{system}] FSGD: R={r:.3f} ({time.perf_counter() - t0:.1f} s)")
-    gn = gauss_newton(preset, noise_var, args.model_var, 20, args.chunk)
-    jax.block_until_ready(gn(test.obs.values, test.obs.mask, x0))
-    t0 = time.perf_counter()
-    x_gn, _ = jax.block_until_ready(gn(test.obs.values, test.obs.mask, x0))
-    timings["gauss_newton"] = (time.perf_counter() - t0) / args.n_test
-    r, fv, od = scores(norm.apply(x_gn), truth_te, obs_te, norm, rk4, rk4)
-    rows.append(("none", "ode", "4dvar", "GN <=20 it", r, fv, od))
-    gn_record = np.arange(1, 9)
-    _, gn_path = iterates(
-        GaussNewton(), preset, test.obs, x0, noise_var, args.model_var, gn_record
-    )
-    paths["Gauss-Newton"] = (np.arange(9), norm.apply(gn_path))
-    print(f"[{system}] GN: R={r:.3f}, {timings['gauss_newton'] * 1e3:.2f} ms/window")
-
-    # -- learned configurations --
-    for cfg in args.configs or DEFAULT_CONFIGS[system]:
-        mode, prior_name, solver_name = cfg.split("-")
-        init = init_path = None
-        if args.init_from:
-            init_path = os.path.join(args.init_from, f"model_{system}_{cfg}.eqx")
-            init = jio.load_model(init_path)
-        trained, info = train_config(
-            cfg,
-            s,
-            steps=args.steps,
-            lr=args.lr,
-            batch=args.batch,
-            seed=args.seed,
-            progress=args.progress,
-            curriculum=tuple(args.curriculum),
-            init=init,
-        )
-        if args.init_from:
-            info["init_from"] = init_path
-        path = os.path.join(args.out, f"model_{system}_{cfg}.eqx")
-        jio.save_model(path, trained)  # atomic
-        model = jio.load_model(path)  # as a user would
-        training[cfg] = info
-
-        def run(m=model):
-            return fdn.assimilate_batch(m, obs_te, chunk_size=args.chunk)
-
-        jax.block_until_ready(run())
-        t0 = time.perf_counter()
-        x = jax.block_until_ready(run())
-        timings[cfg] = (time.perf_counter() - t0) / args.n_test
-        r, fv, od = scores(x, truth_te, obs_te, norm, model.cost.prior, rk4)
-        rows.append((mode, prior_name, solver_name, f"K={model.n_iter}", r, fv, od))
-        _, p = fdn.assimilate_batch(model, obs_te, return_path=True)
-        paths[cfg] = (np.arange(p.shape[1]), p.swapaxes(0, 1))
-        print(
-            f"[{system}] {cfg}: R={r:.3f}, train {info['train_s']:.0f} s "
-            f"({info['train_steps']} steps, final loss {info['final_loss']}), "
-            f"{timings[cfg] * 1e3:.2f} ms/window, "
-            f"lam_obs={float(model.cost.lam_obs):.3g} "
-            f"lam_prior={float(model.cost.lam_prior):.3g}, saved {path}"
-        )
-
-    # -- table (printed, and saved as Markdown) --
-    table = markdown_table(system, rows, timings, args, training)
-    print("\n" + table)
-    with atomic_path(os.path.join(args.out, f"table_{system}.md")) as tmp:
-        with open(tmp, "w") as f:
-            f.write(table)
-
-    # -- energy pathways --
-    def pathway(its, xs):
-        cost = [fourdvar_scores(xk, obs_te, rk4) for xk in jnp.asarray(xs)]
-        err = [float(jnp.mean((norm.invert(xk) - test.truth) ** 2)) for xk in xs]
-        return np.asarray(its), np.asarray(cost), np.asarray(err)
-
-    curves = {name: pathway(*v) for name, v in paths.items()}
-    try:
-        fig = plot.energy_pathways(
-            curves,
-            title=f"{PRESET[system]}: energy pathways",
-            cost_label="4DVar cost (normalised)",
-            error_label="MSE (original units)",
-        )
-        plot.save_figure(fig, os.path.join(args.out, f"pathways_{system}.png"))
-    except ImportError as e:
-        print(f"{e} No figure.")
-    return {
-        "system": system,
-        "n_train": args.n_train,
-        "n_test": args.n_test,
-        "steps": args.steps,
-        "batch": args.batch,
-        "model_var": args.model_var,
-        "paper_n_train": preset.n_train,
-        "paper_n_test": preset.n_test,
-        "device": str(jax.devices()[0]),
-        "rows": [dict(zip(COLUMNS, row)) for row in rows],
-        "time_per_window_s": timings,
-        "training": training,
-        "pathways": {
-            k: {"iter": v[0].tolist(), "cost": v[1].tolist(), "mse": v[2].tolist()}
-            for k, v in curves.items()
-        },
+    methods = {
+        "interpolation": jax.jit(jax.vmap(interpolation)),
+        "4DVar (Gauss-Newton)": jax.jit(jax.vmap(fourdvar)),
+        f"4DVarNet (K={model.n_iter})": fourdvarnet,
     }
+    print(f"\n{'method':<24}{'MSE':>8}{'ms/window':>11}{'iterations':>12}")
+    rows = {}
+    for name, fn in methods.items():
+        jax.block_until_ready(fn(te.obs))  # compile
+        t0 = time.perf_counter()
+        est = jax.block_until_ready(fn(te.obs))
+        run_s = time.perf_counter() - t0
+        row = {}
+        if isinstance(est, tuple):  # 4DVar: (estimate, iterations)
+            est, n_steps = est
+            row["iterations"] = float(jnp.mean(n_steps))
+        rows[name] = {"mse": float(metrics.mse(est, te.truth)), "run_s": run_s, **row}
+        its = f"{row['iterations']:>12.1f}" if row else ""
+        ms = 1e3 * run_s / te.n_windows
+        print(f"{name:<24}{rows[name]['mse']:>8.3f}{ms:>11.3f}{its}")
 
-
-def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--system", choices=("l63", "l96", "both"), default="both")
-    p.add_argument("--n-train", type=int, default=256)
-    p.add_argument("--n-test", type=int, default=64)
-    p.add_argument(
-        "--steps", type=int, default=300, help="Adam steps per configuration"
-    )
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument(
-        "--curriculum",
-        type=int,
-        nargs="+",
-        default=[5, 10, 20],
-        help="unrolled iterations K of the training stages (steps split evenly)",
-    )
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument(
-        "--init-from",
-        default=None,
-        metavar="DIR",
-        help="start from the models model_<system>_<config>.eqx saved in DIR by an "
-        "earlier run (same --seed and --n-train, hence the same normalisation); "
-        "--steps 0 only evaluates them",
-    )
-    p.add_argument("--gd-steps", type=int, default=2000)
-    p.add_argument(
-        "--model-var",
-        type=float,
-        default=0.01,
-        help="Q of the 4DVar baselines (R = the noise variance 2)",
-    )
-    p.add_argument(
-        "--configs",
-        nargs="*",
-        default=None,
-        help="mode-prior-solver, e.g. supervised-genn-cnn unsupervised-ode-lstm",
-    )
-    p.add_argument(
-        "--chunk",
-        type=int,
-        default=128,
-        help="windows vmapped at a time in the timed runs (both methods; on a CPU "
-        "the working set then stays in cache)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--progress", action="store_true", help="show training progress")
-    p.add_argument("--out", default="fourdvarnet_out")
-    args = p.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    systems = ("l63", "l96") if args.system == "both" else (args.system,)
-    out = [run_system(s, args) for s in systems]
-    save_json(
-        os.path.join(args.out, "results.json"), {"args": vars(args), "results": out}
-    )
-    print(f"\nwrote {args.out}/results.json, table_*.md, pathways_*.png, model_*.eqx")
-    return out
+    results = {
+        "system": preset.name,
+        "n_train": tr.n_windows,
+        "n_test": te.n_windows,
+        "train_steps": sum(st.n_steps for st in stages),
+        "final_loss": float(fit.losses[-1]),
+        "units": "MSE in original units over all test entries; run_s: test set",
+        "rows": rows,
+    }
+    io.save_json(args.out / "results.json", results)
+    print(f"\nSaved model.eqx and results.json in {args.out}/")
+    return results
 
 
 if __name__ == "__main__":
