@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,7 +33,8 @@ import numpy as np
 import optax
 
 from ._custom_types import Array, Key, Scalar
-from ._validation import check_int
+from ._results import RESULTS, all_finite, raise_if_failed
+from ._validation import check_int, check_key
 from .io import load_checkpoint, save_checkpoint
 
 
@@ -71,14 +73,20 @@ class TrainResult:
 
     **Fields:**
 
-    - `state`: the final `TrainState` (its `model` is the trained model).
-    - `losses`: training loss of every step taken in this call, shape `(n,)`.
+    - `state`: the final `TrainState` (its `model` is the trained model). When the
+      loss became non-finite it is the last state whose loss was finite (or the
+      initial / resumed state when the first loss was not).
+    - `losses`: training loss of every step taken in this call, shape `(n,)`; after a
+      non-finite loss it ends with that value.
     - `history`: list of `(step, metrics)` returned by the evaluation callback.
+    - `result`: `jaxda.RESULTS.successful`, or `RESULTS.nonfinite_loss` when training
+      stopped at a non-finite loss.
     """
 
     state: TrainState
     losses: np.ndarray
     history: list
+    result: RESULTS = dataclasses.field(default_factory=lambda: RESULTS.successful)
 
     @property
     def model(self):
@@ -96,6 +104,10 @@ def _strong_types(tree):
         return a
 
     return jax.tree_util.tree_map(fix, tree)
+
+
+def _finite_params(state: TrainState) -> bool:
+    return bool(all_finite(eqx.filter(state.model, eqx.is_inexact_array)))
 
 
 def init_state(model, optimizer: optax.GradientTransformation, key: Key) -> TrainState:
@@ -281,6 +293,7 @@ def fit(
     resume: bool = True,
     progress: bool = True,
     print_every: int = 100,
+    throw: bool = False,
 ) -> TrainResult:
     """Train `model` by minimising the batch mean of `loss_fn` with optax.
 
@@ -310,9 +323,21 @@ def fit(
     - `resume`: load `checkpoint_path` if it exists.
     - `progress`: show a tqdm bar if tqdm is installed, else print every `print_every`
       steps.
+    - `throw`: raise an `equinox.EquinoxRuntimeError` when training stopped at a
+      non-finite loss (default False: a warning, and `result` says so).
 
-    **Returns:** a `TrainResult` (`.model`, `.state`, `.losses`, `.history`).
+    **Returns:** a `TrainResult` (`.model`, `.state`, `.losses`, `.history`,
+    `.result`).
+
+    A non-finite loss stops training: the last state whose loss was finite is
+    returned and written to `checkpoint_path` (a checkpoint is only written for a
+    state whose parameters are finite, so the last good checkpoint is never replaced
+    by a diverged one), `result` is `RESULTS.nonfinite_loss` and a `RuntimeWarning` is
+    issued.
     """
+    if isinstance(key, int) and not isinstance(key, bool):
+        key = jax.random.key(key)
+    check_key("key", key)
     n_steps = check_int("n_steps", n_steps, minimum=0)
     n = _n_samples(data)
     batch_size = check_int("batch_size", batch_size, minimum=1)
@@ -343,11 +368,16 @@ def fit(
             print(f"[eval] step {step}: {metrics}")
         return metrics
 
+    good, result = state, RESULTS.successful  # `good`: its loss was finite
     try:
         for t in range(start, n_steps):
-            state, loss = step_fn(state, batcher(t))
+            new, loss = step_fn(state, batcher(t))
             loss = float(loss)
             losses.append(loss)
+            if not np.isfinite(loss):
+                result = RESULTS.nonfinite_loss
+                break
+            good, state = state, new
             done = t + 1
             metrics = None
             if eval_fn is not None and eval_every and done % eval_every == 0:
@@ -356,6 +386,7 @@ def fit(
                 checkpoint_path is not None
                 and checkpoint_every
                 and (done % checkpoint_every == 0)
+                and _finite_params(state)
             ):
                 save_checkpoint(checkpoint_path, state, header)
             if bar is not None:
@@ -370,8 +401,22 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
+    if result != RESULTS.successful:
+        # `state` gave the non-finite loss; `good` is the state before it
+        failed_at = int(state.step)
+        state = good if failed_at > start else state
+        warnings.warn(
+            f"jaxda.train.fit: the loss became non-finite at step {failed_at} "
+            f"({losses[-1]}); training stopped and the state of step "
+            f"{int(state.step)} (the last with a finite loss) is kept.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if eval_fn is not None and (not history or history[-1][0] != int(state.step)):
         evaluate(int(state.step))
-    if checkpoint_path is not None:
+    stepped = result == RESULTS.successful or int(state.step) > start
+    if checkpoint_path is not None and stepped and _finite_params(state):
         save_checkpoint(checkpoint_path, state, header)
-    return TrainResult(state, np.asarray(losses), history)
+    out = TrainResult(state, np.asarray(losses), history, result)
+    raise_if_failed(jnp.asarray(losses), result, throw)
+    return out

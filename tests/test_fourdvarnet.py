@@ -10,6 +10,7 @@ from helpers import finite_difference_jvp
 import jaxda.fourdvarnet as fdn
 import jaxda.io as jio
 import jaxda.nn as nn
+from jaxda import RESULTS
 from jaxda.fourdvarnet._model import unroll
 from jaxda.models import Lorenz63, flow_map, rollout
 from jaxda.obs import Observations
@@ -236,11 +237,14 @@ def test_supervised_training_curriculum_and_centre_tap(getkey):
     changed = res.model.cost.prior.fine.conv_in.weight != genn.fine.conv_in.weight
     assert jnp.any(changed)
     # vmap over windows equals window-by-window
-    xb = fdn.assimilate_batch(res.model, obs)
+    sol = fdn.assimilate_batch(res.model, obs)
+    xb = sol.x
+    assert sol.path is None and jnp.all(sol.result == RESULTS.successful)
     x3 = eqx.filter_jit(res.model)(Observations(obs.values[3], obs.mask[3]))
     np.testing.assert_allclose(xb[3], x3, rtol=1e-10, atol=1e-12)
     # chunks of 5 (16 = 3 x 5 + 1: a remainder chunk) inside one compiled loop
-    xc, pc = fdn.assimilate_batch(res.model, obs, chunk_size=5, return_path=True)
+    solc = fdn.assimilate_batch(res.model, obs, chunk_size=5, return_path=True)
+    xc, pc = solc.x, solc.path
     np.testing.assert_allclose(xc, xb, rtol=1e-10, atol=1e-12)
     assert pc.shape == (16, res.model.n_iter + 1, *obs.values.shape[1:])
     np.testing.assert_allclose(pc[:, -1], xb, rtol=1e-10, atol=1e-12)
@@ -501,3 +505,81 @@ def test_save_load_round_trip(tmp_path, getkey):
                 fdn.VariationalCost(flax_prior), fdn.TrainableStepGradient(0.1)
             ),
         )
+
+
+def test_assimilate_result_codes_and_value_checks(getkey, monkeypatch):
+    # Regression (probe defect 10): NaN inputs and a diverging unroll were silent.
+    import jaxda.fourdvarnet._model as fdn_model
+
+    truth, obs = _windows(getkey(), 3)
+    one = Observations(obs.values[0], obs.mask[0])
+    genn = fdn.GENN((3,), key=getkey(), width=3, kernel_size=3)
+    model = fdn.FourDVarNet(
+        fdn.VariationalCost(genn), fdn.TrainableStepGradient(0.1), n_iter=2
+    )
+    sol = fdn.assimilate(model, one, return_path=True)
+    assert sol.result == RESULTS.successful
+    x, path = eqx.filter_jit(lambda m, o: m(o, return_path=True))(model, one)
+    np.testing.assert_allclose(sol.x, x, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(sol.path, path, rtol=1e-12, atol=1e-14)
+    # eagerly, non-finite values are a ValueError naming the argument
+    with pytest.raises(ValueError, match="`x_init` must be finite"):
+        fdn.assimilate(model, one, jnp.full((T, 3), jnp.nan))
+    with pytest.raises(ValueError, match="`x_init` must be finite"):
+        fdn.assimilate_batch(model, obs, jnp.full(obs.values.shape, jnp.inf))
+    # a finite but huge first guess overflows the cost: `nonfinite`, raised by default
+    big = jnp.full((T, 3), 1e200)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="non-finite"):
+        fdn.assimilate(model, one, big)
+    assert fdn.assimilate(model, one, big, throw=False).result == RESULTS.nonfinite
+    # under jit the value checks become `invalid_input`, window by window
+    x0 = jnp.zeros(obs.values.shape).at[1, 0, 0].set(jnp.nan)
+    res = jax.jit(lambda o, x: fdn.assimilate_batch(model, o, x, throw=False).result)(
+        obs, x0
+    )
+    assert (res == RESULTS.invalid_input).tolist() == [False, True, False]
+    assert (res == RESULTS.successful).tolist() == [True, False, True]
+    with pytest.raises(eqx.EquinoxRuntimeError, match="value check"):
+        eqx.filter_jit(lambda o, x: fdn.assimilate_batch(model, o, x).x)(obs, x0)
+    # regression (probe defect 17): the prior's output shape is traced once per
+    # window shape, not at every call
+    traced = []
+    real = fdn_model._prior_out_shape
+    monkeypatch.setattr(
+        fdn_model, "_prior_out_shape", lambda *a: traced.append(a[1]) or real(*a)
+    )
+    fdn_model._PRIOR_SHAPES.clear()
+    for _ in range(3):
+        fdn.assimilate_batch(model, obs)
+        fdn.assimilate(model, one)
+    short = Observations(obs.values[:, :8], obs.mask[:, :8])
+    fdn.assimilate_batch(model, short)
+    assert traced == [(T, 3), (8, 3)]
+
+
+def test_fit_fourdvarnet_stops_at_a_nonfinite_loss(getkey):
+    # Regression (probe defect 1, curriculum side): a stage whose loss is NaN stops
+    # the curriculum and says so in `result`; the model keeps its finite weights.
+    truth, obs = _windows(getkey(), 4)
+    genn = fdn.GENN((3,), key=getkey(), width=3, kernel_size=3)
+    model = fdn.FourDVarNet(
+        fdn.VariationalCost(genn), fdn.TrainableStepGradient(0.1), n_iter=2
+    )
+
+    def factory():
+        base = fdn.make_fourdvarnet_loss("supervised")
+        return lambda m, e, k: jnp.nan * base(m, e, k)
+
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        res = fdn.fit_fourdvarnet(
+            model,
+            fdn.make_training_data(obs, truth),
+            key=getkey(),
+            batch_size=2,
+            stages=[fdn.CurriculumStage(2, 3), fdn.CurriculumStage(3, 3)],
+            loss_factory=factory,
+            progress=False,
+        )
+    assert res.result == RESULTS.nonfinite_loss and len(res.stages) == 1
+    assert int(res.stages[0].state.step) == 0
+    assert bool(eqx.tree_equal(res.model, model))

@@ -377,3 +377,46 @@ def test_bad_inputs(getkey):
         inc.NeuralBandGaussian(T, N, key=getkey(), architecture="transformer")
     with pytest.raises(ValueError, match="`s` must be a scalar"):
         model.mean(z, jnp.ones(2))
+
+
+def test_assimilation_result_codes_and_value_checks(getkey):
+    # Regression (probe defects 10 and 15): NaN inputs gave NaN estimates with no
+    # error, and bad constructor arguments gave errors that did not name them.
+    model = _model(getkey())
+    z = jax.random.normal(getkey(), (T, N))
+    obs = _obs(getkey())
+    sol = inc.assimilate(model, z, obs, 0.5, 0.1)
+    assert sol.result == RESULTS.successful
+    np.testing.assert_allclose(sol.x, model(z, obs, 0.5, 0.1), rtol=1e-12)
+    nan_z = z.at[2, 1].set(jnp.nan)
+    with pytest.raises(ValueError, match="`z` must be finite"):
+        inc.assimilate(model, nan_z, obs, 0.5, 0.1)
+    with pytest.raises(ValueError, match="`z` must be finite"):
+        model(nan_z, obs, 0.5, 0.1)
+    with pytest.raises(ValueError, match="`z0` must be finite"):
+        inc.incremental_assimilation(model, nan_z, obs, 0.1)
+    # under jit: `invalid_input`, and `throw=True` raises there too
+    run = jax.jit(
+        lambda z: inc.incremental_assimilation(model, z, obs, 0.1, throw=False).result
+    )
+    assert run(z) == RESULTS.successful
+    assert run(nan_z) == RESULTS.invalid_input
+    bad_var = jax.jit(lambda r: inc.assimilate(model, z, obs, 0.5, r, throw=False))
+    assert bad_var(-1.0).result == RESULTS.invalid_input
+    with pytest.raises(eqx.EquinoxRuntimeError, match="value check"):
+        eqx.filter_jit(lambda z: inc.incremental_assimilation(model, z, obs, 0.1).x)(
+            nan_z
+        )
+    # a finite first guess whose estimate overflows float32: `nonfinite`
+    m32 = _model(getkey(), dtype="float32")
+    o32 = Observations(obs.values.astype(jnp.float32), obs.mask)
+    huge = jnp.full((T, N), 3e38, jnp.float32)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="non-finite"):
+        inc.incremental_assimilation(m32, huge, o32, 0.1)
+    sol = inc.incremental_assimilation(m32, huge, o32, 0.1, throw=False)
+    assert sol.result == RESULTS.nonfinite and not jnp.all(jnp.isfinite(sol.x))
+    # constructor errors name the argument
+    with pytest.raises(TypeError, match="`dtype` must be a floating dtype"):
+        inc.NeuralBandGaussian(T, N, key=getkey(), dtype="int32")
+    with pytest.raises(TypeError, match="`state_shape` must be an int or a tuple"):
+        inc.NeuralBandGaussian(T, 3.0, key=getkey())

@@ -66,3 +66,49 @@ def test_figures_are_built_and_saved(tmp_path):
     assert (tmp_path / "path.pdf").read_bytes()[:4] == b"%PDF"
     with pytest.raises(ValueError, match="must have the shape of `truth`"):
         plot.trajectories(truth, Observations(truth[:2], mask[:2]), {})
+
+
+def test_save_json_writes_strict_json(tmp_path):
+    # Regression (probe defect 16): NaN / Infinity were written, which strict JSON
+    # parsers reject; they are written as null.
+    obj = {
+        "nan": float("nan"),
+        "inf": np.float32(np.inf),
+        "arr": np.array([1.0, -np.inf]),
+    }
+    io.save_json(tmp_path / "r.json", obj)
+
+    def refuse(token):
+        raise ValueError(token)
+
+    text = (tmp_path / "r.json").read_text()
+    loaded = json.loads(text, parse_constant=refuse)
+    assert loaded == {"nan": None, "inf": None, "arr": [1.0, None]}
+
+
+def test_killed_save_leaves_no_orphan_after_the_next_save(tmp_path):
+    # Regression (probe defect 16): each killed save left a `.name.*.tmp` for good.
+    import subprocess
+    import sys
+
+    path = tmp_path / "out.bin"
+    code = (
+        "import os, sys\n"
+        "from jaxda.io import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    open(tmp, 'wb').write(b'half')\n"
+        "    os._exit(9)\n"
+    )
+    seen = []
+    for _ in range(3):  # each save removes the orphan of the killed one before it
+        proc = subprocess.run([sys.executable, "-c", code, str(path)], timeout=120)
+        assert proc.returncode == 9
+        orphans = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert len(orphans) == 1 and not path.exists()
+        seen += orphans
+    assert len(set(seen)) == 3
+    with io.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    assert path.read_bytes() == b"whole"

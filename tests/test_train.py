@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxda import io as jio, train
+from jaxda import RESULTS, io as jio, train
 
 
 def _problem(n=64, n_in=3, n_out=2, seed=0):
@@ -260,3 +260,71 @@ def test_bad_inputs():
         )
     with pytest.raises(TypeError, match="JSON"):
         jio.save_checkpoint("/tmp/never", _model(), {"f": object()})
+
+
+def test_nonfinite_loss_stops_and_keeps_last_finite_state(tmp_path):
+    # Regression (probe defect 1): with optax.sgd(1e3) training went on through NaN
+    # and replaced the last good checkpoint with NaN weights.
+    data = _problem()
+    path = tmp_path / "ck"
+    kw = dict(
+        key=jax.random.key(3),
+        batch_size=16,
+        optimizer=optax.sgd(1e3),
+        checkpoint_path=path,
+        checkpoint_every=2,
+        progress=False,
+    )
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        res = train.fit(_model(), _loss, data, n_steps=60, **kw)
+    assert res.result == RESULTS.nonfinite_loss
+    losses = res.losses
+    assert 2 <= len(losses) < 60 and not np.isfinite(losses[-1])
+    assert np.all(np.isfinite(losses[:-1]))
+    # the kept state is the one whose (finite) loss is losses[-2]
+    step = int(res.state.step)
+    assert step == len(losses) - 2
+    key_data, _ = jax.random.split(kw["key"])
+    batch = jax.tree_util.tree_map(
+        lambda a: a[train.batch_indices(key_data, step, 64, 16)], data
+    )
+    _, loss = train.make_train_step(_loss, kw["optimizer"])(res.state, batch)
+    np.testing.assert_allclose(float(loss), losses[-2], rtol=1e-6)
+    params = jax.tree_util.tree_leaves(eqx.filter(res.model, eqx.is_inexact_array))
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in params)
+    # on disk: that state, not a diverged one
+    like = train.init_state(_model(), kw["optimizer"], jax.random.key(0))
+    assert _same(jio.load_checkpoint(path, like), res.state)
+    # resuming a good checkpoint with a loss that is NaN leaves the file untouched
+    before = path.read_bytes()
+
+    def nan_loss(model, example, key):
+        return jnp.nan * _loss(model, example, key)
+
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        again = train.fit(_model(), nan_loss, data, n_steps=60, **kw)
+    assert again.result == RESULTS.nonfinite_loss and len(again.losses) == 1
+    assert _same(again.state, res.state) and path.read_bytes() == before
+    with pytest.warns(RuntimeWarning), pytest.raises(eqx.EquinoxRuntimeError):
+        train.fit(_model(), nan_loss, data, n_steps=60, throw=True, **kw)
+    ok = train.fit(
+        _model(),
+        _loss,
+        data,
+        n_steps=3,
+        key=jax.random.key(0),
+        batch_size=16,
+        progress=False,
+    )
+    assert ok.result == RESULTS.successful
+
+
+def test_key_argument():
+    # Regression (probe defect 15): fit(key=0) failed with an error about key data.
+    data = _problem(n=16)
+    kw = dict(n_steps=2, batch_size=8, progress=False)
+    a = train.fit(_model(), _loss, data, key=0, **kw)
+    b = train.fit(_model(), _loss, data, key=jax.random.key(0), **kw)
+    np.testing.assert_array_equal(a.losses, b.losses)
+    with pytest.raises(TypeError, match="`key` must be a jax.random key"):
+        train.fit(_model(), _loss, data, key="0", **kw)

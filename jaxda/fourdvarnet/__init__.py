@@ -6,8 +6,9 @@ r"""4DVarNet ([F21]): a learnable variational cost and its unrolled learned solv
   `UNetPrior` (or any module, e.g. a `jaxda.nn.FlaxModule`).
 - Gradient solvers $\Gamma$: `ConvLSTMSolver`, `CNNSolver`, `TrainableStepGradient`
   (subclasses of `AbstractGradientSolver`).
-- `FourDVarNet`: the unrolled network $\Psi_{\Phi,\Gamma}$; `assimilate_batch` runs it
-  on a batch of windows and reports a `result`.
+- `FourDVarNet`: the unrolled network $\Psi_{\Phi,\Gamma}$; `assimilate` (one window)
+  and `assimilate_batch` (a batch) run it compiled and return a `FourDVarNetSolution`
+  with a `result`.
 - Losses: `supervised_loss`, `unsupervised_loss`, `semisupervised_loss`,
   `make_fourdvarnet_loss`, `make_training_data`.
 - Curriculum training: `fit_fourdvarnet`, `CurriculumStage`, `default_curriculum`,
@@ -26,7 +27,9 @@ from ._losses import (
 )
 from ._model import (
     FourDVarNet as FourDVarNet,
+    FourDVarNetSolution as FourDVarNetSolution,
     VariationalCost as VariationalCost,
+    assimilate as assimilate,
     assimilate_batch as assimilate_batch,
 )
 from ._priors import GENN as GENN, ODEPrior as ODEPrior, UNetPrior as UNetPrior
@@ -55,10 +58,12 @@ __all__ = [
     "CurriculumStage",
     "FitResult",
     "FourDVarNet",
+    "FourDVarNetSolution",
     "ODEPrior",
     "TrainableStepGradient",
     "UNetPrior",
     "VariationalCost",
+    "assimilate",
     "assimilate_batch",
     "default_curriculum",
     "fit_fourdvarnet",

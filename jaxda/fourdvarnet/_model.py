@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Float, Scalar
-from .._validation import check_int, check_positive, is_concrete
+from .._results import RESULTS, all_finite, first_failure, raise_if_failed
+from .._validation import check_finite, check_int, check_positive, is_concrete
 from ..data import interpolate_observations
 from ..obs import Observations
 from ._solvers import AbstractGradientSolver
@@ -91,6 +92,91 @@ class VariationalCost(eqx.Module):
     def __call__(self, x: Float[Array, "T *state"], obs: Observations) -> Scalar:
         o, p = self.terms(x, obs)
         return self.lam_obs.astype(x.dtype) * o + self.lam_prior.astype(x.dtype) * p
+
+
+_PRIOR_SHAPES: dict = {}  # (prior structure, window, dtype) -> output shape
+
+
+def _prior_out_shape(prior, window, dtype):
+    return tuple(jax.eval_shape(prior, jax.ShapeDtypeStruct(window, dtype)).shape)
+
+
+def _check_prior(prior, window: tuple, dtype) -> None:
+    """The prior maps windows of shape `window` to the same shape (traced once per
+    prior structure, window shape and dtype)."""
+    leaves, treedef = jax.tree_util.tree_flatten(prior)
+    sig = tuple(
+        (np.shape(a), str(getattr(a, "dtype", type(a).__name__))) for a in leaves
+    )
+    key = (treedef, sig, window, str(jnp.dtype(dtype)))
+    try:
+        out = _PRIOR_SHAPES.get(key)
+    except TypeError:  # unhashable static data: no caching
+        key, out = None, None
+    if out is None:
+        try:
+            out = _prior_out_shape(prior, window, dtype)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"The prior cannot take windows of shape {window}: {e}"
+            ) from e
+        if key is not None:
+            if len(_PRIOR_SHAPES) > 256:
+                _PRIOR_SHAPES.clear()
+            _PRIOR_SHAPES[key] = out
+    if out != window:
+        raise ValueError(
+            f"The prior must map windows of shape {window} to the same shape; got "
+            f"{out}."
+        )
+
+
+def _check_values(obs: Observations, x_init, lead: int) -> None:
+    """Eager value checks: at least one observation per window, finite observed
+    values and first guess (`ValueError` naming the argument)."""
+    if is_concrete(obs.mask):
+        m = np.asarray(obs.mask).reshape(obs.mask.shape[: lead - 1] + (-1,))
+        empty = ~m.any(axis=-1)
+        if np.any(empty):
+            where = (
+                f" (windows {np.flatnonzero(empty)[:10].tolist()})" if lead == 2 else ""
+            )
+            raise ValueError(
+                f"`obs` has no observation at all{where}: 4DVarNet needs at least "
+                "one observed value per window."
+            )
+        if is_concrete(obs.values):
+            v = np.asarray(obs.values)
+            if not np.all(np.isfinite(v[np.asarray(obs.mask)])):
+                raise ValueError("`obs` must have finite observed values.")
+    if x_init is not None:
+        check_finite("x_init", x_init)
+
+
+def _valid(obs: Observations, x_init) -> Array:
+    """The value checks of `_check_values` on (traced) values of ONE window."""
+    ok = jnp.any(obs.mask) & all_finite(jnp.where(obs.mask, obs.values, 0))
+    return ok & all_finite(x_init)
+
+
+class FourDVarNetSolution(eqx.Module):
+    """Output of `assimilate` (one window) and `assimilate_batch` (a leading window
+    axis on every field).
+
+    **Fields:**
+
+    - `x`: the estimate $x^{(K)}$, `(T, *state)` (or `(N, T, *state)`).
+    - `path`: the iterates $x^{(0)}, \\dots, x^{(K)}$, `(K + 1, T, *state)` (or `(N,
+      K + 1, T, *state)`), with `return_path=True`; else None.
+    - `result`: a `jaxda.RESULTS` (one per window): `successful`; `invalid_input` (a
+      window with no observation, or a non-finite observed value or first guess,
+      seen under `jit`); `nonfinite` (the estimate is not finite, e.g. the unroll
+      diverged from a first guess of $10^{30}$).
+    """
+
+    x: Array
+    path: Array | None
+    result: RESULTS
 
 
 class FourDVarNet(eqx.Module):
@@ -156,16 +242,12 @@ class FourDVarNet(eqx.Module):
         return cost
 
     def check_inputs(self, obs, x_init=None, *, batched: bool = False) -> None:
-        """Validate observations / first guess (shapes always, values when concrete)."""
-        if not isinstance(obs, Observations):
-            raise TypeError(
-                f"`obs` must be jaxda.obs.Observations; got {type(obs).__name__}."
-            )
+        """Validate observations / first guess: shapes always (the prior's output
+        shape is traced once per window shape and dtype, then cached), values when
+        concrete (`ValueError` naming the argument)."""
+        Observations.check(obs, batched=batched, name="obs")
         lead = 2 if batched else 1
         shape = tuple(obs.values.shape)
-        if len(shape) < lead + 1:
-            want = "(N, T, *state)" if batched else "(T, *state)"
-            raise ValueError(f"`obs` must have shape {want}; got {shape}.")
         if x_init is not None and tuple(jnp.shape(x_init)) != shape:
             raise ValueError(
                 f"`x_init` must have the shape of `obs` {shape}; got "
@@ -173,33 +255,8 @@ class FourDVarNet(eqx.Module):
             )
         window = shape[lead - 1 :]
         self.solver.check_state_shape(window[1:])
-        try:
-            out = jax.eval_shape(
-                self.cost.prior, jax.ShapeDtypeStruct(window, obs.values.dtype)
-            )
-        except (ValueError, TypeError) as e:
-            raise ValueError(
-                f"The prior cannot take windows of shape {window}: {e}"
-            ) from e
-        if tuple(out.shape) != window:
-            raise ValueError(
-                f"The prior must map windows of shape {window} to the same shape; got "
-                f"{tuple(out.shape)}."
-            )
-        if is_concrete(obs.mask):
-            m = np.asarray(obs.mask).reshape(shape[: lead - 1] + (-1,))
-            empty = ~m.any(axis=-1)
-            if np.any(empty):
-                where = (
-                    f" (windows {np.flatnonzero(empty)[:10].tolist()})"
-                    if batched
-                    else ""
-                )
-                raise ValueError(
-                    f"`obs` has no observation at all{where}: 4DVarNet needs at least "
-                    "one "
-                    "observed value per window."
-                )
+        _check_prior(self.cost.prior, window, obs.values.dtype)
+        _check_values(obs, x_init, lead)
 
     def __call__(
         self,
@@ -208,7 +265,8 @@ class FourDVarNet(eqx.Module):
         *,
         return_path: bool = False,
     ) -> Float[Array, "T *state"] | tuple[Float[Array, "T *state"], Array]:
-        r"""Assimilate one window.
+        r"""Assimilate one window, as a bare array (for training losses; for a result
+        code use `jaxda.fourdvarnet.assimilate`).
 
         **Arguments:** `obs` (`Observations` of shape `(T, *state)`); `x_init` (first
         guess $x^{(0)}$, default the interpolated observations); `return_path`.
@@ -217,6 +275,10 @@ class FourDVarNet(eqx.Module):
         $x^{(0)}, \dots, x^{(K)}$ stacked, `(K + 1, T, *state)`.
         """
         self.check_inputs(obs, x_init)
+        return self._run(obs, x_init, return_path)
+
+    def _run(self, obs, x_init, return_path):
+        """`__call__` without the checks."""
         if x_init is None:
             x_init = interpolate_observations(obs, self.fill)
         return unroll(
@@ -267,15 +329,81 @@ def unroll(
     return x, jnp.concatenate([x_init[None], path, x[None]], axis=0)
 
 
-@eqx.filter_jit
-def _batched(model, obs, x_init, return_path, chunk_size):
-    def one(args):
-        o, x0 = args
-        return model(o, x0, return_path=return_path)
+def _solve_one(model, obs, x_init, return_path) -> FourDVarNetSolution:
+    if x_init is None:
+        x_init = interpolate_observations(obs, model.fill)
+    x_init = jnp.asarray(x_init, obs.values.dtype)
+    out = model._run(obs, x_init, return_path)
+    x, path = out if return_path else (out, None)
+    result = first_failure(
+        (~_valid(obs, x_init), RESULTS.invalid_input),
+        (~all_finite(x), RESULTS.nonfinite),
+    )
+    return FourDVarNetSolution(x, path, result)
 
+
+def _check_model(model):
+    if not isinstance(model, FourDVarNet):
+        raise TypeError(f"`model` must be a FourDVarNet; got {type(model).__name__}.")
+
+
+@eqx.filter_jit
+def _single(model, obs, x_init, return_path, throw):
+    sol = _solve_one(model, obs, x_init, return_path)
+    return raise_if_failed(sol, sol.result, throw)
+
+
+def assimilate(
+    model: FourDVarNet,
+    obs: Observations,
+    x_init: Float[Array, "T *state"] | None = None,
+    *,
+    return_path: bool = False,
+    throw: bool = True,
+) -> FourDVarNetSolution:
+    r"""Run `model` on one window (compiled with `eqx.filter_jit`), with a result code.
+
+    $\hat x = \Psi_{\Phi,\Gamma}(x^{(0)}, y, \Omega) = x^{(K)}$ (see `FourDVarNet`).
+
+    **Arguments:**
+
+    - `model`: a `FourDVarNet`.
+    - `obs`: `Observations` of shape `(T, *state)`, at least one observed value.
+    - `x_init`: first guess $x^{(0)}$ (default: the interpolated observations).
+    - `return_path`: also return the iterates.
+    - `throw`: raise (eagerly and under `jit`) when `result` is not successful;
+      `False` to inspect `result` instead.
+
+    **Returns:** a `FourDVarNetSolution` (`.x`, `.path`, `.result`).
+
+    Shapes are checked always, values (no observation, non-finite observed values or
+    `x_init`) eagerly with a `ValueError`, and under `jit` as `RESULTS.invalid_input`.
+    The checks that need tracing (the prior's output shape) run once per window shape.
+    """
+    _check_model(model)
+    model.check_inputs(obs, x_init)
+    return _single(model, obs, x_init, bool(return_path), bool(throw))
+
+
+@eqx.filter_jit
+def _batched(model, obs, x_init, return_path, chunk_size, throw):
+    if x_init is None:
+
+        def one(o):
+            return _solve_one(model, o, None, return_path)
+
+        xs = obs
+    else:
+
+        def one(args):
+            return _solve_one(model, args[0], args[1], return_path)
+
+        xs = (obs, x_init)
     if chunk_size is None:
-        return jax.vmap(one)((obs, x_init))
-    return jax.lax.map(one, (obs, x_init), batch_size=chunk_size)
+        sol = jax.vmap(one)(xs)
+    else:
+        sol = jax.lax.map(one, xs, batch_size=chunk_size)
+    return raise_if_failed(sol, sol.result, throw)
 
 
 def assimilate_batch(
@@ -285,27 +413,42 @@ def assimilate_batch(
     *,
     return_path: bool = False,
     chunk_size: int | None = None,
-):
-    """Run `model` on a batch of windows (`jax.vmap` under `eqx.filter_jit`).
+    throw: bool = True,
+) -> FourDVarNetSolution:
+    """Run `model` on a batch of windows (`jax.vmap` under `eqx.filter_jit`), with a
+    result code per window.
 
-    **Arguments:** `model`; `obs` with a leading window axis `(N, T, *state)`; `x_init`
-    (default: interpolated observations); `return_path`; `chunk_size` (vmap over this
-    many windows at a time inside one compiled loop, `jax.lax.map(...,
-    batch_size=chunk_size)`: memory bounded by the chunk, and on CPU a working set that
-    stays in cache; any `N`, one compilation).
+    **Arguments:**
 
-    **Returns:** `(N, T, *state)` estimates (and `(N, K + 1, T, *state)` paths).
+    - `model`: a `FourDVarNet`.
+    - `obs`: `Observations` with a leading window axis `(N, T, *state)`.
+    - `x_init`: first guesses `(N, T, *state)` (default: interpolated observations).
+    - `return_path`: also return the iterates.
+    - `chunk_size`: vmap over this many windows at a time inside one compiled loop,
+      `jax.lax.map(..., batch_size=chunk_size)`: memory bounded by the chunk, and on
+      CPU a working set that stays in cache; any `N`, one compilation.
+    - `throw`: raise when any window failed; `False` to inspect `result` instead.
+
+    **Returns:** a `FourDVarNetSolution` with a leading window axis: `.x` `(N, T,
+    *state)`, `.path` `(N, K + 1, T, *state)` with `return_path`, `.result` `(N,)`.
+
+    Checks as in `assimilate`; the ones that need tracing run once per window shape,
+    so the per-call overhead stays small next to the compiled work.
     """
-    if not isinstance(model, FourDVarNet):
-        raise TypeError(f"`model` must be a FourDVarNet; got {type(model).__name__}.")
+    _check_model(model)
     model.check_inputs(obs, x_init, batched=True)
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
         if chunk_size >= obs.values.shape[0]:
             chunk_size = None
-    if x_init is None:
-        x_init = jax.vmap(lambda o: interpolate_observations(o, model.fill))(obs)
-    return _batched(model, obs, x_init, return_path, chunk_size)
+    return _batched(model, obs, x_init, bool(return_path), chunk_size, bool(throw))
 
 
-__all__ = ["FourDVarNet", "VariationalCost", "assimilate_batch", "unroll"]
+__all__ = [
+    "FourDVarNet",
+    "FourDVarNetSolution",
+    "VariationalCost",
+    "assimilate",
+    "assimilate_batch",
+    "unroll",
+]

@@ -19,6 +19,7 @@ import jax
 import optax
 
 from .._custom_types import Key
+from .._results import RESULTS
 from .._validation import check_int, check_positive
 from ..train import TrainResult, fit
 from ._losses import make_fourdvarnet_loss
@@ -56,11 +57,20 @@ def default_curriculum(
 
 @dataclasses.dataclass(frozen=True)
 class FitResult:
-    """Output of `fit_fourdvarnet`: the trained `model` (with the last stage's `n_iter`)
-    and one `jaxda.train.TrainResult` per stage."""
+    """Output of `fit_fourdvarnet`.
+
+    **Fields:**
+
+    - `model`: the trained model (with the `n_iter` of the last stage run).
+    - `stages`: one `jaxda.train.TrainResult` per stage run.
+    - `result`: `jaxda.RESULTS.successful`, or `RESULTS.nonfinite_loss` when a stage
+      stopped at a non-finite loss (the later stages are then not run, and `model`
+      is that stage's last model with a finite loss).
+    """
 
     model: FourDVarNet
     stages: tuple[TrainResult, ...]
+    result: RESULTS = dataclasses.field(default_factory=lambda: RESULTS.successful)
 
     @property
     def losses(self):
@@ -107,7 +117,9 @@ def fit_fourdvarnet(
       loss (called once per stage).
     - `eval_fn(model, step)`, `eval_every`, `progress`, `print_every`: passed to `fit`.
 
-    **Returns:** a `FitResult` (`model`, per-stage `TrainResult`s, `losses`).
+    **Returns:** a `FitResult` (`model`, per-stage `TrainResult`s, `losses`,
+    `result`). A stage whose loss becomes non-finite stops the curriculum (see
+    `jaxda.train.fit`): `result` is then `RESULTS.nonfinite_loss`.
     """
     if not isinstance(model, FourDVarNet):
         raise TypeError(f"`model` must be a FourDVarNet; got {type(model).__name__}.")
@@ -163,6 +175,8 @@ def fit_fourdvarnet(
         )
         model = res.model
         results.append(res)
+        if res.result != RESULTS.successful:
+            return FitResult(model, tuple(results), res.result)
     return FitResult(model, tuple(results))
 
 

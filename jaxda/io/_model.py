@@ -248,7 +248,12 @@ def _v1_signature(payload: bytes) -> list:
     while f.tell() < len(payload):
         try:
             version = np.lib.format.read_magic(f)
-            shape, _, dtype = np.lib.format._read_array_header(f, version)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read(f)
         except Exception:
             raise ValueError("the payload is not a sequence of .npy records") from None
         size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
