@@ -56,8 +56,11 @@ block $H P H^\top$ (a necessary condition), to keep its cost free of a sequentia
 over $d$.
 """
 
-from ._checks import GaussianMAP as GaussianMAP, PosteriorVariance as PosteriorVariance
 from ._dense import map_dense as map_dense
+from ._solution import (
+    GaussianMAP as GaussianMAP,
+    PosteriorVariance as PosteriorVariance,
+)
 from ._structured import (
     map_covariance as map_covariance,
     map_precision as map_precision,

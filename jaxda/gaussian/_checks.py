@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._custom_types import Array, Bool, Float
+from .._custom_types import Array, Bool
 from .._results import (
     RESULTS,
     all_finite,
@@ -23,33 +23,6 @@ from .._results import (
 )
 from .._validation import check_finite, check_positive, check_same_shape, is_concrete
 from ..linalg import AbstractSPDMatrix
-
-
-class GaussianMAP(eqx.Module):
-    """Result of a Gaussian MAP estimate.
-
-    **Fields:**
-
-    - `mean`: the posterior mean (= MAP), with the shape of `mu`.
-    - `result`: a `jaxda.RESULTS` item: `successful`; `invalid_input` (a value check
-      failed under `jit`, or more observations than `max_obs`); `nonfinite_input` (the
-      prior matrix holds NaN / inf); `not_positive_definite` (the prior is not
-      positive semi-definite or the linear system is not SPD). When it is not
-      `successful` the mean is not meaningful (it may hold NaN).
-    """
-
-    mean: Float[Array, " *shape"]
-    result: RESULTS
-
-
-class PosteriorVariance(eqx.Module):
-    r"""Posterior marginal variances $\mathrm{diag}((Q + H^\top R^{-1} H)^{-1})$.
-
-    **Fields:** `variance` (shape of `mask`) and `result` (as in `GaussianMAP`).
-    """
-
-    variance: Float[Array, " *shape"]
-    result: RESULTS
 
 
 def validate(mu, y, mask, obs_var):

@@ -12,7 +12,8 @@ from .._results import (
     value_result,
 )
 from .._validation import check_finite, check_positive
-from ._checks import GaussianMAP, dense_factors, dense_system_result, prepare, validate
+from ._checks import dense_factors, dense_system_result, prepare, validate
+from ._solution import GaussianMAP
 
 
 def map_dense(

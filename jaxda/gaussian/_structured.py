@@ -9,10 +9,9 @@ from .._custom_types import ArrayLike, Bool, Float
 from .._results import RESULTS, first_failure, raise_if_failed
 from .._validation import check_choice, check_int, is_concrete
 from ..linalg import AbstractSPDMatrix, BlockTridiagonal, SymmetricBandMatrix
+from ..linalg._base import METHODS
 from ..linalg._implicit import factor_solve
 from ._checks import (
-    GaussianMAP,
-    PosteriorVariance,
     check_prior_finite,
     dense_factors,
     dense_system_result,
@@ -22,9 +21,7 @@ from ._checks import (
     validate,
     vector_shape,
 )
-
-
-_METHODS = ("sequential", "parallel")
+from ._solution import GaussianMAP, PosteriorVariance
 
 
 def map_precision(
@@ -62,7 +59,7 @@ def map_precision(
     **Raises:** `ValueError` / `TypeError` for wrong shapes or types and, on concrete
     values, for a non-finite `mu`, `y` (where observed) or `Q`, or `obs_var <= 0`.
     """
-    check_choice("method", method, _METHODS)
+    check_choice("method", method, METHODS)
     mu, y, mask, obs_var = validate(mu, y, mask, obs_var)
     vector_shape(Q, mu.size)
     check_prior_finite("Q", Q)
