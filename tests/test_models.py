@@ -396,6 +396,19 @@ def test_failure_is_reported():
     )
 
 
+@pytest.mark.parametrize("noise", ["increment", "sde"])
+def test_noisy_paths_report_max_steps(noise):
+    # The per-interval diffrax solves (increment noise, adaptive solver) and the SDE
+    # solve map diffrax's max_steps_reached to jaxda's, with the trajectory kept.
+    model, x0 = jm.Lorenz63(), jnp.array([1.0, 2.0, 20.0])
+    kw = dict(dt=0.1, n_steps=4, key=jax.random.key(0), process_noise_std=0.1)
+    kw |= dict(noise=noise, solver="tsit5" if noise == "increment" else "euler")
+    ok = jm.simulate(model, x0, **kw, substeps=2, throw=False)
+    assert ok.result == jaxda.RESULTS.successful and np.all(np.isfinite(ok.ys))
+    bad = jm.simulate(model, x0, **kw, substeps=2, max_steps=3, throw=False)
+    assert bad.result == jaxda.RESULTS.max_steps_reached
+
+
 def test_failure_under_jit_same_as_eager():
     # throw=True raises the same message under jit as eagerly (not a bare callback
     # error); throw=False returns the result instead.
