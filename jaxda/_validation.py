@@ -18,11 +18,28 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _numeric(name: str, value) -> np.ndarray:
+    """`value` as a NumPy array of numbers; `TypeError` naming `name` if it is not."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        arr = None
+    numeric = arr is not None and (
+        arr.dtype.kind in "biufc" or jnp.issubdtype(arr.dtype, jnp.floating)
+    )  # (bfloat16 and the float8 types have kind "V")
+    if not numeric:
+        raise TypeError(
+            f"`{name}` must be a real number or an array of them; got "
+            f"{type(value).__name__} ({value!r})."
+        )
+    return arr
+
+
 def check_positive(name: str, value, *, allow_zero: bool = False) -> None:
     """Raise `ValueError` unless every entry of `value` is finite and > 0 (>= 0)."""
     if not is_concrete(value):
         return
-    arr = np.asarray(value)
+    arr = _numeric(name, value)
     bad = ~np.isfinite(arr) | ((arr < 0) if allow_zero else (arr <= 0))
     if np.any(bad):
         want = "finite and >= 0" if allow_zero else "finite and > 0"
@@ -34,7 +51,7 @@ def check_finite(name: str, value) -> None:
     """Raise `ValueError` if a concrete array has NaN or infinite entries."""
     if not is_concrete(value):
         return
-    arr = np.asarray(value)
+    arr = _numeric(name, value)
     if not np.all(np.isfinite(arr)):
         n_bad = int(np.size(arr) - np.isfinite(arr).sum())
         raise ValueError(

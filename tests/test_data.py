@@ -111,6 +111,8 @@ def test_bad_dataset_input():
         _small(noise_var=1.0)
     with pytest.raises(ValueError, match="`noise_std` must be finite and >= 0"):
         _small(noise_std=-1.0)
+    with pytest.raises(TypeError, match="`mean` must be a real number"):
+        D.GaussianInitialState("zero")
     with pytest.raises(ValueError, match="`initial_state` must be finite"):
         _small(initial_state=jnp.array([jnp.nan, 0.0, 0.0]))
     with pytest.raises(ValueError, match="`initial_state` must be a sampler"):

@@ -460,6 +460,7 @@ def test_traced_invalid_input_is_reported(name, bad, good):
         (dict(dt=-0.1), ValueError, "dt"),
         (dict(dt=np.nan), ValueError, "dt"),
         (dict(dt=jnp.ones(2)), ValueError, "dt"),
+        (dict(dt="0.1"), TypeError, "`dt` must be a real number"),
         (dict(n_steps=0), ValueError, "n_steps"),
         (dict(n_steps=2.5), TypeError, "n_steps"),
         (dict(x0=jnp.ones(4)), ValueError, "x0"),
