@@ -59,7 +59,9 @@ class Simulation(eqx.Module):
     - `result`: a `jaxda.RESULTS` item: `successful`; `max_steps_reached` (a diffrax
       solve hit `max_steps`); `nonfinite` (the trajectory diverged); `invalid_input`
       (under `jit`, a traced `dt`, `t0`, `x0`, `process_noise_std`, `rtol` or `atol`
-      failed its value check; `ys` is then NaN).
+      failed its value check; `ys` is then NaN). After other failures `ys` is what
+      the integration produced (diffrax leaves `inf` at the times it did not reach),
+      so check `result` before using it.
     """
 
     ts: Float[Array, " n_steps+1"]
