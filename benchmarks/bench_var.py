@@ -42,6 +42,7 @@ from jaxda.var import (
     LevenbergMarquardt,
     ModelErrorContinuation,
     QuasiStatic,
+    SaveIterates,
     StrongConstraint4DVar,
     WeakConstraint4DVar,
     cycle,
@@ -198,18 +199,12 @@ def _problem(flow, values, mask, obs_var, q):
 
 def _gn_cost_history(flow, args, obs_var, q, n_steps):
     """Per-window cost after each of `n_steps` structured GN iterations `(B, n+1)`."""
-    solver = GaussNewton()
+    save = SaveIterates(x=False)
 
     def one(values, mask, x0):
         prob = _problem(flow, values, mask, obs_var, q)
-        state = solver.init(prob, x0)
-
-        def body(st, _):
-            st, _, _ = solver.step(prob, st)
-            return st, st.cost
-
-        _, costs = jax.lax.scan(body, state, None, length=n_steps)
-        return jnp.concatenate([state.cost[None], costs])
+        sol = solve(prob, GaussNewton(), x0, max_steps=n_steps, save=save, throw=False)
+        return sol.iterates.cost  # padded with the last cost after convergence
 
     return np.asarray(jax.jit(jax.vmap(one))(*args))
 
@@ -226,7 +221,7 @@ def _windowed_records(name: str, suite: str, n_windows: int, model_var: float):
 
         def one(values, mask, x0, solver=solver, max_steps=max_steps, q=q):
             prob = _problem(flow, values, mask, obs_var, q)
-            return solve(prob, solver, x0, max_steps=max_steps)
+            return solve(prob, solver, x0, max_steps=max_steps, throw=False)
 
         def truth_cost(values, mask, x, q=q):
             return _problem(flow, values, mask, obs_var, q).cost(x)
@@ -347,7 +342,7 @@ def _windowed_records(name: str, suite: str, n_windows: int, model_var: float):
 
         def capped(values, mask, x0, n_gn=n_gn, q=q):
             prob = _problem(flow, values, mask, obs_var, q)
-            return solve(prob, GaussNewton(), x0, max_steps=n_gn)
+            return solve(prob, GaussNewton(), x0, max_steps=n_gn, throw=False)
 
         sol, _, run_s = _timed(jax.jit(jax.vmap(capped)), *args)
         yield record(
@@ -404,6 +399,7 @@ def _cycled_one(
             background_var=bvar,
             solver=DenseGaussNewton(),
             max_steps=max_steps,
+            throw=False,
         )
 
     t0 = time.perf_counter()

@@ -17,6 +17,8 @@ $|\nabla J^T\delta|/2 \le$ `atol + rtol * |J|`), `no_decrease` when the globalis
 gave up. `rtol` is raised to at least 100 machine epsilons of the cost's dtype.
 """
 
+from typing import Literal
+
 import equinox as eqx
 import jax.numpy as jnp
 
@@ -121,7 +123,7 @@ class GaussNewton(AbstractGaussNewton):
         self,
         rtol: float = 1e-8,
         atol: float = 1e-12,
-        method: str = "sequential",
+        method: Literal["sequential", "parallel"] = "sequential",
         max_backtracks: int = 20,
         armijo: float = 1e-4,
     ):
@@ -158,7 +160,7 @@ class LevenbergMarquardt(AbstractGaussNewton):
         self,
         rtol: float = 1e-8,
         atol: float = 1e-12,
-        method: str = "sequential",
+        method: Literal["sequential", "parallel"] = "sequential",
         damping: float = 1e-3,
         max_damping: float = 1e10,
     ):
@@ -194,7 +196,7 @@ class Incremental4DVar(AbstractGaussNewton):
         self,
         rtol: float = 1e-8,
         atol: float = 1e-12,
-        method: str = "sequential",
+        method: Literal["sequential", "parallel"] = "sequential",
         max_backtracks: int = 20,
         armijo: float = 1e-4,
     ):
@@ -225,7 +227,7 @@ class DenseGaussNewton(AbstractGaussNewton):
         self,
         rtol: float = 1e-8,
         atol: float = 1e-12,
-        jacobian: str = "fwd",
+        jacobian: Literal["fwd", "rev"] = "fwd",
         max_backtracks: int = 20,
         armijo: float = 1e-4,
     ):
@@ -258,7 +260,7 @@ class DenseLevenbergMarquardt(AbstractGaussNewton):
         self,
         rtol: float = 1e-8,
         atol: float = 1e-12,
-        jacobian: str = "fwd",
+        jacobian: Literal["fwd", "rev"] = "fwd",
         damping: float = 1e-3,
         max_damping: float = 1e10,
     ):

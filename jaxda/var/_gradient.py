@@ -112,7 +112,10 @@ class OptaxSolver(_AbstractFirstOrder):
     r"""Minimise the cost with any optax optimizer, e.g. `optax.adam(1e-2)`.
 
     $u_{k+1} = u_k + \mathrm{update}(\nabla J(u_k), \text{state}_k)$; stopping rule in
-    the module docstring.
+    the module docstring. Optimizers with normalised steps (Adam) keep moving by about
+    their learning rate near a minimiser, so the gradient test may never hold with a
+    constant learning rate: use a decaying schedule, or read `max_steps_reached` as
+    "ran to the cap".
     """
 
     optimizer: optax.GradientTransformation = eqx.field(static=True)

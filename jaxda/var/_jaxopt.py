@@ -90,6 +90,7 @@ class _AbstractJaxopt(AbstractSolver):
             )
         solver = self.make(residual_fun, max_steps)
         flat, state = solver.run(flat0, dynamic)
+        flat = flat.astype(flat0.dtype)  # jaxopt's LM promotes float32 controls
         cost = cost_fun(flat)
         cost0 = cost_fun(flat0)
         finite = jnp.isfinite(cost) & jnp.all(jnp.isfinite(flat))
