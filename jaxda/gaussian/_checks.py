@@ -118,17 +118,22 @@ def dense_factors(prior, system):
     prior_result = first_failure(
         (~all_finite(prior), RESULTS.nonfinite_input),
         (
-            ~all_finite(jnp.linalg.cholesky(prior + delta * eye)),
+            ~_factor_ok(jnp.linalg.cholesky(prior + delta * eye)),
             RESULTS.not_positive_definite,
         ),
     )
     return prior_result, jnp.linalg.cholesky(system)
 
 
+def _factor_ok(low) -> Bool[Array, ""]:
+    return all_finite(low) & jnp.all(jnp.diagonal(low, axis1=-2, axis2=-1) > 0)
+
+
 def dense_system_result(low) -> RESULTS:
-    """`not_positive_definite` unless the dense Cholesky factor `low` is finite."""
+    """`not_positive_definite` unless the dense Cholesky factor `low` is finite with
+    a positive diagonal."""
     return RESULTS.where(
-        all_finite(low), RESULTS.successful, RESULTS.not_positive_definite
+        _factor_ok(low), RESULTS.successful, RESULTS.not_positive_definite
     )
 
 
