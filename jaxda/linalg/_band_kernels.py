@@ -62,7 +62,8 @@ def band_cholesky(band):
     Column `j` is `c = A[j:j+b+1, j] - sum_m L[j:j+b+1, j-m] L[j, j-m]`, `L[j, j] =
     sqrt(c_0)`, `L[j+k, j] = c_k / L[j, j]`. The carry `W[m-1, k] = L[j+k, j-m]` holds
     the last `b` columns aligned on the current row. A pivot `c_0 <= 0` (not SPD) gives
-    NaN (or a zero `L[j, j]`); the caller turns `L[j, j] > 0` into an `is_spd` flag.
+    NaN (or a zero `L[j, j]`); the caller turns `L[j, j] > 0` into the factor's
+    `result`.
     """
     b1, d = band.shape
     b = b1 - 1
