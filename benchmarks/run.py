@@ -4,9 +4,10 @@
 
 Each `benchmarks/bench_*.py` module exposes `records(suite: str) -> Iterator[dict]`;
 records carry `problem`, `method`, `device`, `batch`, accuracy fields,
-`time_per_window_s`, `compile_s` and `iterations` where relevant. The output file is
-written atomically (temporary file, then rename) after every module, so an interrupted
-run keeps what it measured.
+`time_per_window_s`, `compile_s` and `iterations` where relevant (`bench_latency`:
+`time_per_call_s`, `compiled_s`, `overhead_s`, `overhead_fraction` at batch 1). The
+output file is written atomically (temporary file, then rename) after every module, so
+an interrupted run keeps what it measured.
 """
 
 import argparse
