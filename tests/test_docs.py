@@ -68,9 +68,9 @@ def test_mkdocs_build_strict(tmp_path):
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for page in ["index.html", "concepts/index.html", "api/var/index.html"]:
+    for page in ["index.html", "concepts/index.html", "api/var-solvers/index.html"]:
         assert (tmp_path / page).exists(), page
-    api = (tmp_path / "api" / "var" / "index.html").read_text()
+    api = (tmp_path / "api" / "var-solvers" / "index.html").read_text()
     assert 'id="jaxda.var.GaussNewton"' in api
 
 
