@@ -31,3 +31,29 @@ def finite_difference_jvp(f, x, v, eps=1e-6):
     return jax.tree_util.tree_map(
         lambda a, b: (a - b) / (2 * eps), f(x + eps * v), f(x - eps * v)
     )
+
+
+def var_solvers():
+    """One instance of every `jaxda.var` solver, for tests parametrised over all of
+    them (as optimistix's tests do): `[(id, solver), ...]`. Tuned for small,
+    well-conditioned problems (the first-order solvers' step sizes)."""
+    import optax
+
+    from jaxda import var
+
+    return [
+        ("GaussNewton", var.GaussNewton()),
+        ("LevenbergMarquardt", var.LevenbergMarquardt()),
+        ("Incremental4DVar", var.Incremental4DVar()),
+        ("DenseGaussNewton", var.DenseGaussNewton()),
+        ("DenseLevenbergMarquardt", var.DenseLevenbergMarquardt()),
+        ("GradientDescent", var.GradientDescent(0.02)),
+        ("OptaxSolver", var.OptaxSolver(optax.sgd(0.02, momentum=0.5))),
+        ("JaxoptGaussNewton", var.JaxoptGaussNewton()),
+        ("JaxoptLevenbergMarquardt", var.JaxoptLevenbergMarquardt()),
+        ("QuasiStatic", var.QuasiStatic(var.GaussNewton(), 2, steps_per_stage=5)),
+        (
+            "ModelErrorContinuation",
+            var.ModelErrorContinuation(var.GaussNewton(), (10.0,), steps_per_stage=5),
+        ),
+    ]

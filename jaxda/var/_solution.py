@@ -55,8 +55,9 @@ class Solution(eqx.Module):
 
     **Fields:**
 
-    - `x`: the estimate (the iterate with the lowest cost seen; finite unless the first
-      guess was not).
+    - `x`: the estimate: the last iterate when `result` is `successful` (the
+      tolerances hold there), else the iterate with the lowest cost seen (finite
+      unless the first guess was not).
     - `cost`: its cost $J(x)$.
     - `n_steps`: the number of iterations taken.
     - `result`: a `jaxda.RESULTS` item: `successful`, `max_steps_reached`,

@@ -3,8 +3,9 @@ r"""The solver interface and the one loop driver.
 `AbstractSolver` declares only `run` (what `solve` calls after its argument checks).
 `AbstractIterativeSolver` is the solver with an `init` / `step` / `terminate` loop (as
 optimistix's iterative solvers); `iterate` drives it in one `lax.while_loop` until
-`terminate` holds, the cost turns non-finite, or `max_steps` is reached, and keeps the
-best iterate: the output is never NaN unless the first guess already was. Solvers that
+`terminate` holds, the cost turns non-finite, or `max_steps` is reached. It returns the
+last iterate when the solve succeeded (the tolerances hold there), else the best
+iterate seen: the output is never NaN unless the first guess already was. Solvers that
 run someone else's loop (jaxopt) or a sequence of solves (the staged solvers) implement
 `run` directly and wrap an iterative solver instead of stubbing `init`/`step`.
 
@@ -213,6 +214,14 @@ def iterate(
         )
 
     carry = jax.lax.while_loop(cond, body, carry)
+    # On success the tolerances hold at the last iterate: return it (its cost is within
+    # them of the best; for first-order solvers the best may be an earlier, rounded
+    # one). Otherwise the best iterate, finite whenever `u0` is.
+    last = (carry.result == RESULTS.successful) & jnp.isfinite(carry.state.cost)
+    x = jax.tree_util.tree_map(
+        lambda a, b: jnp.where(last, a, b), carry.state.u, carry.best_u
+    )
+    cost = jnp.where(last, carry.state.cost, carry.best_cost)
     iterates = None
     if save is not None:
         iterates = Iterates(
@@ -221,8 +230,8 @@ def iterate(
             n_saved=carry.n_steps + 1,
         )
     return Solution(
-        x=carry.best_u,
-        cost=carry.best_cost,
+        x=x,
+        cost=cost,
         n_steps=carry.n_steps,
         result=carry.result,
         stats=solver.stats(carry.state),
