@@ -207,7 +207,7 @@ def test_gradients_through_map_equal_dense_autodiff(form, getkey):
 
 
 def _oracle_model(mean, prec, key):
-    """A NeuralBandPrior whose output is the constant N(mean, prec^{-1})."""
+    """A NeuralBandGaussian whose output is the constant N(mean, prec^{-1})."""
     b = 2 * N
     model = _model(key, residual=False, bandwidth=b, form="precision")
     lf = np.linalg.cholesky(np.asarray(prec) - model.min_eig * np.eye(T * N))

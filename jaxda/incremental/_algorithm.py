@@ -23,6 +23,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._custom_types import Array, Float, Key, Scalar, ScalarLike
 from .._results import RESULTS, all_finite, first_failure, raise_if_failed
@@ -74,8 +75,6 @@ def _check_levels(levels):
             f"{levels.shape}."
         )
     if is_concrete(levels):
-        import numpy as np
-
         lv = np.asarray(levels)
         if np.any(lv <= 0) or np.any(lv > 1) or np.any(np.diff(lv) >= 0):
             raise ValueError(
@@ -124,10 +123,23 @@ def incremental_assimilation(
     """
     _check_args(model, z0, obs, obs_var, "z0")
     z0 = jnp.asarray(z0)
-    levels = _check_levels(default_levels(5, z0.dtype) if levels is None else levels)
+    levels = _default_levels_np(z0.dtype) if levels is None else _check_levels(levels)
     max_obs = _check_max_obs(max_obs)
-    sol = _algorithm2(model, z0, obs, jnp.asarray(obs_var, z0.dtype), levels, max_obs)
-    return raise_if_failed(sol, sol.result, throw)
+    obs_var = np.asarray(obs_var, z0.dtype) if is_concrete(obs_var) else obs_var
+    return _algorithm2(model, z0, obs, obs_var, levels, max_obs, bool(throw))
+
+
+_DEFAULT_LEVELS: dict = {}
+
+
+def _default_levels_np(dtype):
+    """`default_levels(5, dtype)` as a NumPy array, computed once per dtype (no device
+    work per call)."""
+    key = np.dtype(dtype).name
+    if key not in _DEFAULT_LEVELS:
+        with jax.ensure_compile_time_eval():  # also when called under jit
+            _DEFAULT_LEVELS[key] = np.asarray(default_levels(5, dtype))
+    return _DEFAULT_LEVELS[key]
 
 
 def _check_max_obs(max_obs):
@@ -135,7 +147,7 @@ def _check_max_obs(max_obs):
 
 
 @eqx.filter_jit
-def _algorithm2(model, z0, obs, obs_var, levels, max_obs):
+def _algorithm2(model, z0, obs, obs_var, levels, max_obs, throw=False):
     levels = levels.astype(z0.dtype)
     nxt = jnp.concatenate([levels[1:], jnp.zeros((1,), levels.dtype)])
 
@@ -150,9 +162,10 @@ def _algorithm2(model, z0, obs, obs_var, levels, max_obs):
         (~all_finite(xs), RESULTS.nonfinite),
         (~jnp.all(oks), RESULTS.not_positive_definite),
     )
-    return IncrementalSolution(
+    sol = IncrementalSolution(
         x=xs[-1], z=z_last, estimates=xs, iterates=zs, result=result
     )
+    return raise_if_failed(sol, result, throw)
 
 
 def incremental_loss(

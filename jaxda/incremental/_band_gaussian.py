@@ -473,6 +473,8 @@ def assimilate(
     - `throw`: raise (eagerly and under `jit`) when `result` is not successful;
       `False` to inspect `result` instead.
 
+    Compiled with `eqx.filter_jit` (one compilation per shape and `max_obs`).
+
     **Returns:** a `MAPSolution` (`.x` the estimate `(T, *state)`, `.result`).
 
     Non-finite `z`, `obs_var <= 0` or a wrong shape raise `ValueError` eagerly; under
@@ -481,6 +483,15 @@ def assimilate(
     _check_args(model, z, obs, obs_var)
     max_obs = None if max_obs is None else check_int("max_obs", max_obs, minimum=1)
     z = jnp.asarray(z)
+    s = jnp.asarray(s, z.dtype)
+    if s.ndim != 0:
+        raise ValueError(f"`s` must be a scalar level; got shape {s.shape}.")
+    obs_var = jnp.asarray(obs_var, z.dtype)
+    return _assimilate_checked(model, z, obs, s, obs_var, max_obs, bool(throw))
+
+
+@eqx.filter_jit
+def _assimilate_checked(model, z, obs, s, obs_var, max_obs, throw):
     x, ok = _assimilate(model, z, obs, s, obs_var, max_obs)
     result = first_failure(
         (~_valid(model, z, obs, obs_var), RESULTS.invalid_input),

@@ -227,7 +227,8 @@ def load_model(path: str | os.PathLike, like=None):
                 f"expected): {diff}."
             )
     signature = header.get("leaves")
-    if signature is None:  # files of jaxda <= 0.2: NeuralBandPrior had no leaf list
+    if signature is None or meta["version"] == 1:
+        # files of jaxda <= 0.2: no leaf list (NeuralBandPrior) or arrays only
         signature = _v1_signature(payload)
     signature = _check_signature(name, signature, len(payload))
     try:
