@@ -169,3 +169,47 @@ def test_reproduce_f21_runs(tmp_path):
     assert "earlier run, loaded from" in (tmp_path / "again/table_l63.md").read_text()
     for row, first in zip(again["rows"], res["rows"]):
         np.testing.assert_allclose(row["r_score"], first["r_score"], rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_bench_incremental_records(monkeypatch):
+    import bench_incremental
+
+    tiny = [
+        "--train-windows", "32", "--test-windows", "4", "--steps", "2",
+        "--batch-size", "8", "--levels", "1", "--width", "8", "--depth", "1",
+        "--fourdvar-steps", "3",
+    ]  # fmt: skip
+    monkeypatch.setitem(bench_incremental._ARGS, "tiny", tiny)
+    recs = list(bench_incremental._preset_records("B24-L63", "tiny"))
+    assert [r["method"] for r in recs][1] == "4DVar" and len(recs) == 5
+    for rec in recs:
+        assert rec["problem"] == "B24-L63" and rec["batch"] == 4
+        assert rec["mse"] > 0 and rec["latency_s"] > 0 and rec["train_steps"] == 2
+    assert recs[1]["seed003_table1"] == {"error": 0.9, "time": 10}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_bench_fourdvarnet_records(monkeypatch):
+    import bench_fourdvarnet
+
+    tiny = {
+        "systems": ("l63",),
+        "configs": {"l63": ("supervised-genn-cnn",)},
+        "n_train": 8,
+        "batch": 4,
+        "steps": 3,
+    }
+    monkeypatch.setitem(bench_fourdvarnet._SIZES, "tiny", tiny)
+    recs = list(bench_fourdvarnet.records("tiny"))
+    assert [r["method"] for r in recs] == [
+        "4dvarnet-supervised-genn-cnn",
+        "gauss_newton",
+    ]
+    for rec in recs:
+        assert rec["problem"] == "F21-L63" and rec["batch"] == 4
+        assert np.isfinite(rec["mse"]) and rec["mse"] > 0
+        assert rec["time_per_window_s"] > 0
+    assert 1 <= recs[1]["mean_iterations"] <= 20
