@@ -358,7 +358,9 @@ def test_strong_gauss_newton_through_diffrax_forward_mode(l63_problem):
     sol = solve(fwd, DenseGaussNewton(jacobian="fwd"), x0, max_steps=40)
     ref = solve(euler, DenseGaussNewton(jacobian="rev"), x0, max_steps=40)
     assert bool(sol.converged) and bool(ref.converged)
-    np.testing.assert_allclose(sol.x, ref.x, rtol=1e-8)
+    # Equal to the stopping tolerance (a step below rtol = 1e-8 of |x| ~ 23): the two
+    # Jacobian modes round differently.
+    np.testing.assert_allclose(sol.x, ref.x, rtol=0, atol=3e-7)
 
 
 def test_joint_state_parameter_estimation_recovers_sigma():
