@@ -13,6 +13,9 @@ from jaxda.models import Lorenz63, flow_map, rollout
 from jaxda.obs import Observations
 from jaxda.var import (
     Background,
+    BlockTridiagonalNormal,
+    DenseNormal,
+    IncrementalMAP,
     JointStateParameter,
     StrongConstraint4DVar,
     WeakConstraint4DVar,
@@ -165,3 +168,25 @@ def test_bad_input(getkey):
         WeakConstraint4DVar(lambda x: x, obs, 1.0, 1.0)
     with pytest.raises(ValueError, match="has no parameter"):
         JointStateParameter(StrongConstraint4DVar(flow, obs, 1.0))
+
+
+@pytest.mark.parametrize("damping", [None, 0.5])
+def test_the_three_normal_solves_give_the_same_step(getkey, damping):
+    r"""Block-tridiagonal, dense and incremental-MAP linear solves all solve
+    $(A + \lambda\,\mathrm{diag}(A))\,\delta = -\nabla J$ at a nonlinear point (the
+    MAP form with the damping moved to both sides, see `_incremental.py`); checked
+    against a dense float64 solve of the residual Jacobian's normal equations."""
+    flow, truth, obs = _setup(getkey)
+    prob = WeakConstraint4DVar(flow, obs, 0.5, 0.1, Background(truth[0] + 0.2, 2.0))
+    x = truth + 0.3 * jax.random.normal(getkey(), truth.shape)
+    jr = jax.jacfwd(lambda z: prob.residuals(z.reshape(x.shape)))(x.reshape(-1))
+    A = jr.T @ jr
+    if damping is not None:
+        A = A + damping * np.diag(np.diag(A))
+    grad = jax.grad(prob.cost)(x)
+    ref = np.linalg.solve(A, -np.asarray(grad).reshape(-1)).reshape(x.shape)
+    for solve_ in (BlockTridiagonalNormal(), DenseNormal(), IncrementalMAP()):
+        delta, g, ok = eqx.filter_jit(solve_.direction)(prob, x, damping)
+        assert bool(ok)
+        np.testing.assert_allclose(g, grad, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(delta, ref, rtol=1e-7, atol=1e-9)
