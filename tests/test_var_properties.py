@@ -34,6 +34,13 @@ SOLVERS = var_solvers()
 # does not jit them).
 jsolve = eqx.filter_jit(solve)
 IDS = [name for name, _ in SOLVERS]
+# The jaxopt wrappers and the staged solvers compile slowly: their vmap and float32
+# variants run with the slow tests (their other properties stay in the default run).
+HEAVY = ("Jaxopt", "QuasiStatic", "ModelErrorContinuation")
+SOLVERS_SLOW_HEAVY = [
+    pytest.param(s, marks=[pytest.mark.slow] if name.startswith(HEAVY) else [])
+    for name, s in SOLVERS
+]
 JAXOPT = (JaxoptGaussNewton, JaxoptLevenbergMarquardt)
 T, N = 6, 2
 
@@ -79,7 +86,7 @@ def test_start_at_the_minimiser_is_success(window, solver):
     np.testing.assert_allclose(sol.cost, prob.cost(x_star), rtol=1e-10)
 
 
-@pytest.mark.parametrize("solver", [s for _, s in SOLVERS], ids=IDS)
+@pytest.mark.parametrize("solver", SOLVERS_SLOW_HEAVY, ids=IDS)
 def test_vmap_matches_single_solves(window, solver):
     values, _, _ = window
     batch = jnp.stack([values, values + 0.3])
@@ -96,7 +103,7 @@ def test_vmap_matches_single_solves(window, solver):
         assert bool((batched.result == single.result)[i])
 
 
-@pytest.mark.parametrize("solver", [s for _, s in SOLVERS], ids=IDS)
+@pytest.mark.parametrize("solver", SOLVERS_SLOW_HEAVY, ids=IDS)
 def test_float32_agrees_with_float64(window, solver):
     values, prob, x_star = window
     prob32 = _problem(values, jnp.float32)
