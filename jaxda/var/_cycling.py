@@ -125,27 +125,50 @@ def cycle(
     check_positive("background_var", background_var)
     x_b = jnp.asarray(x_b)
     strong = model_var is None
-    n_windows = (n_total - window) // shift + 1
-
-    def make_problem(k, xb):
-        start = k * shift
-        values = jax.lax.dynamic_slice_in_dim(obs.values, start, window)
-        mask = jax.lax.dynamic_slice_in_dim(obs.mask, start, window)
-        wobs = eqx.tree_at(lambda o: (o.values, o.mask), obs, (values, mask))
-        bg = Background(xb, background_var)
-        if strong:
-            return StrongConstraint4DVar(flow, wobs, obs_var, bg)
-        t0 = flow.dt * start
-        return WeakConstraint4DVar(flow, wobs, obs_var, model_var, bg, t0)
-
     # Validate everything once on the concrete first window (and the whole sequence).
     if strong:
         StrongConstraint4DVar(flow, obs, obs_var)
     else:
         WeakConstraint4DVar(flow, obs, obs_var, model_var)
     flow.model.check_state("x_b", x_b)
-    first = make_problem(0, x_b)
-    solver.check_problem(first)
+    solver.check_problem(
+        _window_problem(
+            flow, obs, obs_var, model_var, background_var, x_b, 0, window, 0
+        )
+    )
+    res = _cycle(
+        flow, obs, obs_var, model_var, background_var, x_b, solver, window, shift,
+        max_steps,
+    )  # fmt: skip
+    return raise_if_failed(res, res.result, throw)
+
+
+def _window_problem(
+    flow, obs, obs_var, model_var, background_var, xb, k, window, shift
+):
+    """The 4DVar problem of window `k` (states `k S, ..., k S + L - 1`)."""
+    start = k * shift
+    values = jax.lax.dynamic_slice_in_dim(obs.values, start, window)
+    mask = jax.lax.dynamic_slice_in_dim(obs.mask, start, window)
+    wobs = eqx.tree_at(lambda o: (o.values, o.mask), obs, (values, mask))
+    bg = Background(xb, background_var)
+    if model_var is None:
+        return StrongConstraint4DVar(flow, wobs, obs_var, bg)
+    return WeakConstraint4DVar(flow, wobs, obs_var, model_var, bg, flow.dt * start)
+
+
+@eqx.filter_jit
+def _cycle(
+    flow, obs, obs_var, model_var, background_var, x_b, solver, window, shift, max_steps
+) -> CycleResult:
+    """The cycling loop, compiled once per configuration (no argument checks)."""
+    strong = model_var is None
+    n_windows = (obs.values.shape[0] - window) // shift + 1
+
+    def make_problem(k, xb):
+        return _window_problem(
+            flow, obs, obs_var, model_var, background_var, xb, k, window, shift
+        )
 
     def trajectory(problem, u, k):
         if strong:
@@ -188,4 +211,4 @@ def cycle(
     res = CycleResult(
         analysis, cost, n_steps, window_result, _first_failure(window_result)
     )
-    return raise_if_failed(res, res.result, throw)
+    return res
