@@ -22,6 +22,7 @@ where the factorisation failed): callers who branch on failure factorise once,
 import abc
 
 import equinox as eqx
+import jax.numpy as jnp
 
 from .._custom_types import Array, ArrayLike, Bool, Float, Int, Key
 from .._results import RESULTS, all_finite, first_failure, raise_if_failed
@@ -229,7 +230,8 @@ def solve(
 
     **Returns:** $x$, with the shape of `rhs`.
     """
-    return check_matrix("A", A).cholesky(method).solve(rhs, throw=throw)
+    check_matrix("A", A)
+    return _solve(A, jnp.asarray(rhs), method, throw)
 
 
 def logdet(
@@ -242,4 +244,17 @@ def logdet(
 
     **Returns:** the scalar $\log\det A$.
     """
-    return check_matrix("A", A).cholesky(method).logdet(throw=throw)
+    check_matrix("A", A)
+    return _logdet(A, method, throw)
+
+
+# One compiled call per shape and option: dispatching the factorisation op by op costs
+# far more than the compiled work on small problems.
+@eqx.filter_jit
+def _solve(A, rhs, method, throw):
+    return A.cholesky(method).solve(rhs, throw=throw)
+
+
+@eqx.filter_jit
+def _logdet(A, method, throw):
+    return A.cholesky(method).logdet(throw=throw)
