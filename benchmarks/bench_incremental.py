@@ -59,5 +59,5 @@ def _preset_records(preset: str, suite: str):
             ),
             units="normalised" if preset == "B24-L63" else "original",
             model_var_4dvar=res["model_var"],
-            seed003_table1=res["paper_table1"].get(name),
+            b24_table1=res["paper_table1"].get(name),
         )

@@ -12,7 +12,7 @@ with a banded covariance (bandwidth 6) of windows of T states of size 3, the fir
 component observed every 8 steps, vmapped over a batch of windows: `state-space` (the
 d x d banded system, a sequential pass over d) against `observation-space` (`max_obs`:
 the m x m observed block, `ratio_to_state_space`), each also with the gradient with
-respect to the band (`+grad`). T = 32 is seed 003's B24-L63 window (d = 96, m = 4).
+respect to the band (`+grad`). T = 32 is [B24]'s B24-L63 window (d = 96, m = 4).
 Solves run with their default `throw=True` (the `equinox.error_if` check is inside
 the timings); the MAPs include the prior's semi-definiteness check (one more
 factorisation, batched with the solve in state space, an m x m one in observation

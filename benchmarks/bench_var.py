@@ -2,7 +2,7 @@
 
     python benchmarks/run.py --only var --suite quick      # always float64
 
-Windowed problems (seed 001's F21 setups): weak-constraint 4DVar with the true
+Windowed problems ([F21]'s setups): weak-constraint 4DVar with the true
 observation variance (2) and a small model-error variance, first guess = linear
 interpolation of the observations in time (climatological mean where a component is
 never observed). Metric: MSE of the whole state over all windows ("R-score" of seed
@@ -50,7 +50,7 @@ from jaxda.var import (
 )
 
 
-SEED001 = {"F21-L63": {"fsgd": 3.55}, "F21-L96": {"4dvar": 1.06}}
+F21_PUBLISHED = {"F21-L63": {"fsgd": 3.55}, "F21-L96": {"4dvar": 1.06}}
 DAPPER = {"cycled-L63": {"iEnKS": 0.31, "3D-Var": 1.04}, "cycled-L96": {"4D-Var": 0.37}}
 
 
@@ -79,7 +79,7 @@ def _methods(name: str, suite: str, model_var: float, n_windows: int):
     # records), a larger cap only costs time.
     n_jax = n_windows if l63 else min(n_windows, 2 if quick else 8)
     jax_steps = 20 if (l63 or quick) else 100
-    # Seed 001's FSGD weights: lambda_1 = 0.01 (obs), lambda_2 = 1 (dynamics), i.e.
+    # [F21]'s FSGD weights: lambda_1 = 0.01 (obs), lambda_2 = 1 (dynamics), i.e.
     # model_var = obs_var / 100 = 0.02 in our parametrisation (better conditioned).
     q001 = 0.02
     # GN started at the truth, run to convergence: the minimum in the truth's basin of
@@ -95,14 +95,14 @@ def _methods(name: str, suite: str, model_var: float, n_windows: int):
             model_var,
         ),
         (
-            "fsgd-seed001-weights",
+            "fsgd-f21-weights",
             GradientDescent(0.45 * q001, rtol=1e-9),
             gd001_steps,
             "vmap",
             n_windows,
             q001,
         ),
-        ("structured-gn-seed001-weights", GaussNewton(), 20, "vmap", n_windows, q001),
+        ("structured-gn-f21-weights", GaussNewton(), 20, "vmap", n_windows, q001),
         ("jaxopt-gn", JaxoptGaussNewton(tol=1e-6), jax_steps, "map", n_jax, model_var),
         (
             "jaxopt-lm",
@@ -149,7 +149,7 @@ def _methods(name: str, suite: str, model_var: float, n_windows: int):
         full_only = (
             "jaxopt-lm",
             "quasi-static-gn",
-            "fsgd-seed001-weights",
+            "fsgd-f21-weights",
             "gn-from-truth",
         )
         rows = [r for r in rows if r[0] not in full_only]
@@ -267,7 +267,7 @@ def _windowed_records(name: str, suite: str, n_windows: int, model_var: float):
                 obs_var=obs_var,
                 model_var=q,
                 max_steps=max_steps,
-                seed001_reference=SEED001.get(name, {}),
+                f21_reference=F21_PUBLISHED.get(name, {}),
             )
         )
     # Optimisation failures: a window whose final cost is above the lowest cost any

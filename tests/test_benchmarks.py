@@ -187,7 +187,7 @@ def test_bench_incremental_records(monkeypatch):
     for rec in recs:
         assert rec["problem"] == "B24-L63" and rec["batch"] == 4
         assert rec["mse"] > 0 and rec["latency_s"] > 0 and rec["train_steps"] == 2
-    assert recs[1]["seed003_table1"] == {"error": 0.9, "time": 10}
+    assert recs[1]["b24_table1"] == {"error": 0.9, "time": 10}
 
 
 @pytest.mark.slow
