@@ -138,4 +138,3 @@ __all__ = [
     "raise_if_failed",
     "value_result",
 ]
-
