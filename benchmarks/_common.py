@@ -1,6 +1,7 @@
 """Shared benchmark utilities: device description, timing with compile time apart."""
 
 import platform
+import resource
 import time
 from collections.abc import Callable
 
@@ -40,8 +41,20 @@ def time_call(fn: Callable, *args, repeats: int = 5, min_time: float = 0.2):
     return max(first - run, 0.0), run
 
 
+def peak_memory() -> dict:
+    """Peak memory so far: the accelerator's `peak_bytes_in_use` where the device
+    reports it (`peak_device_memory_mb`), and the process's peak resident memory
+    (`peak_rss_mb`; monotone over a run, so it bounds what a record needed)."""
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        out["peak_device_memory_mb"] = stats["peak_bytes_in_use"] / 2**20
+    return out
+
+
 def record(problem: str, method: str, **fields) -> dict:
-    """One benchmark record with the fields every record carries."""
+    """One benchmark record with the fields every record carries (device, dtype,
+    versions, peak memory so far)."""
     base = {
         "problem": problem,
         "method": method,
@@ -49,6 +62,7 @@ def record(problem: str, method: str, **fields) -> dict:
         "backend": jax.default_backend(),
         "dtype": "float64" if jax.config.read("jax_enable_x64") else "float32",
         "jax_version": jax.__version__,
+        **peak_memory(),
     }
     base.update(fields)
     return base

@@ -203,9 +203,8 @@ class CNNSolver(AbstractGradientSolver):
     the authors' `model_GradUpdate1`) or at iteration 0 (`"first"`, as
     `ConvLSTMSolver`). With `"each"` the network sees a gradient of unit RMS at every
     iteration; with `"first"` and the RK4 prior of Lorenz-63, whose gradient grows
-    quickly away from the data, the iterates diverged and training stalled (R-score
-    184 against 5.3 with `"each"` after 1200 steps of
-    `examples/fourdvarnet_lorenz.py`, supervised), most likely from gradients
+    quickly away from the data, the iterates diverged and training stalled on F21-L63
+    (supervised; the R-scores are in docs/benchmarks.md), most likely from gradients
     saturating the atan.
 
     **Arguments:** `state_shape`; `key`; `layout`; `hidden` (default 10 per channel);
