@@ -1,7 +1,8 @@
 """Smoke tests of the benchmark harnesses (`benchmarks/`) at tiny sizes.
 
 The end-to-end runs of the paper-reproduction harnesses train models and are marked
-`slow`; the default suite checks their building blocks and the latency benchmark.
+`slow`, as are the latency benchmark and the iterate recording (they compile many
+entry points); the default suite checks the harnesses' building blocks.
 """
 
 import json
@@ -29,6 +30,7 @@ LATENCY_FIELDS = (
 )  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_latency_records():
     recs = list(bench_latency.records("tiny", only="interpolate_observations"))
@@ -86,6 +88,7 @@ def test_b24_table_has_the_papers_numbers():
     assert " 1.0 " in line["cold diffusion"]  # relative time of the reference
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_f21_iterates_records_the_path():
     s = ex.setup("l63", 0, 2, 2)

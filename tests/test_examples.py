@@ -63,6 +63,8 @@ def test_lorenz63_incremental_runs(tmp_path):
         assert (out / "trajectories.png").stat().st_size > 0
 
 
+# The README example runs in the default suite; the 4DVarNet one with -m slow.
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_fourdvarnet_lorenz_runs(tmp_path):
     example = _load("fourdvarnet_lorenz")

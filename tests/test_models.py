@@ -396,7 +396,10 @@ def test_failure_is_reported():
     )
 
 
-@pytest.mark.parametrize("noise", ["increment", "sde"])
+_SLOW = pytest.mark.slow  # compile-heavy variants run with -m slow
+
+
+@pytest.mark.parametrize("noise", ["increment", pytest.param("sde", marks=_SLOW)])
 def test_noisy_paths_report_max_steps(noise):
     # The per-interval diffrax solves (increment noise, adaptive solver) and the SDE
     # solve map diffrax's max_steps_reached to jaxda's, with the trajectory kept.
@@ -421,10 +424,13 @@ def test_failure_under_jit_same_as_eager():
     assert res == jaxda.RESULTS.nonfinite
 
 
+# Two cases in the default run (each compiles a simulation); all six with -m slow.
 @pytest.mark.parametrize(
     "name, bad, good",
-    [("dt", -0.01, 0.01), ("dt", np.nan, 0.01), ("t0", np.inf, 0.0),
-     ("process_noise_std", -1.0, 0.0), ("rtol", 0.0, 1e-6), ("x0", np.nan, 1.0)],
+    [("dt", -0.01, 0.01), pytest.param("dt", np.nan, 0.01, marks=_SLOW),
+     pytest.param("t0", np.inf, 0.0, marks=_SLOW),
+     pytest.param("process_noise_std", -1.0, 0.0, marks=_SLOW),
+     pytest.param("rtol", 0.0, 1e-6, marks=_SLOW), ("x0", np.nan, 1.0)],
 )  # fmt: skip
 def test_traced_invalid_input_is_reported(name, bad, good):
     # Eagerly these raise ValueError (test_simulate_validation); traced under jit they

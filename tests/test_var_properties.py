@@ -34,13 +34,27 @@ SOLVERS = var_solvers()
 # does not jit them).
 jsolve = eqx.filter_jit(solve)
 IDS = [name for name, _ in SOLVERS]
-# The jaxopt wrappers and the staged solvers compile slowly: their vmap and float32
-# variants run with the slow tests (their other properties stay in the default run).
+# Every property runs over every solver with `-m slow`. The default run (10 minutes
+# on 2 CPU cores, compile time counted) keeps the result-code properties (start at
+# the minimiser, iteration cap, non-finite start) for every solver the library
+# implements itself, and the vmap / float32 / saved-iterates properties for one
+# solver of each family (block-tridiagonal GN, incremental, dense GN, first order).
+# The jaxopt wrappers and the staged solvers, which compile slowly and wrap solvers
+# tested here, run with the slow tests (defect regressions for them stay in
+# test_var_regressions.py).
 HEAVY = ("Jaxopt", "QuasiStatic", "ModelErrorContinuation")
-SOLVERS_SLOW_HEAVY = [
-    pytest.param(s, marks=[pytest.mark.slow] if name.startswith(HEAVY) else [])
-    for name, s in SOLVERS
-]
+FAMILIES = ("GaussNewton", "Incremental4DVar", "DenseGaussNewton", "GradientDescent")
+
+
+def _params(default):
+    return [
+        pytest.param(s, marks=[] if default(name) else [pytest.mark.slow])
+        for name, s in SOLVERS
+    ]
+
+
+SOLVERS_OWN = _params(lambda name: not name.startswith(HEAVY))
+SOLVERS_FAMILIES = _params(lambda name: name in FAMILIES)
 JAXOPT = (JaxoptGaussNewton, JaxoptLevenbergMarquardt)
 T, N = 6, 2
 
@@ -77,7 +91,7 @@ def window():
     return values, prob, x_star
 
 
-@pytest.mark.parametrize("solver", [s for _, s in SOLVERS], ids=IDS)
+@pytest.mark.parametrize("solver", SOLVERS_OWN, ids=IDS)
 def test_start_at_the_minimiser_is_success(window, solver):
     _, prob, x_star = window
     sol = jsolve(prob, solver, x_star, max_steps=20, throw=False)
@@ -86,7 +100,7 @@ def test_start_at_the_minimiser_is_success(window, solver):
     np.testing.assert_allclose(sol.cost, prob.cost(x_star), rtol=1e-10)
 
 
-@pytest.mark.parametrize("solver", SOLVERS_SLOW_HEAVY, ids=IDS)
+@pytest.mark.parametrize("solver", SOLVERS_FAMILIES, ids=IDS)
 def test_vmap_matches_single_solves(window, solver):
     values, _, _ = window
     batch = jnp.stack([values, values + 0.3])
@@ -103,7 +117,7 @@ def test_vmap_matches_single_solves(window, solver):
         assert bool((batched.result == single.result)[i])
 
 
-@pytest.mark.parametrize("solver", SOLVERS_SLOW_HEAVY, ids=IDS)
+@pytest.mark.parametrize("solver", SOLVERS_FAMILIES, ids=IDS)
 def test_float32_agrees_with_float64(window, solver):
     values, prob, x_star = window
     prob32 = _problem(values, jnp.float32)
@@ -129,7 +143,7 @@ def test_float32_agrees_with_float64(window, solver):
         np.testing.assert_allclose(sol32.x, sol64.x, atol=1e-4)
 
 
-@pytest.mark.parametrize("solver", [s for _, s in SOLVERS], ids=IDS)
+@pytest.mark.parametrize("solver", SOLVERS_OWN, ids=IDS)
 def test_iteration_cap_and_nonfinite_start(window, solver):
     _, prob, x_star = window
     x0 = jnp.zeros((T, N))
@@ -145,7 +159,7 @@ def test_iteration_cap_and_nonfinite_start(window, solver):
     np.testing.assert_array_equal(sol.x, huge)
 
 
-@pytest.mark.parametrize("solver", [s for _, s in SOLVERS], ids=IDS)
+@pytest.mark.parametrize("solver", SOLVERS_FAMILIES, ids=IDS)
 def test_saved_iterates_are_the_solver_path(window, solver):
     _, prob, x_star = window
     x0 = jnp.zeros((T, N))
