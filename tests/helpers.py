@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxda.models import AbstractDynamics
+
 
 def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8) -> bool:
     """Whether two pytrees have the same structure and close leaves."""
@@ -31,6 +33,19 @@ def finite_difference_jvp(f, x, v, eps=1e-6):
     return jax.tree_util.tree_map(
         lambda a, b: (a - b) / (2 * eps), f(x + eps * v), f(x - eps * v)
     )
+
+
+class LinearDynamics(AbstractDynamics):
+    """dx/dt = F x; with an Euler flow map, Phi(x) = (I + dt F) x."""
+
+    F: jax.Array
+
+    def vector_field(self, t, x):
+        return self.F @ x
+
+    @property
+    def state_shape(self):
+        return (self.F.shape[0],)
 
 
 def var_solvers():

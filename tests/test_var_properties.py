@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import var_solvers
+from helpers import LinearDynamics, var_solvers
 
-from jaxda.models import AbstractDynamics, flow_map
+from jaxda.models import flow_map
 from jaxda.obs import Observations
 from jaxda.var import (
     RESULTS,
@@ -59,24 +59,15 @@ JAXOPT = (JaxoptGaussNewton, JaxoptLevenbergMarquardt)
 T, N = 6, 2
 
 
-class Rotation(AbstractDynamics):
-    F: jax.Array
-
-    def vector_field(self, t, x):
-        return self.F @ x
-
-    @property
-    def state_shape(self):
-        return (self.F.shape[0],)
-
-
 def _problem(values, dtype=jnp.float64):
     F = jnp.array([[-0.1, 1.0], [-1.0, -0.1]], dtype)
     mask = jnp.zeros((T, N), bool).at[::2, 0].set(True).at[3, :].set(True)
     obs = Observations(jnp.asarray(values, dtype), mask)
     bg = Background(jnp.array([1.0, -0.5], dtype), jnp.asarray(1.0, dtype))
     q = jnp.asarray(0.1, dtype)
-    return WeakConstraint4DVar(flow_map(Rotation(F), 0.1, "euler"), obs, 0.5, q, bg)
+    return WeakConstraint4DVar(
+        flow_map(LinearDynamics(F), 0.1, "euler"), obs, 0.5, q, bg
+    )
 
 
 @pytest.fixture(scope="module")

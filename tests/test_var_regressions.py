@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import LinearDynamics
 
 from jaxda.data import interpolate_observations
-from jaxda.models import AbstractDynamics, Lorenz63, flow_map, rollout
+from jaxda.models import Lorenz63, flow_map, rollout
 from jaxda.obs import Observations
 from jaxda.var import (
     RESULTS,
@@ -24,17 +25,6 @@ from jaxda.var import (
     cycle,
     solve,
 )
-
-
-class Linear(AbstractDynamics):
-    F: jax.Array
-
-    def vector_field(self, t, x):
-        return self.F @ x
-
-    @property
-    def state_shape(self):
-        return (self.F.shape[0],)
 
 
 def _cast(tree, dtype):
@@ -66,7 +56,7 @@ def test_gradient_descent_converged_implies_a_small_gradient():
     """Defect 8: with a tiny learning rate every step is below 100 eps of the state
     (float32), which used to pass the step test with |grad J| = 9."""
     F = jnp.array([[-0.1, 1.0], [-1.0, -0.1]], jnp.float32)
-    flow = flow_map(Linear(F), 0.1, "euler")
+    flow = flow_map(LinearDynamics(F), 0.1, "euler")
     y = 10 * jax.random.normal(jax.random.key(0), (20, 2), jnp.float32)
     prob = StrongConstraint4DVar(flow, Observations(y, jnp.ones((20, 2), bool)), 1.0)
     zero = jnp.zeros(2, jnp.float32)

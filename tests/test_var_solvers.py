@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import LinearDynamics
 
-from jaxda.models import AbstractDynamics, Lorenz63, flow_map, rollout
+from jaxda.models import Lorenz63, flow_map, rollout
 from jaxda.obs import Observations
 from jaxda.var import (
     RESULTS,
@@ -32,19 +33,6 @@ from jaxda.var import (
     cycle,
     solve,
 )
-
-
-class LinearDynamics(AbstractDynamics):
-    """dx/dt = F x; with an Euler flow map, Phi(x) = (I + dt F) x."""
-
-    F: jax.Array
-
-    def vector_field(self, t, x):
-        return self.F @ x
-
-    @property
-    def state_shape(self):
-        return (self.F.shape[0],)
 
 
 def kalman_smoother(M, Q, xb, B, y, mask, R):
