@@ -1,4 +1,5 @@
-"""Shared benchmark utilities: device description, timing with compile time apart."""
+"""Shared benchmark utilities: device description, timing with compile time apart,
+atomic text output."""
 
 import platform
 import resource
@@ -6,6 +7,8 @@ import time
 from collections.abc import Callable
 
 import jax
+
+from jaxda.io import atomic_path
 
 
 def device_name() -> str:
@@ -66,3 +69,10 @@ def record(problem: str, method: str, **fields) -> dict:
     }
     base.update(fields)
     return base
+
+
+def write_text(path, text: str) -> None:
+    """Write `text` to `path` atomically (temporary file, then rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)

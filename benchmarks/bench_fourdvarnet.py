@@ -1,7 +1,7 @@
 """4DVarNet vs structured Gauss-Newton 4DVar: accuracy and time per window, same batch.
 
 For F21-L63 (and F21-L96 in the full suite), 4DVarNets are trained with the functions of
-`benchmarks/_experiments.py` (`setup`, `train_config`: iteration curriculum
+`benchmarks/_f21.py` (`setup`, `train_config`: iteration curriculum
 5 -> 10 -> 20, Adam, clipping) on `n_train` windows, in the learning schemes listed in
 `configs`: supervised; in the full suite also unsupervised (the 4DVar cost as loss,
 with the RK4 prior) and, on L96, semi-supervised (held-out observations as target; L63
@@ -16,7 +16,7 @@ timings are.
 
 from collections.abc import Iterator
 
-import _experiments as ex
+import _f21 as ex
 import equinox as eqx
 import jax
 import jax.numpy as jnp

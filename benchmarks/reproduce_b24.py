@@ -40,7 +40,7 @@ import argparse
 import pathlib
 import sys
 
-from _experiments import run_b24
+from _b24 import run_b24
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from _experiments import run_f21_system
+from _f21 import run_f21_system
 
 from jaxda.io import save_json
 

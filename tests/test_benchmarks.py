@@ -18,7 +18,8 @@ import jaxda.io as jio
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
-import _experiments as ex  # noqa: E402
+import _b24  # noqa: E402
+import _f21  # noqa: E402
 import bench_latency  # noqa: E402
 import reproduce_b24  # noqa: E402
 import reproduce_f21  # noqa: E402
@@ -67,10 +68,10 @@ def test_variance_to_original():
     import jaxda.data as jd
 
     norm = jd.Normalisation(np.array([1.0, -2.0]), np.array([2.0, 4.0]))
-    np.testing.assert_allclose(ex.variance_to_original(norm, 0.5), [1.0, 4.0])
+    np.testing.assert_allclose(_b24.variance_to_original(norm, 0.5), [1.0, 4.0])
     # the inverse of Normalisation.scale_std, squared
     np.testing.assert_allclose(
-        norm.scale_std(np.sqrt(ex.variance_to_original(norm, 0.5))), [0.5, 0.5]
+        norm.scale_std(np.sqrt(_b24.variance_to_original(norm, 0.5))), [0.5, 0.5]
     )
 
 
@@ -79,7 +80,7 @@ def test_b24_table_has_the_papers_numbers():
     names = ["first guess", "4DVar", "cold diffusion", "neural incremental"]
     rows = {name: dict(row, run_s=0.1 * (i + 1)) for i, name in enumerate(names)}
     rows["4DVar"].update(gn_iterations=3.0, latency_s=0.002)
-    table = ex.b24_table(rows, 10, ex.B24_PAPER["B24-L63"]).splitlines()
+    table = _b24.b24_table(rows, 10, _b24.B24_PAPER["B24-L63"]).splitlines()
     assert table[0].startswith("method") and "[B24]" in table[0]
     line = {t.split("  ")[0]: t for t in table[2:]}
     assert line["4DVar"].rstrip().endswith("0.9,  10")
@@ -91,16 +92,16 @@ def test_b24_table_has_the_papers_numbers():
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_f21_iterates_records_the_path():
-    s = ex.setup("l63", 0, 2, 2)
-    x0 = ex.first_guess(s)
+    s = _f21.setup("l63", 0, 2, 2)
+    x0 = _f21.first_guess(s)
     record = np.array([1, 2, 4])
-    solver = ex.var.GradientDescent(1e-3, rtol=0.0, atol=0.0)
-    x, path = ex.iterates(solver, s.preset, s.test.obs, x0, 2.0, 0.01, record, 1)
+    solver = _f21.var.GradientDescent(1e-3, rtol=0.0, atol=0.0)
+    x, path = _f21.iterates(solver, s.preset, s.test.obs, x0, 2.0, 0.01, record, 1)
     assert path.shape == (4, *x0.shape)
     np.testing.assert_allclose(path[0], x0, rtol=1e-6)
     np.testing.assert_allclose(path[-1], x, rtol=1e-6)  # fixed steps: x is the last
     assert np.all(np.isfinite(path))
-    gn = ex.gauss_newton(s.preset, 2.0, 0.01, 3, chunk_size=1)
+    gn = _f21.gauss_newton(s.preset, 2.0, 0.01, 3, chunk_size=1)
     x_gn, steps = gn(s.test.obs.values, s.test.obs.mask, x0)
     assert x_gn.shape == x0.shape and np.all((1 <= steps) & (steps <= 3))
 
