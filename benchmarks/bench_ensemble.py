@@ -1,0 +1,336 @@
+"""Cycled ensemble DA on DAPPER's Lorenz-63 and Lorenz-96 settings, jaxda beside DAPPER.
+
+    python benchmarks/run.py --only ensemble --suite quick    # always float64
+
+Set-ups ([DAPPER]'s `sakov2012` and `sakov2008` models, DESIGN.md):
+
+- `cycled-L63`: Lorenz-63, dt 0.01 (RK4), all components observed every 25 steps,
+  R = 2 I, N = 10, initial ensemble N(x0, 2 I);
+- `cycled-L96`: Lorenz-96, n = 40, F = 8, dt 0.05 (RK4), all components observed
+  every 4 steps, R = I, N = 20, initial ensemble N(x0, 0.001 I).
+
+The quick suite runs 3000 cycles, the full suite 10^4; the first 500 cycles are burn-in.
+Metric: [DAPPER]'s `rmse.a`, the time average over the analysis times of
+sqrt(mean_i (analysis mean_i - truth_i)^2), and `rmv.a` (`spread`), the time average
+of sqrt(mean_i ensemble variance_i). Each method runs as one compiled call over the
+whole sequence (compile time apart); `time_per_cycle_s` is its run time / cycles.
+
+When the `dapper` package (1.7.1) can be imported, DAPPER's methods run in the same
+process on the same truth, observations and initial ensemble (`method`
+`dapper-<name>`), and every jaxda record that has a DAPPER twin gets
+`rmse_minus_dapper` and `speedup_vs_dapper` (measured in this run). DAPPER's own
+random draws (rotations, perturbed observations) differ from ours.
+"""
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _common import record
+
+from jaxda import RESULTS
+from jaxda.ensemble import ETKF, LETKF, EnKF, EnKFN, assimilate
+from jaxda.ensemble._ienks import IEnKS, ienks_cycle
+from jaxda.models import Lorenz63, Lorenz96, flow_map, rollout
+from jaxda.obs import Observations
+
+
+# [DAPPER]'s published rmse.a on these set-ups (DESIGN.md, the models' files).
+PUBLISHED = {
+    "cycled-L63": {
+        "iEnKS N=10 infl 1.02 rot": 0.31,
+        "EnKF Sqrt N=10 infl 1.02 rot": 0.60,
+        "EnKF PertObs N=10 infl 1.04": 0.65,
+        "3D-Var": 1.04,
+    },
+    "cycled-L96": {"iEnKS N=20 lag 4 xN 2": 0.31, "4D-Var lag 4": 0.37},
+}
+
+SETUPS = {
+    "cycled-L63": dict(
+        model=Lorenz63(), dt=0.01, every=25, obs_var=2.0, n_members=10, init_var=2.0
+    ),
+    "cycled-L96": dict(
+        model=Lorenz96(), dt=0.05, every=4, obs_var=1.0, n_members=20, init_var=0.001
+    ),
+}
+
+
+def _methods(problem: str):
+    """(method name, jaxda method, DAPPER constructor or None, published key)."""
+    if problem == "cycled-L63":
+        return [
+            (
+                "ienks",
+                IEnKS(max_iterations=10, tol=0.0, inflation=1.02, rotate=True),
+                lambda da: da.iEnKS("Sqrt", N=10, infl=1.02, rot=True),
+                "iEnKS N=10 infl 1.02 rot",
+            ),
+            (
+                "ienks-tol1e-5",
+                IEnKS(max_iterations=10, tol=1e-5, inflation=1.02, rotate=True),
+                None,
+                "iEnKS N=10 infl 1.02 rot",
+            ),
+            (
+                "etkf",
+                ETKF(inflation=1.02, rotate=True),
+                lambda da: da.EnKF("Sqrt", N=10, infl=1.02, rot=True),
+                "EnKF Sqrt N=10 infl 1.02 rot",
+            ),
+            (
+                "enkf",
+                EnKF(inflation=1.04),
+                lambda da: da.EnKF("PertObs", N=10, infl=1.04),
+                "EnKF PertObs N=10 infl 1.04",
+            ),
+        ]
+    return [
+        (
+            "ienks-n",
+            IEnKS(lag=4, max_iterations=10, tol=0.0, finite_size=2.0),
+            lambda da: da.iEnKS("Sqrt", N=20, Lag=4, xN=2.0),
+            "iEnKS N=20 lag 4 xN 2",
+        ),
+        (
+            "ienks-n-tol1e-5",
+            IEnKS(lag=4, max_iterations=10, tol=1e-5, finite_size=2.0),
+            None,
+            "iEnKS N=20 lag 4 xN 2",
+        ),
+        (
+            "ienks-infl1.02",
+            IEnKS(lag=4, max_iterations=10, tol=1e-5, inflation=1.02),
+            None,
+            "iEnKS N=20 lag 4 xN 2",
+        ),
+        (
+            "etkf",
+            ETKF(inflation=1.10, rotate=True),
+            lambda da: da.EnKF("Sqrt", N=20, infl=1.10, rot=True),
+            None,
+        ),
+        ("enkf-n", EnKFN(xN=2.0), lambda da: da.EnKF_N(N=20, xN=2.0), None),
+        (
+            "letkf",
+            # DAPPER's loc_rad l is the Gaspari-Cohn half width c / 1.82.
+            LETKF(radius=4 * 1.82, inflation=1.06, rotate=True),
+            lambda da: da.LETKF(N=20, loc_rad=4, infl=1.06, rot=True),
+            None,
+        ),
+    ]
+
+
+def _twin(problem: str, n_cycles: int):
+    """Truth `(K+1, n)`, observations (every `every` steps, none at step 0) and the
+    initial ensemble, all float64 NumPy."""
+    s = SETUPS[problem]
+    flow = flow_map(s["model"], s["dt"], "rk4")
+    n = s["model"].state_shape[0]
+    start = s["model"].reference_state + jnp.linspace(-1.0, 1.0, n)
+    x0 = rollout(flow, start, 5000)[-1]
+    n_steps = n_cycles * s["every"]
+    truth = np.asarray(rollout(flow, x0, n_steps))
+    rng = np.random.default_rng(2024)
+    noise = np.sqrt(s["obs_var"]) * rng.standard_normal(truth.shape)
+    times = (np.arange(n_steps + 1) % s["every"] == 0) & (np.arange(n_steps + 1) > 0)
+    mask = np.broadcast_to(times[:, None], truth.shape)
+    values = np.where(mask, truth + noise, 0.0)
+    ensemble0 = np.asarray(x0) + np.sqrt(s["init_var"]) * rng.standard_normal(
+        (s["n_members"], n)
+    )
+    return flow, truth, values, mask, ensemble0
+
+
+def _scores(analysis, spread, truth_at, burn_in):
+    """[DAPPER]'s rmse.a and rmv.a after `burn_in` cycles (arrays `(K, n)`, `(K,)`)."""
+    err = np.sqrt(np.mean((np.asarray(analysis) - truth_at) ** 2, axis=1))
+    return float(err[burn_in:].mean()), float(np.asarray(spread)[burn_in:].mean())
+
+
+def _run_jaxda(method, flow, values, mask, ensemble0, setup):
+    """One compiled call over the sequence: (analysis (K, n), spread (K,), extra,
+    compile_s, run_s)."""
+    every, obs_var = setup["every"], setup["obs_var"]
+    key = jax.random.key(7)
+    if isinstance(method, IEnKS):
+
+        def fn(values, mask, ensemble0, key):
+            return ienks_cycle(
+                method, flow, Observations(values, mask), ensemble0, obs_var=obs_var,
+                steps_per_cycle=every, key=key, throw=False,
+            )  # fmt: skip
+
+    else:
+
+        def fn(values, mask, ensemble0, key):
+            return assimilate(
+                method, flow, Observations(values, mask), ensemble0, key=key,
+                obs_var=obs_var, throw=False,
+            )  # fmt: skip
+
+    args = (jnp.asarray(values), jnp.asarray(mask), jnp.asarray(ensemble0), key)
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = jax.block_until_ready(compiled(*args))
+    run_s = time.perf_counter() - t0
+    if isinstance(method, IEnKS):
+        analysis, spread = res.analysis, res.spread
+        extra = dict(
+            iterations=float(jnp.mean(res.n_iterations)),
+            converged_fraction=float(jnp.mean(res.converged)),
+            failed_windows=int(jnp.sum(~res.converged)),
+            lag_cycles=method.lag,
+            shift_cycles=method.shift,
+            max_iterations=method.max_iterations,
+            tol=method.tol,
+            inflation=float(method.inflation),
+            rotate=method.rotate,
+            finite_size=method.finite_size,
+        )
+        extra["nonfinite_windows"] = int(
+            jnp.sum(res.window_result == RESULTS.nonfinite)
+        )
+    else:
+        analysis, spread = res.analysis[every::every], res.spread[every::every]
+        extra = dict(
+            ok_fraction=float(jnp.mean(res.converged)),
+            inflation=float(method.inflation),
+            rotate=method.rotate,
+        )
+    return analysis, spread, extra, compile_s, run_s
+
+
+def _run_dapper(make, setup, truth, values, ensemble0, n_cycles):
+    """DAPPER's method on the same sequence: (analysis rmse.a series (K,), rmv.a
+    series (K,), run_s)."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import dapper.da_methods as da
+    import dapper.mods as modelling
+    import dapper.tools.progressbar as progressbar
+
+    progressbar.disable_progbar = True
+    every, n = setup["every"], truth.shape[1]
+    if isinstance(setup["model"], Lorenz63):
+        from dapper.mods.Lorenz63 import step
+    else:
+        from dapper.mods.Lorenz96 import step
+    tseq = modelling.Chronology(setup["dt"], dko=every, Ko=n_cycles - 1, BurnIn=0)
+    ens = np.array(ensemble0)
+    X0 = modelling.RV(M=n, func=lambda N: ens[:N].copy())
+    obs = modelling.partial_Id_Obs(n, np.arange(n))
+    obs["noise"] = setup["obs_var"]
+    if isinstance(setup["model"], Lorenz96):  # for DAPPER's LETKF
+        from dapper.tools.localization import nd_Id_localization
+
+        obs["localizer"] = nd_Id_localization((n,), (1,))
+    dyn = {"M": n, "model": step, "noise": 0}
+    HMM = modelling.HiddenMarkovModel(dyn, obs, tseq, X0)
+    yy = values[every::every]
+    xp = make(da)
+    t0 = time.perf_counter()
+    xp.assimilate(HMM, truth, yy)
+    run_s = time.perf_counter() - t0
+    return np.asarray(xp.stats.err.rms.a), np.asarray(xp.stats.spread.rms.a), run_s
+
+
+def _dapper_version():
+    try:
+        import dapper
+    except ImportError:
+        return None
+    return getattr(dapper, "__version__", "unknown")
+
+
+def _problem_records(problem: str, suite: str):
+    n_cycles = 3000 if suite == "quick" else 10_000
+    burn_in = 500
+    setup = SETUPS[problem]
+    flow, truth, values, mask, ensemble0 = _twin(problem, n_cycles)
+    every = setup["every"]
+    truth_at = truth[every::every]
+    dapper_version = _dapper_version()
+    common = dict(
+        n_cycles=n_cycles,
+        burn_in_cycles=burn_in,
+        n_members=setup["n_members"],
+        steps_per_cycle=every,
+        obs_var=setup["obs_var"],
+        dapper_published=PUBLISHED[problem],
+    )
+    ours, theirs = [], {}
+    for name, method, make, published in _methods(problem):
+        analysis, spread, extra, compile_s, run_s = _run_jaxda(
+            method, flow, values, mask, ensemble0, setup
+        )
+        rmse, rmv = _scores(analysis, spread, truth_at, burn_in)
+        rec = record(
+            problem,
+            name,
+            analysis_rmse=rmse,
+            spread=rmv,
+            time_per_cycle_s=run_s / n_cycles,
+            compile_s=compile_s,
+            published_key=published,
+            **extra,
+            **common,
+        )
+        ours.append((rec, make))
+        if make is not None and dapper_version is not None:
+            err, dspread, d_run_s = _run_dapper(
+                make, setup, truth, values, ensemble0, n_cycles
+            )
+            theirs[name] = record(
+                problem,
+                f"dapper-{name}",
+                analysis_rmse=float(err[burn_in:].mean()),
+                spread=float(dspread[burn_in:].mean()),
+                time_per_cycle_s=d_run_s / n_cycles,
+                compile_s=0.0,
+                dapper_version=dapper_version,
+                published_key=published,
+                **common,
+            )
+    # Pair each DAPPER twin with the jaxda records of the same scheme (the same
+    # settings, or only a different stopping rule).
+    for rec, _ in ours:
+        base = rec["method"].split("-tol")[0]
+        twin = theirs.get(base)
+        if twin is not None:
+            rec["dapper_same_run_rmse"] = twin["analysis_rmse"]
+            rec["rmse_minus_dapper"] = rec["analysis_rmse"] - twin["analysis_rmse"]
+            rec["speedup_vs_dapper"] = (
+                twin["time_per_cycle_s"] / rec["time_per_cycle_s"]
+            )
+        yield rec
+    yield from theirs.values()
+    _print_table(problem, [r for r, _ in ours] + list(theirs.values()))
+
+
+def _print_table(problem, recs):
+    print(f"  {problem}: rmse.a (spread), ms per cycle; [DAPPER] published:")
+    for key, value in PUBLISHED[problem].items():
+        print(f"    published  {key:32s} {value:.2f}")
+    for r in recs:
+        line = (
+            f"    {r['method']:22s} {r['analysis_rmse']:.3f} ({r['spread']:.3f})  "
+            f"{1e3 * r['time_per_cycle_s']:8.3f} ms"
+        )
+        if r.get("published_key"):
+            line += f"   published {PUBLISHED[problem][r['published_key']]:.2f}"
+        if "speedup_vs_dapper" in r:
+            line += (
+                f"   vs DAPPER same run {r['rmse_minus_dapper']:+.3f}, "
+                f"{r['speedup_vs_dapper']:.0f}x faster"
+            )
+        print(line, flush=True)
+
+
+def records(suite: str):
+    with jax.enable_x64(True):
+        for problem in ("cycled-L63", "cycled-L96"):
+            yield from _problem_records(problem, suite)
