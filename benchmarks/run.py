@@ -63,6 +63,7 @@ def main(argv=None) -> int:
             results.append(rec)
             shown = {k: v for k, v in rec.items() if k not in ("device", "jax_version")}
             print("  " + json.dumps(shown), flush=True)
+            save_json(args.out, results, indent=1)  # atomic: a stopped run keeps these
         save_json(args.out, results, indent=1)
         print(f"[{name}] {time.perf_counter() - t0:.1f} s", flush=True)
     print(f"wrote {len(results)} records to {args.out}")
