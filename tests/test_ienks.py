@@ -142,7 +142,9 @@ def test_finite_size_reaches_the_enkf_n_stationary_point():
     values[DKO] = M @ M @ MU0 + np.array([1.5, -2.0, 1.0])
     obs = Observations(jnp.asarray(values), jnp.asarray(mask))
     flow = flow_map(LinearDynamics(jnp.asarray(F)), DT, "euler")
-    method = IEnKS(max_iterations=50, tol=1e-24, finite_size=2.0)
+    # DAPPER's Hessian ignores the derivative of zeta: the fixed-point iteration
+    # converges linearly (|gradient| ~ 1e-5 after 50 iterations, 5e-15 after 200).
+    method = IEnKS(max_iterations=300, tol=0.0, finite_size=2.0)
     res = ienks_cycle(
         method, flow, obs, jnp.asarray(ensemble0), obs_var=R, steps_per_cycle=DKO
     )
@@ -197,7 +199,7 @@ def test_divergence_is_reported_not_silent_nan():
         method, flow, obs, ensemble0, obs_var=1.0, steps_per_cycle=120, throw=False
     )
     assert res.result == RESULTS.nonfinite
-    assert RESULTS.nonfinite in list(res.window_result)
+    assert np.all(res.window_result == RESULTS.nonfinite)  # persistence, again
     assert np.all(np.isfinite(res.analysis)) and np.all(np.isfinite(res.std))
     with pytest.raises(eqx.EquinoxRuntimeError, match="non-finite"):
         ienks_cycle(method, flow, obs, ensemble0, obs_var=1.0, steps_per_cycle=120)
