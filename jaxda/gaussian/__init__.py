@@ -20,6 +20,26 @@ observation variances on observed entries and $1$ elsewhere: $S$ is block diagon
 (after permutation) with blocks $H P H^\top + R$ and $I$, so with
 $z = S^{-1} M (y - \mu)$ (zero on unobserved entries), $x = \mu + P z$.
 
+**Observation operators.** Every function also takes `operator=`, a linear
+`jaxda.obs` operator $H_t$ acting on each state of `mu` (`mu` of the operator's
+state shape, or `(T, *state_shape)` with $H = \mathrm{blockdiag}(H_t)$), with `y`,
+`mask`, `obs_var` in observation space, shape `lead + obs_shape` (`mask` optional).
+An `IdentityOperator` is the mask above, with the same numbers. Which form takes
+which operator:
+
+- `IdentityOperator`, `SelectionOperator` ($H^\top R^{-1} H$ diagonal): every
+  function, with any `Q` / `P`;
+- `MatrixOperator`, `LinearFunctionOperator` (any other linear $H_t$):
+  `map_precision` and `posterior_variance` only with a `BlockTridiagonal` `Q` of one
+  block per time of the operator's state size, $Q_{tt} + H_t^\top R_t^{-1} H_t$
+  ($O(T(m n^2 + n^3))$); `map_covariance` with any `P`, in observation space,
+  $K = P H^\top (H P H^\top + R)^{-1}$; `map_dense`;
+- `NonlinearOperator`: refused (`TypeError`): a Gaussian MAP needs a linear $H$.
+
+A banded `Q` with an operator whose $H^\top R^{-1} H$ is not diagonal is refused with
+a `ValueError` naming `Q` and `operator`. Derivatives with respect to the operator's
+parameters (a blur width) flow through every form.
+
 Derivatives with respect to `mu`, `y`, `obs_var` and the prior matrix entries come from
 the implicit rules of `jaxda.linalg.solve`. Every function handles one problem and is
 `jax.vmap`-able over samples and masks; with no observation at all the MAP is `mu`.

@@ -140,3 +140,24 @@ def dense_system_result(low) -> RESULTS:
 def overflow_result(overflow: Bool[Array, ""]) -> RESULTS:
     """`invalid_input` when there are more observations than `max_obs`."""
     return RESULTS.where(overflow, RESULTS.invalid_input, RESULTS.successful)
+
+
+def prior_semidefinite_result(prior) -> RESULTS:
+    """Whether the prior matrix (structured or dense) is positive semi-definite:
+    `not_positive_definite` unless $A + \\delta I$ factorises (no gradient)."""
+    prior = jax.lax.stop_gradient(prior)
+    if isinstance(prior, AbstractSPDMatrix):
+        idx = jnp.arange(prior.size)
+        diag = prior.entries(idx, idx)
+        delta = _shift(diag.dtype, jnp.max(jnp.abs(diag)))
+        shifted = prior.add_diagonal(jnp.full(prior.vector_shape, delta, diag.dtype))
+        return shifted.cholesky("sequential").result
+    eye = jnp.eye(prior.shape[0], dtype=prior.dtype)
+    delta = _shift(prior.dtype, jnp.max(jnp.abs(jnp.diagonal(prior))))
+    return first_failure(
+        (~all_finite(prior), RESULTS.nonfinite_input),
+        (
+            ~_factor_ok(jnp.linalg.cholesky(prior + delta * eye)),
+            RESULTS.not_positive_definite,
+        ),
+    )

@@ -12,6 +12,8 @@ from .._results import (
     value_result,
 )
 from .._validation import check_finite, check_positive
+from ..obs import AbstractLinearObservationOperator
+from . import _operator as op
 from ._checks import dense_factors, dense_system_result, prepare, validate
 from ._solution import GaussianMAP
 
@@ -23,6 +25,7 @@ def map_dense(
     *,
     mask: Bool[ArrayLike, " *shape"] | None = None,
     H: Float[ArrayLike, "m d"] | None = None,
+    operator: AbstractLinearObservationOperator | None = None,
     cov: Float[ArrayLike, "d d"] | None = None,
     precision: Float[ArrayLike, "d d"] | None = None,
     throw: bool = True,
@@ -43,6 +46,11 @@ def map_dense(
     - `mask` or `H`: exactly one; a boolean mask of the shape of `mu` (the observed
       rows are selected with the full-size masking identity, so traced masks work) or
       a dense observation matrix of shape `(m, d)`.
+    - `operator`: instead of `H` (and then `mask` is optional, over the entries of
+      `y`): any linear `jaxda.obs` operator acting on the state shape of `mu` or on
+      each `mu[t]` (see `jaxda.gaussian`), densified by one application of
+      $H_t^\top$ per observation entry; `y`, `mask`, `obs_var` of shape
+      `lead + obs_shape`.
     - `cov` or `precision`: exactly one; the prior covariance $P$ or precision $Q$,
       shape `(d, d)`.
     - `throw`: raise when `result` is not successful.
@@ -51,7 +59,7 @@ def map_dense(
     """
     if (cov is None) == (precision is None):
         raise ValueError("give exactly one of `cov` and `precision`.")
-    if (mask is None) == (H is None):
+    if operator is None and (mask is None) == (H is None):
         raise ValueError("give exactly one of `mask` and `H`.")
     prior = jnp.asarray(cov if precision is None else precision)
     mu = jnp.asarray(mu)
@@ -60,7 +68,20 @@ def map_dense(
     if prior.shape != (d, d):
         name = "cov" if precision is None else "precision"
         raise ValueError(f"`{name}` must have shape ({d}, {d}); got {prior.shape}.")
-    if mask is not None:
+    if operator is not None:
+        if H is not None:
+            raise ValueError("give at most one of `H` and `operator`.")
+        mu, y, mask, obs_var, lead = op.validate(mu, y, mask, obs_var, operator)
+        x2, mk, var, innov, weight, input_result = op.prepare(
+            mu, y, mask, obs_var, operator, lead
+        )
+        m = mk.reshape(-1)
+        rows = op.rows(operator, jnp.arange(m.size), x2.shape[0], innov.dtype)
+        h = m[:, None].astype(rows.dtype) * rows
+        r_diag = jnp.where(m, var.reshape(-1), 1.0)
+        r_inv = weight.reshape(-1)
+        innov = innov.reshape(-1)
+    elif mask is not None:
         mu, m, var, innov, input_result = prepare(*validate(mu, y, mask, obs_var))
         h = jnp.diag(m.astype(var.dtype))
         r_diag = jnp.where(m, var, 1.0)

@@ -4,6 +4,12 @@ Every problem is an `equinox.Module` holding the flow map, the observations and 
 weights. It exposes the whitened residual vector $r(u)$ of its control $u$ and the cost
 $J(u) = \tfrac12 \|r(u)\|^2$, so gradient solvers use `cost` and least-squares solvers
 (Gauss-Newton, Levenberg-Marquardt) use `residuals`; both come from the same terms.
+
+The observation term is $\tfrac12 \sum_t \|m_t \odot (h_t(x_t) - y_t)\|^2_{R_t^{-1}}$:
+with no `operator` (or a `jaxda.obs.IdentityOperator`) $h_t$ is the identity and
+`obs` has the state's shape, the mask selecting the observed entries; with an
+operator (`jaxda.obs`: selection, dense, matrix-free, nonlinear) `obs` lives in its
+observation space, `(T, *operator.obs_shape)`.
 """
 
 import abc
@@ -17,7 +23,13 @@ from .._custom_types import Array, Bool, Float, Scalar
 from .._results import all_finite, all_positive
 from .._validation import check_finite, check_positive, is_concrete
 from ..models import AbstractFlowMap, rollout
-from ..obs import Observations
+from ..obs import (
+    AbstractObservationOperator,
+    Observations,
+    check_operator,
+    check_operator_observations,
+    is_state_mask,
+)
 from ._strong import DiffraxTrajectory
 
 
@@ -132,9 +144,17 @@ class AbstractVarProblem(eqx.Module):
         return 0.5 * sum(jnp.sum(r**2) for r in self.residual_terms(u))
 
 
-def _check_obs(obs, state_shape) -> None:
-    """`Observations.check`, and (concrete values) finite observed values."""
-    Observations.check(obs, state_shape)
+def _check_obs(obs, state_shape, operator=None) -> tuple[int, ...]:
+    """`Observations.check` (or, with an operator, the observation-space check), and
+    (concrete values) finite observed values. Returns the observation shape
+    `(T, *obs)`."""
+    if is_state_mask(operator):
+        Observations.check(obs, state_shape)
+        if operator is not None:
+            check_operator(operator, state_shape)
+    else:
+        check_operator(operator, state_shape)
+        check_operator_observations(obs, operator)
     if is_concrete(obs.values) and is_concrete(obs.mask):
         bad = ~np.isfinite(np.asarray(obs.values)) & np.asarray(obs.mask)
         if np.any(bad):
@@ -142,6 +162,7 @@ def _check_obs(obs, state_shape) -> None:
                 f"`obs.values` has {int(bad.sum())} non-finite entries where "
                 "`obs.mask` is True; mark missing observations with mask=False."
             )
+    return tuple(jnp.shape(obs.values))
 
 
 def _obs_valid(obs, obs_var, background) -> Bool[Array, ""]:
@@ -149,27 +170,49 @@ def _obs_valid(obs, obs_var, background) -> Bool[Array, ""]:
     return ok & background.values_valid() if background is not None else ok
 
 
-def _obs_term(x, obs, obs_var):
+def _obs_term(x, obs, obs_var, operator=None):
+    r"""The whitened observation residual $m \odot (h(x) - y) / \sqrt r$."""
     mask = obs.mask
+    hx = x if is_state_mask(operator) else operator.trajectory(x)
     y = jnp.where(mask, obs.values, 0.0)
-    inv_sd = jnp.where(mask, 1.0 / jnp.sqrt(jnp.broadcast_to(obs_var, x.shape)), 0.0)
-    return inv_sd * (x - y)
+    inv_sd = jnp.where(mask, 1.0 / jnp.sqrt(jnp.broadcast_to(obs_var, hx.shape)), 0.0)
+    return inv_sd * (hx - y)
+
+
+def _check_operator_field(operator) -> None:
+    if operator is not None and not isinstance(operator, AbstractObservationOperator):
+        raise TypeError(
+            "`operator` must be a jaxda.obs observation operator or None; got "
+            f"{type(operator).__name__}."
+        )
 
 
 class WeakConstraint4DVar(AbstractVarProblem):
     r"""Weak-constraint 4DVar over one window; the control is the trajectory $x$.
 
-    $$J(x) = \tfrac12 \sum_t \|x_t - y_t\|^2_{R^{-1}, \mathrm{mask}}
+    $$J(x) = \tfrac12 \sum_t \|h_t(x_t) - y_t\|^2_{R_t^{-1}, \mathrm{mask}}
     + \tfrac12 \sum_{t=0}^{T-2} \|x_{t+1} - \Phi(x_t)\|^2_{Q^{-1}}
-    + \tfrac12 \|x_0 - x_b\|^2_{B^{-1}}.$$
+    + \tfrac12 \|x_0 - x_b\|^2_{B^{-1}},$$
+
+    with $h_t$ the observation operator (by default the identity: the mask of the
+    state, $\|x_t - y_t\|^2$ over the observed entries) and the norm over the
+    entries of $y_t$ where `obs.mask` holds.
 
     **Arguments:**
     - `flow`: the one-step flow map $\Phi$ (`jaxda.models.flow_map`).
-    - `obs`: observations, zero-filled `.values` and boolean `.mask`, `(T, *state)`.
-    - `obs_var`: $R$ (diagonal), a scalar or broadcastable to `(T, *state)`, > 0.
+    - `obs`: observations, zero-filled `.values` and boolean `.mask`: `(T, *state)`
+      without an operator (or with an `IdentityOperator`), else `(T, *obs_shape)`
+      of the operator.
+    - `obs_var`: $R$ (diagonal), a scalar or broadcastable to the shape of `obs`,
+      > 0.
     - `model_var`: $Q$, diagonal: a scalar or broadcastable to `(T-1, *state)`, > 0.
     - `background`: an optional `Background` on $x_0$.
     - `t0`: time of the first state ($\Phi$ is called with $t_0 + t\,dt$).
+    - `operator`: an optional `jaxda.obs` observation operator $h_t$ on states of
+      the flow's shape: any of them, linear or not (`GaussNewton`,
+      `LevenbergMarquardt` and `Incremental4DVar` add $H_t^\top R_t^{-1} H_t$,
+      $H_t = \partial h_t/\partial x$, to the diagonal blocks and stay
+      $O(T n^3)$; the gradient and dense solvers differentiate the cost).
     """
 
     flow: AbstractFlowMap
@@ -178,6 +221,7 @@ class WeakConstraint4DVar(AbstractVarProblem):
     model_var: Float[Array, "..."]
     background: Background | None = None
     t0: float = 0.0
+    operator: AbstractObservationOperator | None = None
 
     def __check_init__(self):
         if not isinstance(self.flow, AbstractFlowMap):
@@ -185,10 +229,11 @@ class WeakConstraint4DVar(AbstractVarProblem):
                 "`flow` must be a jaxda.models.AbstractFlowMap; got "
                 f"{type(self.flow).__name__}."
             )
+        _check_operator_field(self.operator)
         state_shape = tuple(self.flow.model.state_shape)
-        _check_obs(self.obs, state_shape)
-        T = jnp.shape(self.obs.values)[0]
-        _check_broadcast("obs_var", self.obs_var, (T, *state_shape))
+        obs_shape = _check_obs(self.obs, state_shape, self.operator)
+        T = obs_shape[0]
+        _check_broadcast("obs_var", self.obs_var, obs_shape)
         _check_broadcast("model_var", self.model_var, (max(T - 1, 1), *state_shape))
         if self.background is not None:
             if not isinstance(self.background, Background):
@@ -205,7 +250,8 @@ class WeakConstraint4DVar(AbstractVarProblem):
     @property
     def shape(self) -> tuple[int, ...]:
         """Shape `(T, *state)` of the control."""
-        return tuple(jnp.shape(self.obs.values))
+        T = jnp.shape(self.obs.values)[0]
+        return (T, *tuple(self.flow.model.state_shape))
 
     def check_control(self, name, x):
         if tuple(jnp.shape(x)) != self.shape:
@@ -230,7 +276,7 @@ class WeakConstraint4DVar(AbstractVarProblem):
         return x[1:] - pred
 
     def residual_terms(self, x):
-        terms = [_obs_term(x, self.obs, self.obs_var)]
+        terms = [_obs_term(x, self.obs, self.obs_var, self.operator)]
         if x.shape[0] > 1:
             d = self.dynamics_residual(x)
             terms.append(d / jnp.sqrt(jnp.broadcast_to(self.model_var, d.shape)))
@@ -243,19 +289,24 @@ class StrongConstraint4DVar(AbstractVarProblem):
     r"""Strong-constraint 4DVar; the control is the initial state $x_0$.
 
     $$J(x_0) = \tfrac12 \|x_0 - x_b\|^2_{B^{-1}}
-    + \tfrac12 \sum_t \|\mathcal{M}_t(x_0) - y_t\|^2_{R^{-1}, \mathrm{mask}},$$
+    + \tfrac12 \sum_t \|h_t(\mathcal{M}_t(x_0)) - y_t\|^2_{R_t^{-1}, \mathrm{mask}},$$
     with the trajectory $\mathcal{M}_t(x_0) = \Phi^t(x_0)$ given by
     `jaxda.models.rollout` of a flow map, or by a `DiffraxTrajectory` (diffrax
-    `diffeqsolve`).
+    `diffeqsolve`), and $h_t$ the observation operator (default: the mask of the
+    state).
 
-    **Arguments:** `flow` (a flow map or a `DiffraxTrajectory`), `obs` `(T, *state)`,
-    `obs_var` (scalar or broadcastable to `(T, *state)`), `background` (optional).
+    **Arguments:** `flow` (a flow map or a `DiffraxTrajectory`), `obs` (`(T, *state)`,
+    or `(T, *obs_shape)` with an operator), `obs_var` (scalar or broadcastable to
+    the shape of `obs`), `background` (optional), `operator` (optional `jaxda.obs`
+    observation operator, linear or not: the dense solvers differentiate
+    $h_t \circ \mathcal M_t$ with the rest of the residuals).
     """
 
     flow: eqx.Module
     obs: eqx.Module
     obs_var: Float[Array, "..."]
     background: Background | None = None
+    operator: AbstractObservationOperator | None = None
 
     def __check_init__(self):
         if not isinstance(self.flow, AbstractFlowMap | DiffraxTrajectory):
@@ -263,10 +314,10 @@ class StrongConstraint4DVar(AbstractVarProblem):
                 "`flow` must be a jaxda.models flow map or a DiffraxTrajectory; got "
                 f"{type(self.flow).__name__}."
             )
+        _check_operator_field(self.operator)
         state_shape = tuple(self.flow.model.state_shape)
-        _check_obs(self.obs, state_shape)
-        T = jnp.shape(self.obs.values)[0]
-        _check_broadcast("obs_var", self.obs_var, (T, *state_shape))
+        obs_shape = _check_obs(self.obs, state_shape, self.operator)
+        _check_broadcast("obs_var", self.obs_var, obs_shape)
         if (
             self.background is not None
             and tuple(self.background.mean.shape) != state_shape
@@ -279,7 +330,7 @@ class StrongConstraint4DVar(AbstractVarProblem):
     @property
     def shape(self) -> tuple[int, ...]:
         """Shape of the control $x_0$ (the state shape)."""
-        return tuple(jnp.shape(self.obs.values))[1:]
+        return tuple(self.flow.model.state_shape)
 
     def check_control(self, name, x0):
         if tuple(jnp.shape(x0)) != self.shape:
@@ -299,7 +350,7 @@ class StrongConstraint4DVar(AbstractVarProblem):
         return self.flow(x0, n_steps)
 
     def residual_terms(self, x0):
-        terms = [_obs_term(self.trajectory(x0), self.obs, self.obs_var)]
+        terms = [_obs_term(self.trajectory(x0), self.obs, self.obs_var, self.operator)]
         if self.background is not None:
             terms.append(self.background.whitened(x0))
         return tuple(terms)
@@ -318,6 +369,9 @@ class JointStateParameter(AbstractVarProblem):
     **Arguments:** `problem` (a weak- or strong-constraint problem), `param_var`
     (optional scalar > 0), `filter_spec` (an `eqx.filter` spec). Use
     `initial_control(u)` to start.
+
+    The wrapped problem keeps its observations and observation operator
+    (`operator=`); only the flow's parameters are estimated.
     """
 
     problem: AbstractVarProblem

@@ -10,6 +10,11 @@ r"""The Gauss-Newton family: one loop, a linear solve and a globalisation.
 
 as optimistix composes a descent and a search.
 
+With an observation operator on the problem (`operator=`, `jaxda.obs`) the
+structured solves add $H_t^\top R_t^{-1} H_t$ to the diagonal blocks, $H_t$ the
+Jacobian of $h_t$ at the iterate (a nonlinear $h_t$ is linearised with forward-mode
+derivatives at every step); the dense solves differentiate the residuals.
+
 Stopping rule (all of them): after an accepted step, converged when both the cost
 change and the step are below `atol + rtol * |.|` (`cauchy_converged`); after a
 rejected step, converged when the point is stationary (predicted decrease

@@ -8,6 +8,14 @@ Gaussian MAP with the (linear, masked) observations, in precision form
 
 $$(P_k^{-1} + H^T R^{-1} H)\,x_k = P_k^{-1}\mu_k + H^T R^{-1} y,$$
 
+With an observation operator $h_t$ it is linearised at $z_k$ too,
+$h_t(x) \approx h_t(z_k) + H_t (x - z_k)$, and the inner MAP is
+
+$$(P_k^{-1} + H^T R^{-1} H)\,x_k = P_k^{-1}\mu_k + H^T R^{-1} (y - h(z_k) + H z_k),$$
+
+whose right-hand side is $A z_k - \nabla J(z_k)$ ($A$ the Gauss-Newton matrix);
+the mask of the state keeps the first form.
+
 solved exactly with the block-tridiagonal Cholesky; then a backtracking line search on
 $z_{k+1} = z_k + \alpha_k (x_k - z_k)$ on the full nonlinear cost. The inner system is
 written in the information form, so $P_k^{-1}$ may be singular (no background) as long
@@ -26,6 +34,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .._validation import check_choice
+from ..obs import is_state_mask
 from ._normal import AbstractNormalSolve, _check_weak, block_solve, linearise
 
 
@@ -47,13 +56,18 @@ def gaussian_map_step(problem, z, method: str = "sequential", damping=None):
     ne = linearise(problem, z)
     zf = jnp.reshape(z, (T, -1))
     n = zf.shape[1]
-    wo = ne.obs_weight
-    yf = jnp.reshape(problem.obs.values, (T, n))
-    # Prior precision blocks and the information vector P^{-1} mu = P^{-1} z - grad U.
-    prior_diag = ne.diagonal - wo[:, :, None] * jnp.eye(n, dtype=wo.dtype)
-    grad_u = ne.grad - wo * (zf - yf)
-    info = _block_matvec(prior_diag, ne.lower, zf) - grad_u
-    rhs = info + wo * yf
+    if is_state_mask(problem.operator):
+        wo = ne.obs_weight
+        yf = jnp.reshape(problem.obs.values, (T, n))
+        # Prior precision blocks and the information vector P^{-1} mu = P^{-1} z -
+        # grad U.
+        prior_diag = ne.diagonal - wo[:, :, None] * jnp.eye(n, dtype=wo.dtype)
+        grad_u = ne.grad - wo * (zf - yf)
+        info = _block_matvec(prior_diag, ne.lower, zf) - grad_u
+        rhs = info + wo * yf
+    else:
+        # P^{-1} mu + H^T W (y - h(z) + H z) = A z - grad J(z), A = P^{-1} + H^T W H.
+        rhs = _block_matvec(ne.diagonal, ne.lower, zf) - ne.grad
     diagonal = ne.diagonal
     if damping is not None:
         d = jnp.diagonal(diagonal, axis1=1, axis2=2)

@@ -10,9 +10,14 @@ A_{t+1,t} = -W^d_t M_t,$$
 with the diagonal weights $W^o_t = \mathrm{diag}(m_t / R_t)$, $W^d_t =
 \mathrm{diag}(1/Q_t)$, and the gradient
 $g_t = W^o_t (x_t - y_t) + W^d_{t-1} d_{t-1} - M_t^T W^d_t d_t\ (+ B^{-1}(x_0 - x_b))$,
-$d_t = x_{t+1} - \Phi(x_t)$. One step solves $A\,\delta = -g$ with the O(T n^3)
-block-tridiagonal Cholesky of `jaxda.linalg` (an iterated extended Kalman smoother),
-never a dense `(Tn) x (Tn)` system (`BlockTridiagonalNormal`).
+$d_t = x_{t+1} - \Phi(x_t)$. With an observation operator $h_t$ (`operator=` of the
+problem) the observation block is $H_t^\top W^o_t H_t$ instead, with the $m \times n$
+Jacobian $H_t = \partial h_t / \partial x\,(x_t)$ ($H_t$ itself when $h_t$ is
+linear), and the gradient term $H_t^\top W^o_t (h_t(x_t) - y_t)$: the normal matrix
+stays block-tridiagonal, $O(T (m n^2 + n^3))$ per step. One step solves
+$A\,\delta = -g$ with the O(T n^3) block-tridiagonal Cholesky of `jaxda.linalg` (an
+iterated extended Kalman smoother), never a dense `(Tn) x (Tn)` system
+(`BlockTridiagonalNormal`).
 
 For small controls (a strong-constraint $x_0$, model parameters) `DenseNormal` forms
 the residual Jacobian $J_r$ and solves the dense $J_r^T J_r\,\delta = -J_r^T r$ by
@@ -31,6 +36,7 @@ from jax.flatten_util import ravel_pytree
 from .._custom_types import Array, Float, Scalar
 from .._results import RESULTS
 from .._validation import check_choice
+from ..obs import is_state_mask
 from ._costs import WeakConstraint4DVar
 
 
@@ -39,14 +45,15 @@ class NormalEquations(eqx.Module):
 
     `diagonal` `(T, n, n)`, `lower` `(T-1, n, n)` (`lower[t] = A[t+1, t]`) are the
     blocks of $J_r^T J_r$; `grad` `(T, n)` is $\\nabla J$; `cost` is $J(x)$.
-    `obs_weight` `(T, n)` is the observation weight $m/R$.
+    `obs_weight` is the observation weight $m/R$: `(T, n)` over the state for the
+    mask of the state, `(T, m)` over the observation vector with an operator.
     """
 
     diagonal: Float[Array, " T n n"]
     lower: Float[Array, " Tm1 n n"]
     grad: Float[Array, " T n"]
     cost: Scalar
-    obs_weight: Float[Array, " T n"]
+    obs_weight: Float[Array, " T k"]
 
 
 def _flat_phi(problem: WeakConstraint4DVar, shape):
@@ -56,15 +63,8 @@ def _flat_phi(problem: WeakConstraint4DVar, shape):
     return phi
 
 
-def linearise(
-    problem: WeakConstraint4DVar, x: Float[Array, " T *state"]
-) -> NormalEquations:
-    """The block-tridiagonal Gauss-Newton normal equations of `problem` at `x`."""
-    T = x.shape[0]
-    state_shape = x.shape[1:]
-    xf = jnp.reshape(x, (T, -1))
-    n = xf.shape[1]
-    dtype = xf.dtype
+def _state_mask_terms(problem: WeakConstraint4DVar, x, T, n, dtype):
+    """Observation blocks, gradient, cost and weight of the mask of the state."""
     mask = problem.obs.mask
     wo = jnp.where(mask, 1.0 / jnp.broadcast_to(problem.obs_var, x.shape), 0.0)
     wo = jnp.reshape(wo, (T, n)).astype(dtype)
@@ -73,6 +73,47 @@ def linearise(
     diagonal = wo[:, :, None] * eye
     grad = wo * o
     cost = 0.5 * jnp.sum(wo * o**2)
+    return diagonal, grad, cost, wo
+
+
+def _operator_terms(problem: WeakConstraint4DVar, x, T, dtype):
+    r"""$H_t^\top W_t H_t$, $H_t^\top W_t (h_t(x_t) - y_t)$, the cost and $W_t$ for an
+    observation operator, $H_t = \partial h_t / \partial x\,(x_t)$."""
+    mask, operator = problem.obs.mask, problem.operator
+    hx, jac = jax.vmap(operator.value_and_jacobian)(x, jnp.arange(T))
+    jac = jac.astype(dtype)
+    m = jac.shape[1]
+    var = jnp.broadcast_to(problem.obs_var, mask.shape)
+    wo = jnp.reshape(jnp.where(mask, 1.0 / var, 0.0), (T, m)).astype(dtype)
+    r = jnp.where(mask, jnp.reshape(hx, mask.shape) - problem.obs.values, 0.0)
+    r = jnp.reshape(r, (T, m)).astype(dtype)
+    diagonal = jnp.einsum("tki,tk,tkj->tij", jac, wo, jac)
+    grad = jnp.einsum("tki,tk->ti", jac, wo * r)
+    cost = 0.5 * jnp.sum(wo * r**2)
+    return diagonal, grad, cost, wo
+
+
+def linearise(
+    problem: WeakConstraint4DVar, x: Float[Array, " T *state"]
+) -> NormalEquations:
+    r"""The block-tridiagonal Gauss-Newton normal equations of `problem` at `x`.
+
+    With an observation operator $h_t$ the observation blocks are
+    $H_t^\top W^o_t H_t$ with $H_t = \partial h_t/\partial x\,(x_t)$ (the dense
+    $H_t$ of a linear operator; forward-mode derivatives of a nonlinear one) and the
+    gradient gains $H_t^\top W^o_t (h_t(x_t) - y_t)$; without one (or with an
+    `IdentityOperator`) $W^o_t = \mathrm{diag}(m_t / r_t)$ is added to the diagonal.
+    """
+    T = x.shape[0]
+    state_shape = x.shape[1:]
+    xf = jnp.reshape(x, (T, -1))
+    n = xf.shape[1]
+    dtype = xf.dtype
+    eye = jnp.eye(n, dtype=dtype)
+    if is_state_mask(problem.operator):
+        diagonal, grad, cost, wo = _state_mask_terms(problem, x, T, n, dtype)
+    else:
+        diagonal, grad, cost, wo = _operator_terms(problem, x, T, dtype)
     lower = jnp.zeros((max(T - 1, 0), n, n), dtype)
     if T > 1:
         phi = _flat_phi(problem, state_shape)
