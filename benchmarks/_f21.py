@@ -21,8 +21,9 @@ from _common import time_call, write_text
 import jaxda.data as jd
 import jaxda.fourdvarnet as fdn
 import jaxda.io as jio
-from jaxda import metrics, plot, var
+from jaxda import plot, var
 from jaxda.models import flow_map
+from jaxda.nn import count_parameters
 from jaxda.obs import Observations
 
 
@@ -115,9 +116,44 @@ def first_guess(s: Setup) -> jax.Array:
     return jax.vmap(lambda o: jd.interpolate_observations(o, fill))(s.test.obs)
 
 
-def build(system, prior_name, solver_name, norm, preset, key, n_iter):
+# The authors' networks (their L63 / L96 notebooks and `model_GradUpdate1/2`):
+# GENN widths, kernels and pooling; the solvers' defaults are theirs already.
+F21_GENN = {
+    "l63": dict(layout="channels", width=30, kernel_size=11, pool=4),
+    "l96": dict(layout="field", width=50, kernel_size=11, pool=4, periodic_space=True),
+}
+# Cost weights in the authors' normalisation (`VariationalCost(reduction="mean")`:
+# means over the observed entries and over all entries): fixed (0.01, 1) for the
+# unsupervised loss, as the paper's 4DVar-score; learned from (1, 1) otherwise, as
+# the authors' `Compute_Grad` starts.
+F21_WEIGHTS = {"unsupervised": (0.01, 1.0), "supervised": (1.0, 1.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Choices of the learned configurations (defaults: the authors')."""
+
+    reduction: str = "mean"
+    lam_obs: float | None = None  # None: F21_WEIGHTS
+    gradient_rms: str = "each"
+    alpha: float = 1.0
+    clip_norm: float | None = 1.0
+    cnn_architecture: str = "f21"
+
+
+def build(
+    system,
+    prior_name,
+    solver_name,
+    norm,
+    preset,
+    key,
+    n_iter,
+    mode="supervised",
+    options=Options(),
+):
     """A fresh 4DVarNet of the configuration (prior "ode" / "genn", solver "cnn" /
-    "lstm") with the paper's initial cost weights."""
+    "lstm") at the authors' sizes, with the cost weights of `mode` (`F21_WEIGHTS`)."""
     k1, k2 = jax.random.split(key)
     shape = preset.model.state_shape
     field = system == "l96"
@@ -125,21 +161,24 @@ def build(system, prior_name, solver_name, norm, preset, key, n_iter):
     if prior_name == "ode":
         prior = fdn.ODEPrior.from_model(preset.model, preset.dt, normalisation=norm)
     else:
-        prior = fdn.GENN(
-            shape,
-            key=k1,
-            layout=layout,
-            width=10 if not field else 8,
-            kernel_size=5 if not field else 3,
-            pool=4 if not field else 2,
-            periodic_space=field,
-        )
+        prior = fdn.GENN(shape, key=k1, **F21_GENN[system])
+    kw = dict(
+        key=k2,
+        layout=layout,
+        periodic_space=field,
+        gradient_rms=options.gradient_rms,
+        alpha=options.alpha,
+    )
     if solver_name == "lstm":
-        solver = fdn.ConvLSTMSolver(shape, key=k2, layout=layout, periodic_space=field)
+        solver = fdn.ConvLSTMSolver(shape, **kw)
     else:
-        solver = fdn.CNNSolver(shape, key=k2, layout=layout, periodic_space=field)
-    # lam_obs : lam_prior = 0.01 : 1 initially, as the paper's fixed cost weights
-    cost = fdn.VariationalCost(prior, 0.01, 1.0)
+        solver = fdn.CNNSolver(shape, architecture=options.cnn_architecture, **kw)
+    lam_obs, lam_prior = F21_WEIGHTS[
+        "unsupervised" if mode == "unsupervised" else "supervised"
+    ]
+    if options.lam_obs is not None:
+        lam_obs = options.lam_obs
+    cost = fdn.VariationalCost(prior, lam_obs, lam_prior, reduction=options.reduction)
     return fdn.FourDVarNet(cost, solver, n_iter=n_iter, train_prior=prior_name != "ode")
 
 
@@ -154,11 +193,13 @@ def train_config(
     progress: bool = False,
     curriculum: tuple[int, ...] = (5, 10, 20),
     init: fdn.FourDVarNet | None = None,
+    options: Options = Options(),
 ) -> tuple[fdn.FourDVarNet, dict]:
     """Train configuration `cfg` = "mode-prior-solver" (e.g. "supervised-genn-cnn")
     with the iteration curriculum K = 5 -> 10 -> 20 and Adam (`lr`, divided by 10 in
-    the last stage), gradient clipping at norm 1, from a fresh model or from `init`
-    (a trained one; `steps=0` returns it unchanged). **Returns:** `(model, info)`."""
+    the last stage), gradient clipping at `options.clip_norm`, from a fresh model
+    (`build` with `options`) or from `init` (a trained one; `steps=0` returns it
+    unchanged). **Returns:** `(model, info)`."""
     mode, prior_name, solver_name = cfg.split("-")
     key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(cfg.encode()) % 2**31)
     if init is not None and steps == 0:
@@ -167,7 +208,15 @@ def train_config(
         model = init.with_iterations(curriculum[0])
     else:
         model = build(
-            s.system, prior_name, solver_name, s.norm, s.preset, key, curriculum[0]
+            s.system,
+            prior_name,
+            solver_name,
+            s.norm,
+            s.preset,
+            key,
+            curriculum[0],
+            mode=mode,
+            options=options,
         )
     stages = fdn.default_curriculum(steps, learning_rate=lr, iterations=curriculum)
     data = fdn.make_training_data(s.obs_tr, s.truth_tr)
@@ -180,7 +229,7 @@ def train_config(
         stages=stages,
         mode=mode,
         prior_weight=0.1 if mode == "supervised" else 0.0,
-        clip_norm=1.0,
+        clip_norm=options.clip_norm,
         progress=progress,
         print_every=50,
     )
@@ -193,9 +242,25 @@ def train_config(
 
 
 def fourdvar_scores(x, obs, rk4):
-    """Mean 4DVar-score (normalised units, true RK4 prior) of a batch of windows."""
-    score = eqx.filter_jit(jax.vmap(metrics.fourdvar_score, in_axes=(None, 0, 0)))
-    return float(jnp.mean(score(rk4, x, obs)))
+    """Mean [F21] 4DVar-score of a batch of windows in the authors' normalisation:
+    $0.01\,\mathrm{mean}_\Omega (x - y)^2 + \mathrm{mean}(x - \Phi_{RK4}(x))^2$
+    (means over the observed entries and over all entries; normalised units)."""
+    cost = fdn.VariationalCost(rk4, 0.01, 1.0, reduction="mean", dtype=x.dtype)
+    score = eqx.filter_jit(jax.vmap(lambda c, xi, o: c(xi, o), in_axes=(None, 0, 0)))
+    return float(jnp.mean(score(cost, x, obs)))
+
+
+def cost_variances(s: Setup, lam_obs: float, lam_prior: float):
+    """`(obs_var, model_var)` per component, original units, such that the
+    weak-constraint 4DVar cost $\frac12\sum r^2/R + \frac12\sum d^2/Q$ equals
+    `VariationalCost(rk4, lam_obs, lam_prior, reduction="mean")` of the normalised
+    window: $R_c = |\Omega| \sigma_c^2 / (2 \lambda_o)$, $Q_c = |x| \sigma_c^2 / (2
+    \lambda_p)$ ($|\Omega|$: the mean number of observed entries per test window)."""
+    mask = np.asarray(s.test.obs.mask)
+    n_obs = float(mask.reshape(mask.shape[0], -1).sum(axis=1).mean())
+    var = np.asarray(s.norm.std) ** 2
+    size = float(np.prod(mask.shape[1:]))
+    return n_obs * var / (2 * lam_obs), size * var / (2 * lam_prior)
 
 
 def scores(x, truth, obs, norm, prior, rk4_prior):
@@ -283,6 +348,18 @@ def markdown_table(system, rows, timings, args, training) -> str:
     return "\n".join(lines) + "\n"
 
 
+def options_from_args(args) -> Options:
+    """The `Options` of the command line of `reproduce_f21.py`."""
+    return Options(
+        reduction=getattr(args, "reduction", "mean"),
+        lam_obs=getattr(args, "lam_obs", None),
+        gradient_rms=getattr(args, "gradient_rms", "each"),
+        alpha=getattr(args, "alpha", 1.0),
+        clip_norm=getattr(args, "clip_norm", 1.0) or None,
+        cnn_architecture=getattr(args, "cnn_architecture", "f21"),
+    )
+
+
 def run_f21_system(system, args) -> dict:
     """Baselines (FSGD, Gauss-Newton) and the learned configurations of `system` with
     the options of `reproduce_f21.py`; writes the models, `table_<system>.md` and
@@ -324,6 +401,15 @@ def run_f21_system(system, args) -> dict:
     )  # fmt: skip
     paths["Gauss-Newton"] = (np.arange(9), norm.apply(gn_path))
     print(f"[{system}] GN: R={r:.3f}, {timings['gauss_newton'] * 1e3:.2f} ms/window")
+    options = options_from_args(args)
+    lam_u = F21_WEIGHTS["unsupervised"]
+    lam_u = (lam_u[0] if options.lam_obs is None else options.lam_obs, lam_u[1])
+    if options.reduction == "mean":  # 4DVar on the unsupervised rows' cost
+        r_var, q_var = cost_variances(s, *lam_u)
+        x_gnu, _ = gauss_newton(preset, r_var, q_var, 20, args.chunk)(*gn_args)
+        r, fv, od = scores(norm.apply(x_gnu), truth_te, obs_te, norm, rk4, rk4)
+        rows.append(("none", "ode", "4dvar-mean", "GN <=20 it", r, fv, od))
+        print(f"[{system}] GN on the unsupervised cost {lam_u}: R={r:.3f}")
 
     # -- learned configurations --
     for cfg in args.configs or F21_DEFAULT_CONFIGS[system]:
@@ -342,7 +428,12 @@ def run_f21_system(system, args) -> dict:
             progress=args.progress,
             curriculum=tuple(args.curriculum),
             init=init,
+            options=options,
         )
+        info["parameters"] = {
+            "prior": count_parameters(trained.cost.prior),
+            "solver": count_parameters(trained.solver),
+        }
         if args.init_from:
             info["init_from"] = init_path
         path = os.path.join(args.out, f"model_{system}_{cfg}.eqx")

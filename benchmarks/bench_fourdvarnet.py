@@ -12,15 +12,29 @@ test windows, vmapped under one jit. `time_per_window_s` is the median batch tim
 the batch size, `mse` the R-score (MSE over all entries, original units). The quick
 suite trains for a handful of steps only: its accuracy numbers are not meaningful, its
 timings are.
+
+The training step at the authors' network sizes (`4dvarnet-train-step-<config>`: the
+GENN of their Lorenz-63 notebook and the CNN or a ConvLSTM solver, K = 10, float32,
+`TRAIN_STEP` windows a batch) is timed per window for the variants of `STEP_VARIANTS`
+side by side in one run (`variant`: the convolutions of jaxda 0.2.0 or XLA's, with or
+without rematerialisation), with the parameter counts:
+
+    python benchmarks/bench_fourdvarnet.py --suite full
 """
 
+import dataclasses
 from collections.abc import Iterator
 
 import _f21 as ex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optax
 from _common import record, time_call
+
+import jaxda.fourdvarnet as fdn
+import jaxda.nn as nn
+from jaxda import train
 
 
 _SIZES = {
@@ -102,4 +116,107 @@ def records(suite: str) -> Iterator[dict]:
             time_per_window_s=run_s / cfg["batch"],
             run_s=run_s,
             compile_s=compile_s,
+        )
+    yield from train_step_records(suite, TRAIN_STEP.get(suite, {}).get("variants"))
+
+
+# -- the training step at the authors' network sizes ---------------------------------
+
+TRAIN_STEP = {
+    "quick": {
+        "batch": 32,
+        "n_iter": 10,
+        "configs": ("genn-cnn",),
+        "variants": ("xla",),
+    },
+    "full": {"batch": 128, "n_iter": 10, "configs": ("genn-cnn", "genn-lstm")},
+}
+# The variants timed side by side (one run, same data and weights): the convolutions
+# of jaxda 0.2.0 (shifted views + einsum) against XLA's, with and without
+# rematerialising each unrolled iteration.
+STEP_VARIANTS = {
+    "im2col": {"conv_method": "im2col", "checkpoint": False},
+    "xla": {"conv_method": "xla", "checkpoint": False},
+    "xla-remat": {"conv_method": "xla", "checkpoint": True},
+}
+# the ConvLSTM solver of the side-by-side training-step measurement (25,124 scalars)
+LSTM_HIDDEN = 44
+
+
+def train_step_model(config: str, n_iter: int, key, conv_method: str = "xla"):
+    """The L63 4DVarNet of `config` ("genn-cnn", "genn-lstm", "genn-lstm-paper") at the
+    authors' sizes: GENN 15,300 parameters; CNN solver 4,339; ConvLSTM 25,125
+    ("genn-lstm") or the paper's 3,346 ("genn-lstm-paper"); float32."""
+    k1, k2 = jax.random.split(key)
+    genn = fdn.GENN((3,), key=k1, conv_method=conv_method, **ex.F21_GENN["l63"])
+    if config == "genn-cnn":
+        solver = fdn.CNNSolver((3,), key=k2, conv_method=conv_method)
+    else:
+        hidden = LSTM_HIDDEN if config == "genn-lstm" else None
+        solver = fdn.ConvLSTMSolver(
+            (3,), key=k2, hidden=hidden, conv_method=conv_method
+        )
+    cost = fdn.VariationalCost(genn, reduction="mean")
+    model = fdn.FourDVarNet(cost, solver, n_iter=n_iter)
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, model
+    )
+
+
+def train_step_records(suite: str, variants=None) -> Iterator[dict]:
+    """Time one supervised training step (loss, its gradient through the K unrolled
+    iterations, an Adam update) per window on F21-L63 windows, float32, for each
+    configuration and each variant of `STEP_VARIANTS`."""
+    size = TRAIN_STEP.get(suite)
+    if size is None:
+        return
+    batch = size["batch"]
+    s = ex.setup("l63", 0, batch, 1)
+    data = fdn.make_training_data(s.obs_tr, s.truth_tr)
+    data = jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, data
+    )
+    loss = fdn.make_fourdvarnet_loss("supervised", prior_weight=0.1)
+    opt = optax.adam(1e-3)
+    for config in size["configs"]:
+        base = train_step_model(config, size["n_iter"], jax.random.key(0))
+        for name in variants or STEP_VARIANTS:
+            v = STEP_VARIANTS[name]
+            model = nn.with_conv_method(base, v["conv_method"])
+            model = dataclasses.replace(model, checkpoint=v["checkpoint"])
+            state = train.init_state(model, opt, jax.random.key(1))
+            step = train.make_train_step(loss, opt)
+            compile_s, run_s = time_call(step, state, data, repeats=5)
+            yield record(
+                "F21-L63",
+                f"4dvarnet-train-step-{config}",
+                variant=name,
+                batch=batch,
+                n_iter=size["n_iter"],
+                parameters=nn.count_parameters(model),
+                prior_parameters=nn.count_parameters(model.cost.prior),
+                solver_parameters=nn.count_parameters(model.solver),
+                time_per_window_s=run_s / batch,
+                run_s=run_s,
+                compile_s=compile_s,
+                dtype="float32",
+            )
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="Time the 4DVarNet training step.")
+    p.add_argument("--suite", choices=tuple(TRAIN_STEP), default="full")
+    p.add_argument("--variants", nargs="*", default=None, choices=tuple(STEP_VARIANTS))
+    p.add_argument("--configs", nargs="*", default=None)
+    args = p.parse_args()
+    if args.configs:
+        TRAIN_STEP[args.suite] = dict(TRAIN_STEP[args.suite], configs=args.configs)
+    for rec in train_step_records(args.suite, args.variants):
+        print(
+            f"{rec['method']} [{rec['variant']}]: "
+            f"{rec['time_per_window_s'] * 1e3:.2f} ms / window (batch {rec['batch']}, "
+            f"{rec['parameters']} parameters, compile {rec['compile_s']:.1f} s)",
+            flush=True,
         )

@@ -13,8 +13,10 @@ the run size), all written atomically.
 Metrics (all on the test windows):
 
 - R-score: MSE over all state entries in original units (the authors' code).
-- 4DVar-score: $0.01\\,\\overline{m (x - y)^2} + \\overline{(x - \\Phi_{RK4}(x))^2}$ in
-  normalised units (means over all entries), the paper's fixed weights.
+- 4DVar-score: $0.01\\,\\mathrm{mean}_\\Omega (x - y)^2 +
+  \\mathrm{mean}(x - \\Phi_{RK4}(x))^2$ in normalised units (means over the observed
+  entries and over all entries: the authors' normalisation of the paper's fixed
+  weights).
 - ODE-score: $\\overline{(x^{true} - \\Phi(x^{true}))^2}$ of the configuration's prior
   (normalised units; times $t \\ge 1$).
 
@@ -85,6 +87,39 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=128,
         help="windows vmapped at a time in the timed runs (both methods; on a CPU "
         "the working set then stays in cache)",
+    )
+    p.add_argument(
+        "--reduction",
+        choices=("mean", "sum"),
+        default="mean",
+        help="form of the learned cost: means over the observed entries and over all "
+        "entries (the authors' Compute_Grad, default) or sums",
+    )
+    p.add_argument(
+        "--lam-obs",
+        type=float,
+        default=None,
+        help="observation weight of the unsupervised cost (default 0.01, the paper's; "
+        "the supervised rows start from 1 and learn it)",
+    )
+    p.add_argument(
+        "--gradient-rms",
+        choices=("each", "first"),
+        default="each",
+        help="solvers' gradient normalisation: the RMS at each iteration or at the "
+        "first",
+    )
+    p.add_argument(
+        "--alpha", type=float, default=1.0, help="initial gradient scaling (eqs. 11-12)"
+    )
+    p.add_argument(
+        "--clip-norm", type=float, default=1.0, help="gradient clipping (0: none)"
+    )
+    p.add_argument(
+        "--cnn-architecture",
+        choices=("f21", "small"),
+        default="f21",
+        help="CNN solver: the authors' model_GradUpdate1 or the small one of 0.2.0",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="show training progress")

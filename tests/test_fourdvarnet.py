@@ -1,5 +1,7 @@
 """4DVarNet: priors, unrolled solvers, losses, curriculum training, flax adapter."""
 
+import pathlib
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -110,9 +112,15 @@ def test_fixed_step_unroll_equals_gradient_descent(getkey):
 
 
 def test_cnn_solver_gradient_rms(getkey):
-    # A network that returns the scaled-gradient channels makes the CNN solver
-    # x <- x - arctan(grad(x) / rho): rho is the RMS of the current gradient ("each",
-    # the default) or of the first one ("first"). A quartic cost makes them differ.
+    # A network C that returns zeros makes the f21 CNN solver
+    # x <- x - 5 atan(0.2 W3 alpha grad(x) / rho) with W3 = I: rho is the RMS of the
+    # current gradient ("each", the default) or of the first one ("first"). The
+    # "small" architecture (jaxda 0.2.0) with a network passing the scaled gradient
+    # through is x <- x - atan(grad / rho). A quartic cost makes the two rho differ.
+    class Zero(eqx.Module):
+        def __call__(self, z):  # (2 C, T): [previous update, scaled gradient]
+            return jnp.zeros_like(z[:3])
+
     class PassGradient(eqx.Module):
         def __call__(self, z):  # (2 C, T): [scaled gradient, previous update]
             return z[:3]
@@ -126,30 +134,187 @@ def test_cnn_solver_gradient_rms(getkey):
     grad = jax.grad(lambda x: cost(x, obs))
     rms = lambda g: jnp.sqrt(jnp.mean(g**2))  # noqa: E731
     got = {}
-    for mode in ("each", "first"):
-        solver = fdn.CNNSolver((3,), network=PassGradient(), gradient_rms=mode)
-        got[mode] = unroll(cost, solver, obs, x0, 4, return_path=True)[1]
-        x, rho0, want = x0, rms(grad(x0)), [x0]
-        for _ in range(4):
-            g = grad(x)
-            x = x - jnp.arctan(g / (rms(g) if mode == "each" else rho0))
-            want.append(x)
-        np.testing.assert_allclose(got[mode], jnp.stack(want), rtol=1e-10, atol=1e-12)
-    assert not np.allclose(got["each"][-1], got["first"][-1], atol=1e-3)
-    # saved models record the mode; files from before the option are "first"
+    alpha = 1.7
+    for arch, net, update in (
+        ("f21", Zero(), lambda g: 5.0 * jnp.arctan(0.2 * alpha * g)),
+        ("small", PassGradient(), jnp.arctan),
+    ):
+        for mode in ("each", "first"):
+            solver = fdn.CNNSolver(
+                (3,), key=getkey(), network=net, gradient_rms=mode, alpha=alpha,
+                architecture=arch,
+            )  # fmt: skip
+            path = unroll(cost, solver, obs, x0, 4, return_path=True)[1]
+            x, rho0, want = x0, rms(grad(x0)), [x0]
+            for _ in range(4):
+                g = grad(x)
+                x = x - update(g / (rms(g) if mode == "each" else rho0))
+                want.append(x)
+            np.testing.assert_allclose(path, jnp.stack(want), rtol=1e-10, atol=1e-12)
+            got[arch, mode] = path
+        assert not np.allclose(got[arch, "each"][-1], got[arch, "first"][-1], atol=1e-3)
+    # saved models record the options; files from before an option hold the solver
+    # of that time (first-iteration RMS, the small CNN, GENN's coarse branch in the
+    # state channels)
     from jaxda.fourdvarnet._describe import describe, rebuild
 
     model = fdn.FourDVarNet(
         fdn.VariationalCost(fdn.GENN((3,), key=getkey(), width=3, kernel_size=3)),
-        fdn.CNNSolver((3,), key=getkey(), hidden=4),
+        fdn.CNNSolver((3,), key=getkey(), hidden=(4, 8)),
         n_iter=2,
     )
     hp = describe(model)
-    assert rebuild(hp).solver.gradient_rms == "each"
-    del hp["solver"]["gradient_rms"]
-    assert rebuild(hp).solver.gradient_rms == "first"
+    back = rebuild(hp).solver
+    assert (back.gradient_rms, back.architecture) == ("each", "f21")
+    assert back.network.conv_b.weight.shape == (8, 4, 3)
+    for key in ("gradient_rms", "architecture", "max_step"):
+        del hp["solver"][key]
+    hp["solver"]["hidden"] = 5
+    del hp["prior"]["coarse_channels"]
+    old = rebuild(hp)
+    assert (old.solver.gradient_rms, old.solver.architecture) == ("first", "small")
+    assert old.solver.alpha is None and old.solver.network.conv1.out_channels == 5
+    assert old.cost.prior.coarse.conv_out.out_channels == 3
+    assert old.cost.reduction == "sum"
     with pytest.raises(ValueError, match="gradient_rms"):
         fdn.CNNSolver((3,), key=getkey(), gradient_rms="last")
+    with pytest.raises(ValueError, match="pair of widths"):
+        fdn.CNNSolver((3,), key=getkey(), hidden=8)
+
+
+def _conv_reference(x, w, periodic):
+    """'Same' cross-correlation of `x` (C, *s) with `w` (O, C, *k) in NumPy float64,
+    by explicit loops over the output positions."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    kernel, spatial = w.shape[2:], x.shape[1:]
+    y = np.zeros((w.shape[0], *spatial))
+    for pos in np.ndindex(*spatial):
+        for off in np.ndindex(*kernel):
+            src = [p + o - k // 2 for p, o, k in zip(pos, off, kernel)]
+            src = [s % n if per else s for s, n, per in zip(src, spatial, periodic)]
+            if all(0 <= s < n for s, n in zip(src, spatial)):
+                y[(slice(None), *pos)] += (
+                    w[(slice(None), slice(None), *off)] @ x[(slice(None), *src)]
+                )
+    return y
+
+
+def test_conv_methods_match_dense_reference(getkey):
+    # both implementations of Conv equal a loop-based float64 cross-correlation, with
+    # zero or wrap-around padding, the centre tap zeroed, in 1-d and 2-d
+    x1 = jax.random.normal(getkey(), (3, 9))
+    x2 = jax.random.normal(getkey(), (2, 6, 5))
+    for x, kernel, periodic in ((x1, 5, (False,)), (x2, (3, 5), (False, True))):
+        conv = nn.Conv(x.shape[0], 4, kernel, key=getkey(), n_spatial=x.ndim - 1,
+                       periodic=periodic, centre_zero=True, use_bias=True)  # fmt: skip
+        want = _conv_reference(x, conv.effective_weight, periodic)
+        want = want + np.asarray(conv.bias).reshape((-1,) + (1,) * (x.ndim - 1))
+        for method in ("xla", "im2col"):
+            got = nn.with_conv_method(conv, method)
+            assert got.method == method and conv.method == "xla"
+            np.testing.assert_allclose(got(x), want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="method"):
+        nn.Conv(3, 3, 3, key=getkey(), method="fft")
+
+
+def test_cnn_solver_is_the_authors_gradupdate1(getkey):
+    # [F21] eq. 12 as the authors' model_GradUpdate1: 4,338 parameters for L63 (plus
+    # alpha), 1,442 for the 2-d L96 field; one step equals a hand-written NumPy
+    # evaluation; W3 starts at the identity, so a small alpha gives an update
+    # u ~ g + W2 d; the update never exceeds 5 pi / 2.
+    solver = fdn.CNNSolver((3,), key=getkey())
+    net = solver.network
+    sizes = [c.weight.shape for c in (net.conv_a, net.conv_b, net.conv_c)]
+    assert sizes == [(24, 6, 3), (48, 24, 3), (3, 48, 3)]
+    assert nn.count_parameters((net, solver.mix, solver.out)) == 4338
+    assert nn.count_parameters(solver) == 4339  # alpha
+    np.testing.assert_array_equal(solver.out.weight[:, :, 0], np.eye(3))
+    field = eqx.filter_eval_shape(
+        lambda: fdn.CNNSolver((40,), key=jax.random.key(0), layout="field")
+    )
+    assert nn.count_parameters(field) == 1442 + 1
+
+    relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
+    x = jax.random.normal(getkey(), (T, 3))
+    grad = jax.random.normal(getkey(), (T, 3)) * 3.0
+    prev = jax.random.normal(getkey(), (3, T))
+    rho = float(np.sqrt(np.mean(np.asarray(grad) ** 2)))
+    for alpha, prev in ((1.3, prev), (1e-4, jnp.zeros_like(prev))):
+        s = eqx.tree_at(lambda m: m.alpha, solver, jnp.asarray(alpha))
+        x_next, (u, r) = s.step(x, grad, (prev, jnp.asarray(1.0)), 10)
+        g = alpha * np.asarray(grad).T / rho
+        h = relu(_conv_reference(np.concatenate([prev, g]), net.conv_a.weight, [False]))
+        h = relu(_conv_reference(h, net.conv_b.weight, [False]))
+        d = _conv_reference(h, net.conv_c.weight, [False])
+        g_new = g + np.asarray(s.mix.weight[:, :, 0]) @ d
+        want = 5.0 * np.arctan(0.2 * g_new)
+        np.testing.assert_allclose(u, want, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(x_next, x - want.T, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(r, rho, rtol=1e-12)
+        if alpha < 1e-3:  # atan(z) = z (1 + O(z^2)), d = O(alpha): u = g + W2 d
+            np.testing.assert_allclose(u, g_new, rtol=1e-8)
+    big = eqx.tree_at(lambda m: m.alpha, solver, jnp.asarray(1e6))
+    _, (u, _) = big.step(x, grad, big.init(x, grad), 10)
+    assert float(jnp.max(jnp.abs(u))) <= 5 * np.pi / 2
+
+
+def test_convlstm_alpha_scales_the_gradient_input(getkey):
+    # alpha enters as alpha * grad / rho: an LSTM with alpha = 3 equals one with
+    # alpha = 1 whose input-gate weights are 3 times larger (the gates are linear in
+    # their input); "first" keeps rho of the first iteration, "each" recomputes it.
+    x = jax.random.normal(getkey(), (T, 3))
+    g0, g1 = (jax.random.normal(getkey(), (T, 3)) for _ in range(2))
+    g1 = 5.0 * g1
+    for mode in ("each", "first"):
+        a = fdn.ConvLSTMSolver((3,), key=getkey(), hidden=4, gradient_rms=mode)
+        a3 = eqx.tree_at(lambda m: m.alpha, a, jnp.asarray(3.0))
+        w = a.cell.gates.weight
+        b = eqx.tree_at(lambda m: m.cell.gates.weight, a, w.at[:, :3].multiply(3.0))
+        sa, sb = a3.init(x, g0), b.init(x, g0)
+        for g in (g0, g1):
+            xa, sa = a3.step(x, g, sa, 7)
+            xb, sb = b.step(x, g, sb, 7)
+            np.testing.assert_allclose(xa, xb, rtol=1e-12, atol=1e-12)
+        rho0 = jnp.sqrt(jnp.mean(g0**2))
+        want = jnp.sqrt(jnp.mean(g1**2)) if mode == "each" else rho0
+        np.testing.assert_allclose(sa[2], want, rtol=1e-12)
+    assert a.hyperparameters["gradient_rms"] == "first"
+    assert nn.count_parameters(fdn.ConvLSTMSolver((3,), key=getkey())) == 3345 + 1
+
+
+def test_genn_at_the_authors_sizes():
+    # [F21]: L63 "30 channels, about 15,000 parameters" (the authors' 15,300), L96
+    # "about 50,000" (their width 50, 11x11: 54,500 in this structure)
+    def count(*a, **kw):
+        return nn.count_parameters(
+            eqx.filter_eval_shape(lambda: fdn.GENN(*a, key=jax.random.key(0), **kw))
+        )
+
+    assert count((3,), width=30, kernel_size=11, pool=4) == 15300
+    assert (
+        count((40,), layout="field", width=50, kernel_size=11, pool=4,
+              periodic_space=True)
+        == 54500
+    )  # fmt: skip
+    assert count((3,), width=30, kernel_size=11, coarse_channels=3) == 13356  # 0.2.0
+
+
+def test_mean_reduction_cost(getkey):
+    # reduction="mean": lam_o mean_Omega (x - y)^2 + lam_p mean (x - Phi(x))^2 equals
+    # the sum form with weights lam_o / |Omega| and lam_p / |x|
+    truth, obs = _windows(getkey(), 1)
+    obs = Observations(obs.values[0], obs.mask[0])
+    x = truth[0] + 0.1
+    genn = fdn.GENN((3,), key=getkey(), width=3, kernel_size=3)
+    mean = fdn.VariationalCost(genn, 0.3, 2.0, reduction="mean")
+    n_obs, size = int(obs.mask.sum()), x.size
+    total = fdn.VariationalCost(genn, 0.3 / n_obs, 2.0 / size)
+    want = 0.3 * jnp.sum(jnp.where(obs.mask, x - obs.values, 0.0) ** 2) / n_obs
+    want = want + 2.0 * jnp.mean((x - genn(x)) ** 2)
+    np.testing.assert_allclose(mean(x, obs), want, rtol=1e-12)
+    np.testing.assert_allclose(mean(x, obs), total(x, obs), rtol=1e-12)
+    with pytest.raises(ValueError, match="reduction"):
+        fdn.VariationalCost(genn, reduction="max")
 
 
 def test_constrained_conv_ignores_centre(getkey):
@@ -258,7 +423,7 @@ def test_unsupervised_training_frozen_prior(getkey):
     prior = fdn.ODEPrior.from_model(Lorenz63(), 0.01, normalisation=norm)
     model = fdn.FourDVarNet(
         fdn.VariationalCost(prior, 1.0, 10.0),
-        fdn.CNNSolver((3,), key=getkey(), hidden=8),
+        fdn.CNNSolver((3,), key=getkey(), hidden=(4, 8)),
         n_iter=3,
         train_prior=False,
     )
@@ -332,7 +497,7 @@ def test_flax_adapter(getkey):
     obs = Observations(obs.values[0], obs.mask[0])
     model = fdn.FourDVarNet(
         fdn.VariationalCost(prior),
-        fdn.CNNSolver((3,), network=_ChannelsLast(solver_net)),
+        fdn.CNNSolver((3,), key=getkey(), network=_ChannelsLast(solver_net)),
         n_iter=2,
     )
     model = jax.tree_util.tree_map(
@@ -405,6 +570,12 @@ def test_bad_input(getkey):
         fdn.TrainableStepGradient(0.0)
 
 
+_V020_MODEL = (
+    pathlib.Path(__file__).parents[1]
+    / "benchmarks/results/fourdvarnet/l63-table/model_l63_supervised-genn-cnn.eqx"
+)
+
+
 def test_save_load_round_trip(tmp_path, getkey):
     from jaxda.data import Normalisation
 
@@ -432,7 +603,7 @@ def test_save_load_round_trip(tmp_path, getkey):
                 fdn.VariationalCost(
                     fdn.GENN((3,), key=k0, width=3, kernel_size=3), 0.3, 2.0
                 ),
-                fdn.CNNSolver((3,), key=k0, hidden=8),
+                fdn.CNNSolver((3,), key=k0, hidden=(4, 8)),
                 n_iter=3,
                 fill=0.5,
             )
@@ -481,6 +652,15 @@ def test_save_load_round_trip(tmp_path, getkey):
     loaded = jio.load_model(tmp_path / "ode-lstm-f32.eqx")
     assert loaded.cost.prior.flow.substeps == 2 and not loaded.train_prior
     assert loaded.cost.prior.flow.model.rho.dtype == jnp.float32
+    # a model saved by jaxda 0.2.0 (its small CNN solver, the GENN coarse branch in the
+    # state channels, the sum-form cost) loads with that architecture and runs
+    old = jio.load_model(_V020_MODEL)
+    assert (old.solver.architecture, old.solver.alpha) == ("small", None)
+    assert old.solver.network.conv1.out_channels == 30
+    assert old.cost.prior.coarse.conv_out.out_channels == 3
+    assert old.cost.reduction == "sum" and old.n_iter == 20
+    assert old.cost.prior.fine.conv_in.weight.dtype == jnp.float32
+    assert jnp.all(jnp.isfinite(run(old, one)))
     # another architecture, a training checkpoint, a corrupt file, a custom module
     with pytest.raises(ValueError, match="another architecture"):
         jio.load_model(tmp_path / "genn-cnn.eqx", like=models["unet-fsgd"])

@@ -123,6 +123,7 @@ def describe(model: FourDVarNet) -> dict:
         "checkpoint": bool(model.checkpoint),
         "train_prior": bool(model.train_prior),
         "train_weights": bool(model.train_weights),
+        "reduction": model.cost.reduction,
         "prior": _describe_prior(model.cost.prior),
         "solver": _describe_solver(model.solver),
     }
@@ -133,6 +134,9 @@ def _rebuild_prior(hp: dict, key):
     cls = hp.pop("class")
     if cls == "GENN":
         hp["state_shape"] = tuple(hp["state_shape"])
+        if "coarse_channels" not in hp:  # files of jaxda 0.2.0
+            field = hp.get("layout", "channels") == "field"
+            hp["coarse_channels"] = 1 if field else hp["state_shape"][0]
         return GENN(key=key, **hp)
     if cls == "UNetPrior":
         hp["state_shape"] = tuple(hp["state_shape"])
@@ -158,9 +162,15 @@ def _rebuild_solver(hp: dict, key):
     cls = hp.pop("class")
     if cls in ("TrainableStepGradient", "FixedStepGradient"):  # old name in files
         return TrainableStepGradient(_decode(hp["step_size"]))
+    # files written before an option existed hold the solver of that time: the
+    # first-iteration gradient RMS, no alpha, the small CNN of jaxda 0.2.0
+    hp.setdefault("gradient_rms", "first")
     if cls == "CNNSolver":
-        # files written before the option existed hold first-iteration solvers
-        hp.setdefault("gradient_rms", "first")
+        hp.setdefault("architecture", "small")
+        if isinstance(hp.get("hidden"), list):
+            hp["hidden"] = tuple(hp["hidden"])
+    if cls == "ConvLSTMSolver":
+        hp.setdefault("alpha", None)
     if cls in ("ConvLSTMSolver", "CNNSolver"):
         hp["state_shape"] = tuple(hp["state_shape"])
         hp["kernel_size"] = tuple(hp["kernel_size"])
@@ -177,7 +187,7 @@ def rebuild(hp: dict) -> FourDVarNet:
     prior = _rebuild_prior(hp["prior"], k1)
     solver = _rebuild_solver(hp["solver"], k2)
     return FourDVarNet(
-        VariationalCost(prior),
+        VariationalCost(prior, reduction=hp.get("reduction", "sum")),
         solver,
         n_iter=hp["n_iter"],
         fill=hp["fill"],

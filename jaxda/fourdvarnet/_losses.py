@@ -44,7 +44,9 @@ def unsupervised_loss(
     obs: Observations,
     x_init: Float[Array, "T *state"] | None = None,
 ) -> Scalar:
-    r"""$U_\Phi(\Psi(x^{(0)}, y, \Omega), y, \Omega) / |x|$ (eq. 13): no ground truth.
+    r"""$U_\Phi(\Psi(x^{(0)}, y, \Omega), y, \Omega)$ (eq. 13): no ground truth; divided
+    by the number of entries $|x|$ when the cost is a sum (`reduction="sum"`), as is
+    when it is already a mean (`"mean"`).
 
     The weights $\lambda_{o,p}$ are not trained by this loss (set a priori, as in eq.
     13;
@@ -52,7 +54,9 @@ def unsupervised_loss(
     `train_weights=False`."""
     model = dataclasses.replace(model, train_weights=False)
     x = model(obs, x_init)
-    return model.effective_cost()(x, obs) / x.size
+    cost = model.effective_cost()
+    u = cost(x, obs)
+    return u if cost.reduction == "mean" else u / x.size
 
 
 def semisupervised_loss(

@@ -128,7 +128,8 @@ class _ConstrainedBilinear(eqx.Module):
     r"""$\Phi_i$ of eq. 10: constrained conv, then 1x1 bilinear layers.
 
     $h = W_1 \star x$ (centre tap zero), $h = W_2\,\mathrm{relu}(h)$,
-    $h = [A h, (B h) \odot (C h)]$, output $W_3 h$ (all $W_2, A, B, C, W_3$ are 1x1).
+    $h = [A h, (B h) \odot (C h)]$, output $W_3 h$ with `out_channels` channels (all
+    $W_2, A, B, C, W_3$ are 1x1). `kw`: `dtype` and `method` of the convolutions.
     """
 
     conv_in: Conv
@@ -138,10 +139,12 @@ class _ConstrainedBilinear(eqx.Module):
     conv_c: Conv
     conv_out: Conv
 
-    def __init__(self, channels, width, kernel_size, n_spatial, periodic, key, dtype):
+    def __init__(
+        self, channels, width, out_channels, kernel_size, n_spatial, periodic, key, **kw
+    ):
         k = jax.random.split(key, 6)
         one = (1,) * n_spatial
-        kw = dict(n_spatial=n_spatial, periodic=periodic, dtype=dtype)
+        kw = dict(n_spatial=n_spatial, periodic=periodic, **kw)
         self.conv_in = Conv(
             channels, 2 * width, kernel_size, key=k[0], centre_zero=True, **kw
         )
@@ -149,12 +152,17 @@ class _ConstrainedBilinear(eqx.Module):
         self.conv_a = Conv(width, width, one, key=k[2], **kw)
         self.conv_b = Conv(width, width, one, key=k[3], **kw)
         self.conv_c = Conv(width, width, one, key=k[4], **kw)
-        self.conv_out = Conv(2 * width, channels, one, key=k[5], **kw)
+        self.conv_out = Conv(2 * width, out_channels, one, key=k[5], **kw)
 
     def __call__(self, z):
         h = self.conv_mid(jax.nn.relu(self.conv_in(z)))
-        h = jnp.concatenate([self.conv_a(h), self.conv_b(h) * self.conv_c(h)], axis=0)
-        return self.conv_out(h)
+        # A, B, C (1x1, no bias) as one matrix product: one larger contraction is
+        # faster than three small ones, and its derivatives too
+        convs = (self.conv_a, self.conv_b, self.conv_c)
+        w = jnp.concatenate([c.weight.reshape(c.weight.shape[:2]) for c in convs])
+        abc = jnp.einsum("oi,i...->o...", w.astype(h.dtype), h)
+        a, b, c = jnp.split(abc, 3, axis=0)
+        return self.conv_out(jnp.concatenate([a, b * c], axis=0))
 
 
 class GENN(eqx.Module):
@@ -162,10 +170,20 @@ class GENN(eqx.Module):
     $\Phi(x) = \mathrm{Up}(\Phi_1(\mathrm{Dw}(x))) + \Phi_2(x)$.
 
     $\mathrm{Dw}$ is an average pooling over time by `pool`, $\mathrm{Up}$ a transposed
-    convolution (kernel = stride = `pool`), and $\Phi_{1,2}$ are constrained bilinear
-    blocks: a first convolution whose **centre tap is zero in every forward pass** (so
-    $\Phi_i(x)(s)$ does not depend on $x(s)$ and $\Phi$ cannot learn the identity),
-    followed by 1x1 layers with a bilinear product $[A h, (B h)\odot(C h)]$.
+    convolution over time (kernel = stride = `pool`), and $\Phi_{1,2}$ are constrained
+    bilinear blocks: a first convolution whose **centre tap is zero in every forward
+    pass** (so $\Phi_i(x)(s)$ does not depend on $x(s)$ and $\Phi$ cannot learn the
+    identity), followed by 1x1 layers with a bilinear product $[A h, (B h)\odot(C h)]$.
+    $\Phi_1$ has `coarse_channels` outputs, which $\mathrm{Up}$ maps to the state
+    channels; $\Phi_2$ maps to the state channels directly.
+
+    The authors' Lorenz-63 prior (their `flagAEType = 4`, "30 channels, about 15,000
+    parameters") is `GENN((3,), width=30, kernel_size=11, pool=4, key=...)`: 15,300
+    parameters. Their Lorenz-96 prior (about 50,000) has `width=50`, an 11x11 kernel
+    and a pooling of 4 in time; `GENN((40,), layout="field", width=50,
+    kernel_size=11, pool=4, periodic_space=True, key=...)` has 54,500 parameters in
+    this structure (theirs sums both branches in 50 channels before a last 1x1
+    convolution and leaves the centre tap free: 52,150).
 
     **Arguments:**
 
@@ -176,7 +194,10 @@ class GENN(eqx.Module):
     - `width`: hidden channels $d$ of each block (the first conv has $2d$).
     - `kernel_size`: size of the constrained convolution (odd; int or tuple).
     - `pool`: time down-sampling factor of the coarse branch.
+    - `coarse_channels`: output channels of $\Phi_1$ (default `width`, as the
+      authors; the models saved by jaxda 0.2.0 have the state channels).
     - `periodic_space`: wrap-around padding along space (`"field"` layout; Lorenz-96).
+    - `dtype`; `conv_method` (see `jaxda.nn.Conv`).
     """
 
     coarse: _ConstrainedBilinear
@@ -195,25 +216,35 @@ class GENN(eqx.Module):
         width: int = 10,
         kernel_size=5,
         pool: int = 4,
+        coarse_channels: int | None = None,
         periodic_space: bool = False,
         dtype=None,
+        conv_method: str = "xla",
     ):
         state_shape = (
             (state_shape,) if isinstance(state_shape, int) else tuple(state_shape)
         )
         check_layout(layout, len(state_shape))
         width = check_int("width", width, minimum=1)
+        coarse_channels = (
+            width
+            if coarse_channels is None
+            else check_int("coarse_channels", coarse_channels, minimum=1)
+        )
         self.pool = check_int("pool", pool, minimum=1)
         channels, nd = conv_shape(state_shape, layout)
         periodic = (False,) + (bool(periodic_space),) * (nd - 1)
         k1, k2, k3 = jax.random.split(key, 3)
+        kw = dict(dtype=dtype, method=conv_method)
         self.coarse = _ConstrainedBilinear(
-            channels, width, kernel_size, nd, periodic, k1, dtype
+            channels, width, coarse_channels, kernel_size, nd, periodic, k1, **kw
         )
         self.fine = _ConstrainedBilinear(
-            channels, width, kernel_size, nd, periodic, k2, dtype
+            channels, width, channels, kernel_size, nd, periodic, k2, **kw
         )
-        self.up = UpsampleTime(channels, channels, self.pool, key=k3, dtype=dtype)
+        self.up = UpsampleTime(
+            coarse_channels, channels, self.pool, key=k3, dtype=dtype
+        )
         self.state_shape = state_shape
         self.layout = layout
 
@@ -226,8 +257,9 @@ class GENN(eqx.Module):
             "state_shape": list(self.state_shape),
             "layout": self.layout,
             "width": int(self.fine.conv_mid.weight.shape[0]),
-            "kernel_size": [int(k) for k in conv.weight.shape[2:]],
+            "kernel_size": list(conv.kernel_size),
             "pool": self.pool,
+            "coarse_channels": int(self.coarse.conv_out.out_channels),
             "periodic_space": bool(self.layout == "field" and conv.periodic[-1]),
         }
 

@@ -16,6 +16,7 @@ receive a gradient, whatever the optimiser does.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -71,11 +72,18 @@ def _as_tuple(k, nd: int, name: str) -> tuple[int, ...]:
     return k
 
 
-def pad_same(x: Array, kernel: tuple[int, ...], periodic: tuple[bool, ...]) -> Array:
-    """Pad the spatial axes of `x` `(C, *spatial)` by `k // 2` (wrap or zeros)."""
+def pad_same(
+    x: Array,
+    kernel: tuple[int, ...],
+    periodic: tuple[bool, ...],
+    *,
+    zeros: bool = True,
+) -> Array:
+    """Pad the spatial axes of `x` `(C, *spatial)` by `k // 2`: wrap-around on the
+    periodic axes, zeros on the others (left unpadded when `zeros=False`)."""
     for ax, (k, per) in enumerate(zip(kernel, periodic), start=1):
         p = k // 2
-        if p == 0:
+        if p == 0 or not (per or zeros):
             continue
         width = [(0, 0)] * x.ndim
         width[ax] = (p, p)
@@ -83,24 +91,33 @@ def pad_same(x: Array, kernel: tuple[int, ...], periodic: tuple[bool, ...]) -> A
     return x
 
 
+CONV_METHODS = ("xla", "im2col")
+
+
 class Conv(eqx.Module):
     r"""An N-d convolution with "same" padding, no stride: `(C_in, *s)` -> `(C_out,
     *s)`.
 
     $y_o = b_o + \sum_c w_{oc} \star x_c$, with the kernel centre zeroed at every call
-    when
-    `centre_zero=True` (then $y(s)$ does not depend on $x(s)$: [F21]'s constrained
-    convolution). Kernel sizes must be odd.
+    when `centre_zero=True` (then $y(s)$ does not depend on $x(s)$: [F21]'s
+    constrained convolution). Kernel sizes must be odd.
+
+    Two implementations of the same map (`method`): `"xla"` calls
+    `jax.lax.conv_general_dilated` (under `jax.vmap` the window axis becomes the
+    convolution's batch axis), `"im2col"` stacks one shifted view of the input per
+    kernel offset and contracts them with the kernel in one `einsum`. Which is faster
+    depends on the sizes and the backend (see `benchmarks/bench_fourdvarnet.py`).
 
     **Arguments:** `in_channels`, `out_channels`; `kernel_size` (int or tuple); `key`;
     `n_spatial` (number of convolution axes); `periodic` (bool per axis: wrap-around
-    padding); `centre_zero`; `use_bias`; `dtype`.
+    padding); `centre_zero`; `use_bias`; `dtype`; `method` (`"xla"` or `"im2col"`).
     """
 
     weight: Float[Array, "out in *k"]
     bias: Float[Array, " out"] | None
     periodic: tuple[bool, ...] = eqx.field(static=True)
     centre_zero: bool = eqx.field(static=True)
+    method: str = eqx.field(static=True, default="xla")
 
     def __init__(
         self,
@@ -114,9 +131,11 @@ class Conv(eqx.Module):
         centre_zero: bool = False,
         use_bias: bool = False,
         dtype=None,
+        method: str = "xla",
     ):
         in_channels = check_int("in_channels", in_channels, minimum=1)
         out_channels = check_int("out_channels", out_channels, minimum=1)
+        check_choice("method", method, CONV_METHODS)
         kernel = _as_tuple(kernel_size, n_spatial, "kernel_size")
         if any(k % 2 == 0 for k in kernel):
             raise ValueError(f"`kernel_size` must be odd; got {kernel}.")
@@ -141,6 +160,7 @@ class Conv(eqx.Module):
                 f"`periodic` must have {n_spatial} entries; got {self.periodic}."
             )
         self.centre_zero = bool(centre_zero)
+        self.method = method
         self.weight = w * self.mask(w.shape) if centre_zero else w
         self.bias = (
             jax.random.uniform(bkey, (out_channels,), dtype, -bound, bound)
@@ -166,6 +186,14 @@ class Conv(eqx.Module):
     def in_channels(self) -> int:
         return self.weight.shape[1]
 
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return tuple(int(k) for k in self.weight.shape[2:])
+
     def __call__(self, x: Float[Array, "C *s"]) -> Float[Array, "O *s"]:
         if x.ndim != self.weight.ndim - 1 or x.shape[0] != self.in_channels:
             raise ValueError(
@@ -173,22 +201,42 @@ class Conv(eqx.Module):
                 f"{self.weight.ndim - 2} spatial axes; got {x.shape}."
             )
         w = self.effective_weight.astype(x.dtype)
-        kernel = self.weight.shape[2:]
-        xp = pad_same(x, kernel, self.periodic)
-        # im2col: one shifted view per kernel offset, then one contraction. On CPU this
-        # differentiates (twice, inside 4DVarNet training) into plain matmuls, much
-        # faster to compile and run than XLA's batched/transposed convolutions.
-        spatial = x.shape[1:]
-        cols = [
-            xp[(slice(None), *(slice(o, o + n) for o, n in zip(off, spatial)))]
-            for off in itertools.product(*(range(k) for k in kernel))
-        ]
-        patches = jnp.stack(cols, axis=1)  # (C, prod(k), *spatial)
-        wf = w.reshape(w.shape[0], w.shape[1], -1)
-        y = jnp.einsum("oik,ik...->o...", wf, patches)
+        kernel = self.kernel_size
+        if all(k == 1 for k in kernel):  # a 1x..x1 kernel is a matrix product
+            y = jnp.einsum("oi,i...->o...", w.reshape(w.shape[:2]), x)
+        elif self.method == "xla":
+            y = _conv_xla(x, w, self.periodic)
+        else:
+            y = _conv_im2col(x, w, self.periodic)
         if self.bias is not None:
             y = y + self.bias.astype(x.dtype).reshape((-1,) + (1,) * len(kernel))
         return y
+
+
+def _conv_xla(x: Array, w: Array, periodic: tuple[bool, ...]) -> Array:
+    """`jax.lax.conv_general_dilated` on one input `(C, *s)`; wrap-around axes are
+    padded by hand, the others by the convolution."""
+    kernel = w.shape[2:]
+    xp = pad_same(x, kernel, periodic, zeros=False)
+    padding = [(0, 0) if per else (k // 2, k // 2) for k, per in zip(kernel, periodic)]
+    y = jax.lax.conv_general_dilated(
+        xp[None], w, window_strides=(1,) * len(kernel), padding=padding
+    )
+    return y[0]
+
+
+def _conv_im2col(x: Array, w: Array, periodic: tuple[bool, ...]) -> Array:
+    """One shifted view of the padded input per kernel offset, then one contraction."""
+    kernel = w.shape[2:]
+    xp = pad_same(x, kernel, periodic)
+    spatial = x.shape[1:]
+    cols = [
+        xp[(slice(None), *(slice(o, o + n) for o, n in zip(off, spatial)))]
+        for off in itertools.product(*(range(k) for k in kernel))
+    ]
+    patches = jnp.stack(cols, axis=1)  # (C, prod(k), *spatial)
+    wf = w.reshape(w.shape[0], w.shape[1], -1)
+    return jnp.einsum("oik,ik...->o...", wf, patches)
 
 
 def avg_pool_time(z: Array, factor: int) -> Array:
@@ -269,6 +317,7 @@ class ConvLSTMCell(eqx.Module):
         n_spatial=1,
         periodic=False,
         dtype=None,
+        method: str = "xla",
     ):
         self.hidden = check_int("hidden", hidden, minimum=1)
         self.gates = Conv(
@@ -280,6 +329,7 @@ class ConvLSTMCell(eqx.Module):
             periodic=periodic,
             use_bias=True,
             dtype=dtype,
+            method=method,
         )
 
     def __call__(self, x: Array, h: Array, c: Array) -> tuple[Array, Array]:
@@ -288,3 +338,18 @@ class ConvLSTMCell(eqx.Module):
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(u)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return h, c
+
+
+def with_conv_method(tree, method: str):
+    """`tree` with every `Conv` in it (at any depth) switched to `method` (`"xla"` or
+    `"im2col"`); the weights are shared, the outputs agree to rounding."""
+    check_choice("method", method, CONV_METHODS)
+
+    def switch(node):
+        if isinstance(node, Conv):
+            new = copy.copy(node)  # a static field: set it on a shallow copy
+            object.__setattr__(new, "method", method)
+            return new
+        return node
+
+    return jax.tree_util.tree_map(switch, tree, is_leaf=lambda n: isinstance(n, Conv))
