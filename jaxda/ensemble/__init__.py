@@ -1,0 +1,32 @@
+"""Ensemble data assimilation: EnKF, ETKF, EnKF-N, LETKF and the EnKS.
+
+Ensembles are arrays `(N, *state)` (members leading); keys are explicit
+`jax.random` keys. `assimilate(method, flow, obs, ensemble0, key=..., obs_var=...)`
+cycles any method over an observation sequence in one compiled `lax.scan` and
+returns an `EnsembleResult` (mean, spread, optionally members, `result`).
+"""
+
+from ._analysis import (
+    ETKF as ETKF,
+    LETKF as LETKF,
+    AbstractEnsembleAnalysis as AbstractEnsembleAnalysis,
+    EnKF as EnKF,
+    EnKFN as EnKFN,
+)
+from ._assimilate import (
+    EnKS as EnKS,
+    EnsembleResult as EnsembleResult,
+    assimilate as assimilate,
+)
+from ._ensemble import (
+    Transform as Transform,
+    inflate as inflate,
+    mean_preserving_rotation as mean_preserving_rotation,
+    rotate as rotate,
+)
+from ._localisation import (
+    Grid as Grid,
+    gaspari_cohn as gaspari_cohn,
+    gaspari_cohn_matrix as gaspari_cohn_matrix,
+    localised_covariance as localised_covariance,
+)
