@@ -15,6 +15,7 @@ from ._first_guess import (
     gaussian_first_guess as gaussian_first_guess,
     interpolate_observations as interpolate_observations,
 )
+from ._gauss_markov import GaussMarkovPrior as GaussMarkovPrior
 from ._netcdf import load_dataset as load_dataset, save_dataset as save_dataset
 from ._normalise import Normalisation as Normalisation
 from ._presets import (
