@@ -20,6 +20,7 @@ from jaxda.var import (
     GradientDescent,
     Incremental4DVar,
     JaxoptGaussNewton,
+    SaveIterates,
     StrongConstraint4DVar,
     WeakConstraint4DVar,
     cycle,
@@ -176,3 +177,31 @@ def test_value_checks_under_jit_are_invalid_input():
                 WeakConstraint4DVar(flow, obs, v, 1.0), GaussNewton(), truth
             )
         )(jnp.asarray(-1.0))
+
+
+def test_cost_target_stops_at_the_first_iterate_below_it():
+    """[B24]'s "4DVar until the cost is below 0.05": a successful stop at the first
+    iterate with J <= target, the first guess included."""
+    F = jnp.array([[-0.1, 1.0], [-1.0, -0.1]])
+    flow = flow_map(LinearDynamics(F), 0.1, "euler")
+    y = jax.random.normal(jax.random.key(1), (10, 2))
+    prob = StrongConstraint4DVar(flow, Observations(y, jnp.ones((10, 2), bool)), 1.0)
+    x0 = jnp.array([3.0, -2.0])
+    solver = GradientDescent(0.01, rtol=0.0, atol=0.0)
+    full = solve(prob, solver, x0, max_steps=40, save=SaveIterates(), throw=False)
+    costs = np.asarray(full.iterates.cost)
+    target = 0.5 * (costs[5] + costs[6])  # reached at step 6 exactly
+    sol = solve(prob, solver, x0, max_steps=40, cost_target=float(target))
+    assert sol.result == RESULTS.successful and int(sol.n_steps) == 6
+    assert float(sol.cost) <= target < costs[5]
+    np.testing.assert_allclose(sol.x, full.iterates.x[6], rtol=1e-12)
+    # already below the target at the first guess: no step
+    sol = solve(prob, solver, x0, max_steps=40, cost_target=2.0 * float(costs[0]))
+    assert sol.result == RESULTS.successful and int(sol.n_steps) == 0
+    # with Gauss-Newton too, and bad targets / solvers are named
+    gn = solve(prob, DenseGaussNewton(), x0, max_steps=40, cost_target=float(target))
+    assert gn.result == RESULTS.successful and float(gn.cost) <= target
+    with pytest.raises(ValueError, match="cost_target"):
+        solve(prob, solver, x0, cost_target=-1.0)
+    with pytest.raises(TypeError, match="cost_target"):
+        solve(prob, JaxoptGaussNewton(), x0, cost_target=1.0)

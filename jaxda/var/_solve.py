@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 
 from .._results import RESULTS, raise_if_failed
-from .._validation import check_int
+from .._validation import check_int, check_positive
 from ._solution import SaveIterates, Solution
-from ._solver import AbstractSolver
+from ._solver import AbstractIterativeSolver, AbstractSolver, iterate
 
 
 def _cast_control(problem, x_init):
@@ -27,8 +27,11 @@ def _cast_control(problem, x_init):
     return jax.tree_util.tree_map(cast, x_init)
 
 
-def _run(problem, solver, x_init, max_steps, save):
-    sol = solver.run(problem, x_init, max_steps, save)
+def _run(problem, solver, x_init, max_steps, save, cost_target=None):
+    if cost_target is None:
+        sol = solver.run(problem, x_init, max_steps, save)
+    else:
+        sol = iterate(solver, problem, x_init, max_steps, save, cost_target)
     # Value checks that could not raise on traced arguments (a variance <= 0, a
     # non-finite observation): reported in the result instead of being skipped.
     result = RESULTS.where(problem.values_valid(), sol.result, RESULTS.invalid_input)
@@ -45,6 +48,7 @@ def solve(
     *,
     max_steps: int = 100,
     save: SaveIterates | None = None,
+    cost_target: float | None = None,
     throw: bool = True,
 ) -> Solution:
     r"""Minimise a 4DVar problem's cost $J$ with `solver`, starting from `x_init`.
@@ -71,6 +75,10 @@ def solve(
     - `max_steps`: iteration cap (>= 0).
     - `save`: `None`, or a `SaveIterates` to record the iterates in
       `Solution.iterates` (arrays of length `max_steps + 1`).
+    - `cost_target`: optional $J^\star > 0$: stop, successfully, at the first iterate
+      (the first guess included) with $J \le J^\star$ ([B24] refines its neural
+      estimates "until the objective function (2.1) becomes lower than 0.05").
+      Iterative solvers only (those with `init` / `step` / `terminate`).
     - `throw`: raise an `equinox.EquinoxRuntimeError` with the result's message when
       the solve did not succeed (eagerly and under `jit`; under `vmap` when any window
       failed). With `throw=False`, inspect `Solution.result`.
@@ -90,9 +98,17 @@ def solve(
         )
     if not isinstance(throw, bool):
         raise TypeError(f"`throw` must be a bool; got {type(throw).__name__}.")
+    if cost_target is not None:
+        if not isinstance(solver, AbstractIterativeSolver):
+            raise TypeError(
+                "`cost_target` needs an iterative solver (init / step / terminate); "
+                f"got {type(solver).__name__}."
+            )
+        check_positive("cost_target", cost_target)
+        cost_target = jnp.asarray(cost_target, problem.dtype)
     solver.check_problem(problem)
     problem.check_control("x_init", x_init)
     x_init = _cast_control(problem, x_init)
     run = _run_jit if solver.jit_in_solve else _run
-    sol = run(problem, solver, x_init, max_steps, save)
+    sol = run(problem, solver, x_init, max_steps, save, cost_target)
     return raise_if_failed(sol, sol.result, throw)

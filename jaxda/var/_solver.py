@@ -158,11 +158,18 @@ def iterate(
     u0,
     max_steps: int,
     save: SaveIterates | None = None,
+    cost_target=None,
 ) -> Solution:
-    """Run `solver` on `problem` from `u0` for at most `max_steps` steps (traceable)."""
+    """Run `solver` on `problem` from `u0` for at most `max_steps` steps (traceable).
+
+    With `cost_target`, the run also stops, successfully, at the first iterate
+    (`u0` included) whose cost is at most `cost_target`."""
     state = solver.init(problem, u0)
     cost0 = state.cost
     finite0 = jnp.isfinite(cost0)
+    reached0 = jnp.array(False)
+    if cost_target is not None:
+        reached0 = finite0 & (cost0 <= cost_target)
     saved_x = saved_cost = None
     if save is not None and save.x:
         saved_x = jax.tree_util.tree_map(
@@ -178,8 +185,12 @@ def iterate(
         best_u=u0,
         best_cost=jnp.where(finite0, cost0, jnp.inf),
         n_steps=jnp.array(0),
-        done=~finite0,
-        result=RESULTS.where(finite0, RESULTS.max_steps_reached, RESULTS.nonfinite),
+        done=~finite0 | reached0,
+        result=RESULTS.where(
+            reached0,
+            RESULTS.successful,
+            RESULTS.where(finite0, RESULTS.max_steps_reached, RESULTS.nonfinite),
+        ),
         saved_x=saved_x,
         saved_cost=saved_cost,
     )
@@ -191,6 +202,10 @@ def iterate(
         new_state = solver.step(problem, c.state)
         terminated, why = solver.terminate(problem, new_state)
         finite = jnp.isfinite(new_state.cost)
+        if cost_target is not None:
+            reached = finite & (new_state.cost <= cost_target)
+            why = RESULTS.where(reached, RESULTS.successful, why)
+            terminated = terminated | reached
         better = finite & (new_state.cost < c.best_cost)
         best_u = jax.tree_util.tree_map(
             lambda a, b: jnp.where(better, a, b), new_state.u, c.best_u
