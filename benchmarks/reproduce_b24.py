@@ -53,7 +53,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test-windows", type=int, default=None, help="preset's default")
     p.add_argument("--steps", type=int, default=400, help="training steps per model")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--levels", type=int, default=5, help="ell (ell + 1 levels)")
+    p.add_argument(
+        "--levels",
+        type=int,
+        default=None,
+        help="ell (ell + 1 levels; default 5, and 0 (one shot) for the pendulum)",
+    )
+    p.add_argument(
+        "--first-guess",
+        choices=("empirical", "analytic"),
+        default=None,
+        help="z0 = MAP under the training windows' empirical moments, or under the "
+        "linearised model's Gauss-Markov prior (default: analytic for the pendulum, "
+        "as [B24] section 4.1; empirical for Lorenz-63)",
+    )
+    p.add_argument(
+        "--prior-process-std",
+        type=float,
+        default=1e-3,
+        help="per-step process noise std of the analytic prior (the authors' code: "
+        "dt x 0.01)",
+    )
+    p.add_argument(
+        "--cost-target",
+        type=float,
+        default=None,
+        help="neural + 4DVar: stop Gauss-Newton once the 4DVar cost is below this "
+        "([B24]: 0.05); default: run to convergence",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--depth", type=int, default=4)
