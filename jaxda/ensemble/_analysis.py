@@ -229,6 +229,7 @@ class EnKFN(AbstractEnsembleAnalysis):
         return Transform(x)
 
 
+@eqx.filter_jit
 def _enkf_n_factor(s, d, xn, g):
     n_members = s.shape[0]
     n1 = n_members - 1.0

@@ -24,8 +24,14 @@ from .._results import (
 )
 from .._validation import check_finite, check_int, check_key, check_positive
 from ..models import AbstractFlowMap
-from ..obs import Observations
-from ._analysis import AbstractEnsembleAnalysis
+from ..obs import (
+    AbstractObservationOperator,
+    IdentityOperator,
+    Observations,
+    check_operator,
+    check_operator_observations,
+)
+from ._analysis import LETKF, AbstractEnsembleAnalysis
 from ._ensemble import ensemble_std, flat, mean_preserving_rotation
 
 
@@ -129,6 +135,7 @@ def assimilate(
     t0: float = 0.0,
     save_members: bool = False,
     min_spread: float | None = None,
+    operator: AbstractObservationOperator | None = None,
     throw: bool = True,
 ) -> EnsembleResult:
     r"""Cycle an ensemble method over a whole observation sequence.
@@ -155,6 +162,12 @@ def assimilate(
     - `obs_var`: the observation-error variances $R$ (diagonal): a scalar or an array
       of the state shape, > 0.
     - `t0`: the time of `ensemble0` (passed to the flow map).
+    - `operator`: a `jaxda.obs` observation operator $h_t$ (`MatrixOperator`,
+      `SelectionOperator`, `NonlinearOperator`, ...; a per-time operator is called
+      with the row index of `obs`), with `obs` of shape `(T, *operator.obs_shape)`;
+      default `None`: the state itself through the mask (`obs` of the state's
+      shape). The LETKF localises observations at the state's grid points, so it
+      takes `None` or an `IdentityOperator` only.
     - `save_members`: also return every member at every time.
     - `min_spread`: the spread below which the ensemble counts as collapsed; default
       `sqrt(eps) * (1 + rms(mean))` in the ensemble's dtype.
@@ -182,8 +195,19 @@ def assimilate(
             raise TypeError(f"`{name}` must be a bool; got {type(value).__name__}.")
     state_shape = tuple(flow.model.state_shape)
     ensemble0 = _check_ensemble(ensemble0, state_shape)
-    obs_shape = state_shape  # observations of the state, through the mask
-    Observations.check(obs, obs_shape, name="obs")
+    if operator is None:
+        obs_shape = state_shape  # the state itself, through the mask
+        Observations.check(obs, obs_shape, name="obs")
+    else:
+        check_operator(operator, state_shape)
+        check_operator_observations(obs, operator)
+        obs_shape = tuple(operator.obs_shape)
+        if isinstance(analysis, LETKF) and not isinstance(operator, IdentityOperator):
+            raise ValueError(
+                "the LETKF localises observations at the state's grid points: "
+                "`operator` must be None or a jaxda.obs.IdentityOperator; got "
+                f"{type(operator).__name__}."
+            )
     check_key("key", key)
     _check_obs_var(obs_var, obs_shape)
     if min_spread is not None:
@@ -192,7 +216,7 @@ def assimilate(
     dtype = ensemble0.dtype
     res = _assimilate(
         analysis, lag, flow, obs, ensemble0, key, jnp.asarray(obs_var, dtype),
-        jnp.asarray(t0, dtype), save_members, min_spread,
+        jnp.asarray(t0, dtype), save_members, min_spread, operator,
     )  # fmt: skip
     return raise_if_failed(res, res.result, throw)
 
@@ -248,7 +272,7 @@ def _post_process(analysis, key, ensemble):
 @eqx.filter_jit
 def _assimilate(
     analysis, lag, flow, obs, ensemble0, key, obs_var, t0, save_members,
-    min_spread,
+    min_spread, operator,
 ) -> EnsembleResult:  # fmt: skip
     """The cycling loop, compiled once per configuration (no argument checks)."""
     n_members, *state = ensemble0.shape
@@ -273,9 +297,15 @@ def _assimilate(
         out = jax.vmap(flow, in_axes=(0, None))(members(e), time)
         return flat(out).astype(dtype)
 
-    def analyse(key, y, weight, e, buffer):
+    def observe(e, k):
+        if operator is None:
+            return e  # the state itself; the weights mask it
+        hx = jax.vmap(lambda x: operator(x, k))(members(e))
+        return jnp.reshape(hx, (n_members, -1)).astype(dtype)
+
+    def analyse(key, k, y, weight, e, buffer):
         key_a, key_r = jax.random.split(key)
-        observed = e  # h = the identity on the flattened state; weights mask it
+        observed = observe(e, k)
         transform = analysis.transform(
             key_a, observed, y, weight, state_shape=state_shape
         )
@@ -294,7 +324,7 @@ def _assimilate(
         observed = jnp.any(m)
         e_a, new_buffer = jax.lax.cond(
             observed,
-            lambda e, b: analyse(key, y, weight, e, b),
+            lambda e, b: analyse(key, k, y, weight, e, b),
             lambda e, b: (e, b),
             e_f,
             buffer,

@@ -55,6 +55,7 @@ class Transform(eqx.Module):
         return ensemble + self.left @ (self.right.T @ a)
 
 
+@eqx.filter_jit
 def inflate(
     ensemble: Float[Array, "N *state"], factor: float | Float[Array, ""]
 ) -> Float[Array, "N *state"]:
@@ -69,6 +70,7 @@ def inflate(
     return mean + factor * (ensemble - mean)
 
 
+@eqx.filter_jit
 def mean_preserving_rotation(key: Key, n_members: int, dtype=float) -> Array:
     r"""A random orthogonal $N \times N$ matrix $Q$ with $Q \mathbf 1 = \mathbf 1$.
 
@@ -88,6 +90,7 @@ def mean_preserving_rotation(key: Key, n_members: int, dtype=float) -> Array:
     return h @ block @ h
 
 
+@eqx.filter_jit
 def rotate(key: Key, ensemble: Float[Array, "N *state"]) -> Float[Array, "N *state"]:
     r"""A random mean-preserving rotation of the anomalies, $\bar x + Q A$
     (`mean_preserving_rotation`): same mean, same covariance, new members.

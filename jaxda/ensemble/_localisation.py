@@ -24,6 +24,7 @@ periodic or not), so the same code localises on the Lorenz-96 ring and on 2-D fi
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -135,7 +136,12 @@ def gaspari_cohn(
     **Returns:** $\rho$, shaped like `distance`.
     """
     check_radius("radius", radius)
-    r = jnp.asarray(distance) / radius
+    return _gaspari_cohn(jnp.asarray(distance), radius)
+
+
+@jax.jit
+def _gaspari_cohn(distance, radius):
+    r = distance / radius
     inner = 1 + r**2 * (-(r**3) / 4 + r**2 / 2) + r**3 * (5 / 8) - r**2 * (5 / 3)
     safe = jnp.where(r > 1, r, 1.0)
     outer = (
@@ -146,7 +152,8 @@ def gaspari_cohn(
         + 4
         - (2 / 3) / safe
     )
-    return jnp.where(r <= 1, inner, jnp.where(r <= 2, outer, 0.0))
+    # Clipped at 0: near r = 2 the outer polynomial rounds to tiny negative values.
+    return jnp.where(r <= 1, inner, jnp.where(r <= 2, jnp.maximum(outer, 0.0), 0.0))
 
 
 def gaspari_cohn_matrix(grid: Grid, radius: float) -> Float[Array, "n n"]:
@@ -154,14 +161,21 @@ def gaspari_cohn_matrix(grid: Grid, radius: float) -> Float[Array, "n n"]:
 
     **Arguments:** `grid` a `Grid`; `radius` the half width $c > 0$.
 
-    **Returns:** the `(n, n)` matrix over the flattened state (symmetric, unit
-    diagonal, positive semi-definite).
+    **Returns:** the `(n, n)` matrix over the flattened state: symmetric, unit
+    diagonal, positive semi-definite on a non-periodic grid of up to three axes
+    (a correlation function there [GC99]); on a periodic grid it is so only
+    approximately (distances along a ring are not Euclidean).
     """
     if not isinstance(grid, Grid):
         raise TypeError(f"`grid` must be a jaxda.ensemble.Grid; got {type(grid)}.")
     check_radius("radius", radius)
+    return _taper_matrix(grid, radius)
+
+
+@eqx.filter_jit
+def _taper_matrix(grid, radius):
     x = grid.coordinates()
-    return gaspari_cohn(grid.distances(x, x), radius)
+    return _gaspari_cohn(grid.distances(x, x), radius)
 
 
 def localised_covariance(
@@ -193,5 +207,10 @@ def localised_covariance(
             f"`taper` must have shape ({n}, {n}) (the flattened state size); got "
             f"{tuple(jnp.shape(taper))}."
         )
-    anomalies = (flat - jnp.mean(flat, axis=0)) / jnp.sqrt(n_members - 1.0)
+    return _localised(flat, jnp.asarray(taper))
+
+
+@jax.jit
+def _localised(flat, taper):
+    anomalies = (flat - jnp.mean(flat, axis=0)) / jnp.sqrt(flat.shape[0] - 1.0)
     return taper * (anomalies.T @ anomalies)
