@@ -1,9 +1,10 @@
 """jaxda: variational and learned data assimilation in JAX.
 
 Subpackages: `models` (dynamics, `simulate`, flow maps), `obs` (observations, patterns,
-noise), `data` (twin-experiment datasets and presets), `metrics`, `linalg` (banded and
-block-tridiagonal SPD algebra), `gaussian` (Gaussian MAP / optimal interpolation),
-`var` (4DVar costs and solvers), `fourdvarnet` (4DVarNet, [F21]), `incremental` (neural
+operators, noise), `data` (twin-experiment datasets, presets, first guesses),
+`metrics`, `linalg` (banded and block-tridiagonal SPD algebra), `gaussian` (Gaussian
+MAP / optimal interpolation), `var` (4DVar costs and solvers), `ensemble` (EnKF, ETKF,
+LETKF, EnKS, iEnKS), `fourdvarnet` (4DVarNet, [F21]), `incremental` (neural
 incremental DA, [B24]), `nn` (reusable layers), `train` (optax training loop),
 `sharding` (batches over devices), `io` (atomic files, checkpoints, model save/load),
 `plot` (figures; needs matplotlib).
@@ -11,6 +12,7 @@ incremental DA, [B24]), `nn` (reusable layers), `train` (optax training loop),
 
 from . import (
     data as data,
+    ensemble as ensemble,
     fourdvarnet as fourdvarnet,
     gaussian as gaussian,
     incremental as incremental,
