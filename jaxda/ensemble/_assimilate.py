@@ -148,14 +148,16 @@ def assimilate(
     mean-preserving rotation $Q$ when `method.rotate`). Compiled once per
     configuration (shapes, dtypes, method class and static settings); the
     hyperparameters `inflation` and `radius` are traced, so sweeps over them reuse
-    the compilation (and `vmap` over them).
+    the compilation (and `vmap` over them). Under a `vmap` over observations whose
+    masks differ between the runs, the choice "analyse or not" becomes a `select`:
+    every time step then pays an analysis (the results are the same).
 
     **Arguments:**
     - `method`: `ETKF()`, `EnKF()`, `EnKFN()`, `LETKF(radius)` or `EnKS(filter, lag)`.
     - `flow`: the one-step flow map $\Phi$ (`jaxda.models.flow_map`).
     - `obs`: the observations of the sequence, `Observations` of shape `(T, *state)`
-      (zero-filled values and the mask of the observed entries), one time per
-      flow-map step.
+      (zero-filled values and the mask of the observed entries; `(T, *obs_shape)`
+      with an `operator`), one time per flow-map step.
     - `ensemble0`: the initial ensemble `(N, *state)`, $N \ge 2$, finite, not
       collapsed.
     - `key`: a `jax.random` key (perturbed observations, rotations).
