@@ -91,8 +91,9 @@ class IEnKS(eqx.Module):
     - `tol` $\ge 0$: stop when $\|\Delta w\|^2 <$ `tol` $N$; a window that does not
       meet it in `max_iterations` is reported `RESULTS.max_steps_reached`. `tol=0`
       runs exactly `max_iterations` iterations and reports no such failure
-      ([DAPPER]'s default; `max_iterations=1, tol=0` is the ETKF). Ignored with
-      `mda=True`. Default `1e-5` ([DAPPER]'s recommended value).
+      ([DAPPER]'s default; with `lag=1`, `max_iterations=1, tol=0` gives the ETKF
+      analysis, and on a linear model the ETKF itself).
+      Ignored with `mda=True`. Default `1e-5` ([DAPPER]'s recommended value).
     - `inflation` $\lambda \ge 1$: multiplicative inflation of the smoothed anomalies
       at the window start, before the forecast to the next window (traced: a sweep
       over it reuses the compilation).
