@@ -231,14 +231,18 @@ def test_letkf_with_a_point_radius_analyses_each_entry_with_its_own_observation(
 # ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lag", [3, T])
-def test_enks_is_the_fixed_lag_kalman_smoother(lag):
+@pytest.mark.parametrize(
+    "analysis, lag", [(ens.ETKF(), 3), (ens.ETKF(), T), (ens.LETKF(jnp.inf), 3)]
+)
+def test_enks_is_the_fixed_lag_kalman_smoother(analysis, lag):
     # lag = T: every analysis updates all earlier times, the RTS (fixed-interval)
-    # smoother; lag = 3: time s is conditioned on the observations up to s + 3.
+    # smoother; lag = 3: time s is conditioned on the observations up to s + 3. The
+    # LETKF (its n local transforms applied to the lagged ensembles) with an
+    # infinite radius is the ETKF.
     model, m, m0, chol, var, obs = _problem(6, 3)
     e0 = _exact_ensemble(m0, chol, 4)
     res = ens.assimilate(
-        ens.EnKS(ens.ETKF(), lag), flow_map(model, DT, "euler"), obs, e0,
+        ens.EnKS(analysis, lag), flow_map(model, DT, "euler"), obs, e0,
         key=jax.random.key(0), obs_var=jnp.asarray(var),
     )  # fmt: skip
     p0 = chol @ chol.T
