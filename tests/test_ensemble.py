@@ -360,25 +360,28 @@ def test_localised_covariance_is_the_schur_product():
 
 
 def test_vmap_over_independent_runs_and_inflations():
+    # Random rotations (keys) and inflations differ between the runs. (The single
+    # runs reuse the compilation of the rotation test's configuration.)
     model, _, m0, chol, var, obs = _problem(3, 3)
-    e0 = _exact_ensemble(m0, chol, 6)
+    e0 = _exact_ensemble(m0, chol, 4)
     flow = flow_map(model, DT, "euler")
     keys = jax.random.split(jax.random.key(2), 3)
-    infl = jnp.array([1.0, 1.1, 1.3])
+    infl = jnp.array([1.0, 1.0, 1.3])
 
     def run(key, inflation):
         res = ens.assimilate(
-            ens.EnKF(inflation=inflation), flow, obs, e0,
-            key=key, obs_var=jnp.asarray(var), throw=False,
+            ens.ETKF(inflation=inflation, rotate=True), flow, obs, e0,
+            key=key, obs_var=jnp.asarray(var), save_members=True, throw=False,
         )  # fmt: skip
-        return res.analysis, res.result
+        return res.members, res.result
 
-    means, results = jax.vmap(run)(keys, infl)
+    members, results = jax.vmap(run)(keys, infl)
     for i in range(3):
-        single, _ = run(keys[i], infl[i])
-        np.testing.assert_allclose(means[i], single, rtol=0, atol=1e-12)
+        single, _ = run(keys[i], float(infl[i]))
+        np.testing.assert_allclose(members[i], single, rtol=0, atol=1e-12)
     assert np.all(results == RESULTS.successful)
-    assert np.abs(np.asarray(means[0] - means[1])).max() > 1e-3  # different runs
+    assert np.abs(np.asarray(members[0] - members[1])).max() > 1e-3  # other keys
+    assert np.abs(np.asarray(members[0] - members[2])).max() > 1e-3
 
 
 def test_float32_follows_float64():
