@@ -162,24 +162,21 @@ def test_identity_operator_is_the_mask_bit_for_bit(getkey):
             misfit(x, obs, op),
         )
 
-    assert bool(eqx.tree_equal(everything(None), everything(ident)))
+    reference = everything(None)
+    assert bool(eqx.tree_equal(reference, everything(ident)))
 
     # The Gaussian MAPs: a block-tridiagonal precision and a band covariance.
-    ne = var.linearise(var.WeakConstraint4DVar(flow, obs, 0.5, 0.1, bg), x)
+    ne = reference[1]
     Q = BlockTridiagonal(ne.diagonal, ne.lower)
     mu, y = truth, obs.values
     band = SymmetricBandMatrix(jnp.array([[2.0] * (T * n), [0.4] * (T * n)]))
     for fn, prior, kw in (
         (gaussian.map_precision, Q, {}),
         (gaussian.map_covariance, band, {}),
-        (gaussian.map_covariance, band, {"max_obs": T * n}),
     ):
         a = fn(mu, prior, y, mask, 0.5, **kw).mean
         b = fn(mu, prior, y, mask, 0.5, operator=ident, **kw).mean
         assert np.array_equal(a, b)
-    a = gaussian.posterior_variance(Q, mask, 0.5).variance
-    b = gaussian.posterior_variance(Q, mask, 0.5, operator=ident).variance
-    assert np.array_equal(a, b)
 
 
 # ------------------------------------------------------------------------------
@@ -263,7 +260,11 @@ def test_linear_window_gaussian_maps_give_the_dense_posterior():
     outs = [
         gaussian.map_precision(mu, Q, y, mask, r, operator=op),
         gaussian.map_covariance(mu, P, y, mask, r, operator=op),
-        gaussian.map_dense(mu, y, r, mask=mask, operator=op, precision=Q.to_dense()),
+        jax.jit(
+            lambda: gaussian.map_dense(
+                mu, y, r, mask=mask, operator=op, precision=Q.to_dense()
+            )
+        )(),
     ]
     for out in outs:
         np.testing.assert_allclose(out.mean, x_star, rtol=1e-9, atol=1e-9)
@@ -273,9 +274,12 @@ def test_linear_window_gaussian_maps_give_the_dense_posterior():
     )
 
 
-def test_block_tridiagonal_covariance_with_per_time_operator():
-    """$S = H P H^\\top + R$ block-tridiagonal (blocks of size m), against the dense
-    gain $K = P H^\\top (H P H^\\top + R)^{-1}$."""
+@pytest.mark.parametrize(
+    "max_obs", [None, pytest.param(12, marks=pytest.mark.slow)], ids=["blocks", "obs"]
+)
+def test_block_tridiagonal_covariance_with_per_time_operator(max_obs):
+    """$S = H P H^\\top + R$ block-tridiagonal (blocks of size m), or in observation
+    space (`max_obs`), against the dense gain $K = P H^\\top (H P H^\\top + R)^{-1}$."""
     problem, _, _, _, mu, (y, mask, r) = _linear_window(6, T=4)
     T, n = mu.shape
     rng = np.random.default_rng(7)
@@ -294,27 +298,29 @@ def test_block_tridiagonal_covariance_with_per_time_operator():
     S = H @ Pd @ H.T + np.diag(r.reshape(-1)[o])
     innov = y.reshape(-1)[o] - H @ mu.ravel()
     ref = mu.reshape(-1) + Pd @ H.T @ np.linalg.solve(S, innov)
-    for kw in ({}, {"max_obs": T * 3}):  # block-tridiagonal S, observation space
-        op = problem.operator
-        out = gaussian.map_covariance(mu, P, y, mask, r, operator=op, **kw)
-        np.testing.assert_allclose(out.mean, ref.reshape(T, n), rtol=1e-10, atol=1e-12)
+    op = problem.operator
+    out = gaussian.map_covariance(mu, P, y, mask, r, operator=op, max_obs=max_obs)
+    np.testing.assert_allclose(out.mean, ref.reshape(T, n), rtol=1e-10, atol=1e-12)
 
 
-def test_single_state_band_prior_with_selection_and_blur_operators():
+@pytest.mark.parametrize(
+    "kind", ["selection", "average", pytest.param("blur", marks=pytest.mark.slow)]
+)
+def test_single_state_band_prior_with_selection_and_blur_operators(kind):
     """One field of d = 12 sites, a band prior, observed through a selection (any
-    form), a dense block average and a matrix-free blur (covariance form)."""
+    form), a dense block average or a matrix-free blur (covariance form)."""
     rng = np.random.default_rng(2)
     d = 12
     band = np.array([[3.0] * d, [0.8] * d, [0.3] * d])
     P = SymmetricBandMatrix(band)
     Pd = np.asarray(P.to_dense())
     mu = rng.normal(size=d)
-    ops = [
-        SelectionOperator(np.array([1, 4, 4, 9]), d),
-        MatrixOperator(block_average_matrix(d, 3)),
-        LinearFunctionOperator(BlurSubsample(jnp.array(1.1)), d),
-    ]
-    for op in ops:
+    ops = {
+        "selection": SelectionOperator(np.array([1, 4, 4, 9]), d),
+        "average": MatrixOperator(block_average_matrix(d, 3)),
+        "blur": LinearFunctionOperator(BlurSubsample(jnp.array(1.1)), d),
+    }
+    for op in [ops[kind]]:
         m = op.obs_size
         y = rng.normal(size=m)
         mask = np.arange(m) != 1
@@ -322,10 +328,8 @@ def test_single_state_band_prior_with_selection_and_blur_operators():
         H = np.asarray(op.matrix(None, jnp.float64))[mask]
         S = H @ Pd @ H.T + np.diag(r[mask])
         ref = mu + Pd @ H.T @ np.linalg.solve(S, y[mask] - H @ mu)
-        matrix_free = isinstance(op, LinearFunctionOperator)
-        for kw in ({}, {"max_obs": m}) if matrix_free else ({},):
-            out = gaussian.map_covariance(mu, P, y, mask, r, operator=op, **kw)
-            np.testing.assert_allclose(out.mean, ref, rtol=1e-10, atol=1e-12)
+        out = gaussian.map_covariance(mu, P, y, mask, r, operator=op)
+        np.testing.assert_allclose(out.mean, ref, rtol=1e-10, atol=1e-12)
         if isinstance(op, SelectionOperator):
             Q = SymmetricBandMatrix.from_dense(np.linalg.inv(Pd), d - 1)
             out = gaussian.map_precision(mu, Q, y, mask, r, operator=op)
@@ -393,7 +397,9 @@ def test_nonlinear_h_gauss_newton_against_a_reference_minimiser(getkey):
 # ------------------------------------------------------------------------------
 
 
-def test_gradient_with_respect_to_the_blur_width_against_finite_differences():
+def _blur_width_losses():
+    """Two losses of the blur width: through the block precision MAP (a dense blur
+    per time) and through the band covariance MAP (a matrix-free blur)."""
     _, _, _, (qd, ql), mu, (y, mask, r) = _linear_window(3, T=3)
     T, n = mu.shape
     Q = BlockTridiagonal(qd, ql)
@@ -413,12 +419,19 @@ def test_gradient_with_respect_to_the_blur_width_against_finite_differences():
         out = gaussian.map_covariance(mu1, P, y1, None, 0.1, operator=op)
         return jnp.sum(out.mean**2 * jnp.arange(d))
 
-    for loss in (loss_precision, loss_covariance):
-        width = jnp.array(1.4)
-        g = jax.jit(jax.grad(loss))(width)
-        fd = finite_difference_grad(jax.jit(loss), width)
-        assert abs(float(fd)) > 1e-4  # the loss does depend on the width
-        np.testing.assert_allclose(g, fd, rtol=1e-6)
+    return {"precision": loss_precision, "covariance": loss_covariance}
+
+
+@pytest.mark.parametrize(
+    "form", ["precision", pytest.param("covariance", marks=pytest.mark.slow)]
+)
+def test_gradient_with_respect_to_the_blur_width_against_finite_differences(form):
+    loss = _blur_width_losses()[form]
+    width = jnp.array(1.4)
+    g = jax.jit(jax.grad(loss))(width)
+    fd = finite_difference_grad(jax.jit(loss), width)
+    assert abs(float(fd)) > 1e-4  # the loss does depend on the width
+    np.testing.assert_allclose(g, fd, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------
