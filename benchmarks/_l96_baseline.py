@@ -16,11 +16,34 @@ strategy here:
 2. **Weak-constraint 4DVar** from that guess: `var.GaussNewton` on
    $J(x) = \tfrac12 \sum_t \|x_t - y_t\|^2_{R^{-1},\Omega_t} + \tfrac12 \sum_t
    \|x_{t+1} - \Phi(x_t)\|^2_{Q^{-1}}$ with $R = 2$ (the noise) and a scalar $Q$.
+   [F21]'s weights (the authors' L96 notebook: $0.01\,\mathrm{mean}_\Omega (x - y)^2
+   + 0.99\,\mathrm{mean}(x - \Phi(x))^2$, normalised units) have the minimiser of
+   this cost with $Q / R = (0.01 / |\Omega|) / (0.99 / |x|) = 0.081$ ($|\Omega| =
+   50 \times 20$ observed entries, $|x| = 200 \times 40$), i.e. $Q \approx 0.16$.
 
 The metric is [F21]'s R-score of one window, $\mathrm{MSE} = \frac{1}{T n} \sum_{t,
 i} (x_{t,i} - x^{true}_{t,i})^2$ (original units), averaged over the test windows;
 "far" windows are those with $\mathrm{MSE} >$ `far_threshold` (1 by default, about
 the paper's mean).
+
+Data against [F21] and the authors' public L96 notebook (same: Lorenz-96, n = 40,
+F = 8, dt = 0.05, truth by an adaptive RK45, T = 200, observation times 0, 4, ...,
+196, 20 of 40 components per observation time, additive noise of variance 2, 2000 /
+256 windows). Departures of the `F21-L96` preset:
+
+- Windows: the authors cut 201-step patches at random positions of one 10^4-step
+  trajectory (training from its steps 0-7000, test from 7500 on) and drop the last
+  step, so the 256 test windows overlap heavily (about 12 independent 200-step
+  stretches); the preset simulates independent windows, each from N(8, 1) and a
+  200-step burn-in.
+- Observed components: the authors draw one random set of 20 components per
+  observation time, shared by all windows of a split; the preset draws a set per
+  window and per time (the same distribution within a window).
+- Normalisation (for the costs in normalised units only): the authors' scalar mean and
+  root-mean-square of the observed training entries, against the preset's mean and
+  standard deviation per component.
+- The paper's 4DVar: fixed-step gradient descent (step 1e4, 20000 iterations) on the
+  weighted cost above from the interpolated observations; here Gauss-Newton.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ def test_reproduce_l96_4dvar_smoke(tmp_path):
     import reproduce_l96_4dvar
 
     argv = ["--n-train", "4", "--n-test", "2", "--n-times", "40", "--members", "10",
-            "--lag", "8", "--max-steps", "3", "--out", str(tmp_path)]  # fmt: skip
+            "--lag", "8", "--max-steps", "3", "--model-var", "0.1",
+            "--out", str(tmp_path)]  # fmt: skip
     recs = reproduce_l96_4dvar.main(argv)
     by_method = {r["method"]: r for r in recs}
     assert set(by_method) == {"enks", "4dvar-enks-first-guess-q0.1"}
