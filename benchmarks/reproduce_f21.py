@@ -76,6 +76,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Q of the 4DVar baselines (R = the noise variance 2)",
     )
     p.add_argument(
+        "--q-sweep",
+        type=float,
+        nargs="*",
+        default=None,
+        help="also Gauss-Newton on the RK4 cost with these model-error variances Q",
+    )
+    p.add_argument(
         "--configs",
         nargs="*",
         default=None,
@@ -91,16 +98,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--reduction",
         choices=("mean", "sum"),
-        default="mean",
+        default=None,
         help="form of the learned cost: means over the observed entries and over all "
-        "entries (the authors' Compute_Grad, default) or sums",
+        "entries (the authors' Compute_Grad) or sums (default: supervised mean, "
+        "unsupervised sum)",
     )
     p.add_argument(
         "--lam-obs",
         type=float,
         default=None,
-        help="observation weight of the unsupervised cost (default 0.01, the paper's; "
-        "the supervised rows start from 1 and learn it)",
+        help="observation weight of the learned cost (default: unsupervised 0.005 = "
+        "Q / R of the 4DVar baseline, fixed; supervised 1, learned)",
     )
     p.add_argument(
         "--gradient-rms",
@@ -110,7 +118,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "first",
     )
     p.add_argument(
-        "--alpha", type=float, default=1.0, help="initial gradient scaling (eqs. 11-12)"
+        "--alpha",
+        type=float,
+        default=None,
+        help="initial gradient scaling (eqs. 11-12; default: unsupervised 0.05, "
+        "supervised 1)",
     )
     p.add_argument(
         "--clip-norm", type=float, default=1.0, help="gradient clipping (0: none)"

@@ -211,7 +211,7 @@ def test_conv_methods_match_dense_reference(getkey):
         want = want + np.asarray(conv.bias).reshape((-1,) + (1,) * (x.ndim - 1))
         for method in ("xla", "im2col"):
             got = nn.with_conv_method(conv, method)
-            assert got.method == method and conv.method == "xla"
+            assert got.method == method and conv.method == "im2col"
             np.testing.assert_allclose(got(x), want, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="method"):
         nn.Conv(3, 3, 3, key=getkey(), method="fft")

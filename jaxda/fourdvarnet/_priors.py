@@ -219,7 +219,7 @@ class GENN(eqx.Module):
         coarse_channels: int | None = None,
         periodic_space: bool = False,
         dtype=None,
-        conv_method: str = "xla",
+        conv_method: str = "im2col",
     ):
         state_shape = (
             (state_shape,) if isinstance(state_shape, int) else tuple(state_shape)

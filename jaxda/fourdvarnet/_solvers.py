@@ -164,7 +164,7 @@ class ConvLSTMSolver(AbstractGradientSolver):
         gradient_rms: str = "each",
         alpha: float | None = 1.0,
         dtype=None,
-        conv_method: str = "xla",
+        conv_method: str = "im2col",
     ):
         state_shape = _as_state_shape(state_shape)
         check_layout(layout, len(state_shape))
@@ -281,7 +281,10 @@ class CNNSolver(AbstractGradientSolver):
     $\alpha$ is a learnable scalar (initial value `alpha`) and $\rho_k$ the RMS of the
     gradient at iteration $k$ (`gradient_rms="each"`, as the authors'
     `Model_4DVarNN_Grad`) or at iteration 0 (`"first"`, as their
-    `Model_4DVarNN_GradFP`).
+    `Model_4DVarNN_GradFP`). With the RK4 prior of F21-L63, `"first"` made the
+    iterates diverge in training (later gradients exceed the first one and saturate
+    the atan), and `"each"` with `alpha=1` learned a period-2 oscillation in which
+    only the last iterate has a low cost (the pathways are on the benchmarks page).
 
     `architecture="small"` is the solver of jaxda 0.2.0, kept so that the models saved
     by it load and run as trained: $g^{(k+1)} = \mathcal C([\nabla_x U / \rho_k,
@@ -322,7 +325,7 @@ class CNNSolver(AbstractGradientSolver):
         max_step: float = 5.0,
         architecture: str = "f21",
         dtype=None,
-        conv_method: str = "xla",
+        conv_method: str = "im2col",
     ):
         state_shape = _as_state_shape(state_shape)
         check_layout(layout, len(state_shape))

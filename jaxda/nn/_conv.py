@@ -102,22 +102,24 @@ class Conv(eqx.Module):
     when `centre_zero=True` (then $y(s)$ does not depend on $x(s)$: [F21]'s
     constrained convolution). Kernel sizes must be odd.
 
-    Two implementations of the same map (`method`): `"xla"` calls
-    `jax.lax.conv_general_dilated` (under `jax.vmap` the window axis becomes the
-    convolution's batch axis), `"im2col"` stacks one shifted view of the input per
-    kernel offset and contracts them with the kernel in one `einsum`. Which is faster
-    depends on the sizes and the backend (see `benchmarks/bench_fourdvarnet.py`).
+    Two implementations of the same map (`method`): `"im2col"` (the default) stacks
+    one shifted view of the input per kernel offset and contracts them with the
+    kernel in one `einsum`, which differentiates (twice, in 4DVarNet training) into
+    plain matrix products; `"xla"` calls `jax.lax.conv_general_dilated` (under
+    `jax.vmap` the window axis becomes the convolution's batch axis). On the 2-core
+    CPU the 4DVarNet training step was about 3 times slower with `"xla"` (see
+    `benchmarks/bench_fourdvarnet.py`); on accelerators, measure.
 
     **Arguments:** `in_channels`, `out_channels`; `kernel_size` (int or tuple); `key`;
     `n_spatial` (number of convolution axes); `periodic` (bool per axis: wrap-around
-    padding); `centre_zero`; `use_bias`; `dtype`; `method` (`"xla"` or `"im2col"`).
+    padding); `centre_zero`; `use_bias`; `dtype`; `method` (`"im2col"` or `"xla"`).
     """
 
     weight: Float[Array, "out in *k"]
     bias: Float[Array, " out"] | None
     periodic: tuple[bool, ...] = eqx.field(static=True)
     centre_zero: bool = eqx.field(static=True)
-    method: str = eqx.field(static=True, default="xla")
+    method: str = eqx.field(static=True, default="im2col")
 
     def __init__(
         self,
@@ -131,7 +133,7 @@ class Conv(eqx.Module):
         centre_zero: bool = False,
         use_bias: bool = False,
         dtype=None,
-        method: str = "xla",
+        method: str = "im2col",
     ):
         in_channels = check_int("in_channels", in_channels, minimum=1)
         out_channels = check_int("out_channels", out_channels, minimum=1)
@@ -317,7 +319,7 @@ class ConvLSTMCell(eqx.Module):
         n_spatial=1,
         periodic=False,
         dtype=None,
-        method: str = "xla",
+        method: str = "im2col",
     ):
         self.hidden = check_int("hidden", hidden, minimum=1)
         self.gates = Conv(
