@@ -31,8 +31,7 @@ import numpy as np
 from _common import record
 
 from jaxda import RESULTS
-from jaxda.ensemble import ETKF, LETKF, EnKF, EnKFN, assimilate
-from jaxda.ensemble._ienks import IEnKS, ienks_cycle
+from jaxda.ensemble import ETKF, LETKF, EnKF, EnKFN, IEnKS, assimilate, ienks_cycle
 from jaxda.models import Lorenz63, Lorenz96, flow_map, rollout
 from jaxda.obs import Observations
 

@@ -48,6 +48,8 @@ class RESULTS(lx.RESULTS):  # pyright: ignore
       non-finite observation) that could only be made on traced values.
     - `nonfinite_loss`: a training loss became non-finite; training stopped at the
       last parameters with a finite loss.
+    - `collapsed`: an ensemble's spread fell below its floor (filter divergence by
+      collapse).
     """
 
     successful = ""
@@ -70,6 +72,10 @@ class RESULTS(lx.RESULTS):  # pyright: ignore
     nonfinite_loss = (
         "The training loss became non-finite; training stopped and the last "
         "parameters with a finite loss were kept."
+    )
+    collapsed = (
+        "The ensemble collapsed: its spread fell below `min_spread` (increase the "
+        "inflation or the ensemble size, or localise)."
     )
 
 

@@ -447,7 +447,7 @@ def test_divergence_is_reported_not_silent():
     res = ens.assimilate(
         ens.ETKF(), still, obs, e0, throw=False, key=jax.random.key(0), obs_var=1e-40
     )
-    assert res.result == RESULTS.breakdown
+    assert res.result == RESULTS.collapsed
     assert np.all(np.isfinite(res.analysis))
 
 

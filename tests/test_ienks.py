@@ -11,7 +11,7 @@ import pytest
 from helpers import LinearDynamics
 
 from jaxda import RESULTS
-from jaxda.ensemble._ienks import IEnKS, ienks_cycle
+from jaxda.ensemble import IEnKS, ienks_cycle
 from jaxda.models import Lorenz63, flow_map, rollout
 from jaxda.obs import Observations
 

@@ -1,4 +1,4 @@
-"""Ensemble data assimilation: EnKF, ETKF, EnKF-N, LETKF and the EnKS.
+"""Ensemble data assimilation: EnKF, ETKF, EnKF-N, LETKF, the EnKS and the iEnKS.
 
 Ensembles are arrays `(N, *state)` (members leading); keys are explicit
 `jax.random` keys. `assimilate(method, flow, obs, ensemble0, key=..., obs_var=...)`
@@ -23,6 +23,11 @@ from ._ensemble import (
     inflate as inflate,
     mean_preserving_rotation as mean_preserving_rotation,
     rotate as rotate,
+)
+from ._ienks import (
+    IEnKS as IEnKS,
+    IEnKSResult as IEnKSResult,
+    ienks_cycle as ienks_cycle,
 )
 from ._localisation import (
     Grid as Grid,

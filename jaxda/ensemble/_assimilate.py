@@ -37,7 +37,7 @@ from ._ensemble import ensemble_std, flat, mean_preserving_rotation
 
 # The result item of a collapsed ensemble (its spread vanished): the library has no
 # dedicated item yet.
-COLLAPSED = RESULTS.breakdown
+COLLAPSED = RESULTS.collapsed
 
 
 class EnKS(eqx.Module):
@@ -83,7 +83,7 @@ class EnsembleResult(eqx.Module):
     - `final_ensemble` `(N, *state)`: the last ensemble (to continue cycling).
     - `step_result` `(T,)`: the `jaxda.RESULTS` item of each time: `successful`,
       `nonfinite` (the ensemble became non-finite: the last finite one is kept),
-      `breakdown` (the ensemble collapsed: its spread fell below `min_spread`) or
+      `collapsed` (the ensemble collapsed: its spread fell below `min_spread`) or
       `invalid_input` (a value check failed under `jit`).
     - `result`: the first failing time's item, `successful` when none failed.
 

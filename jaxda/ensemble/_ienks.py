@@ -57,7 +57,7 @@ no extra model run, and exactly the ETKF analysis after one iteration).
 Divergence is reported in the result, never as silent NaN: a window whose forecast or
 analysis is not finite gets `RESULTS.nonfinite` (its analysis and the next prior
 become the window's prior ensemble: persistence), one whose smoothed ensemble
-collapsed (spread below `min_spread`) `RESULTS.breakdown`, as in
+collapsed (spread below `min_spread`) `RESULTS.collapsed`, as in
 `jaxda.ensemble.assimilate`.
 """
 
@@ -75,7 +75,7 @@ from ._ensemble import mean_preserving_rotation
 
 
 # The item of a collapsed ensemble, as `jaxda.ensemble.assimilate` reports it.
-COLLAPSED = RESULTS.breakdown
+COLLAPSED = RESULTS.collapsed
 
 
 class IEnKS(eqx.Module):
@@ -170,7 +170,7 @@ class IEnKSResult(eqx.Module):
       one (to continue cycling).
     - `n_iterations` `(K,)`: the iterations of each window.
     - `window_result` `(K,)`: each window's `jaxda.RESULTS` item: `successful`,
-      `nonfinite` (divergence), `breakdown` (collapsed ensemble),
+      `nonfinite` (divergence), `collapsed` (collapsed ensemble),
       `max_steps_reached` (`tol > 0` not met) or `invalid_input` (a value check
       failed under `jit`).
     - `result`: the first failing window's item, `successful` when none failed.
