@@ -63,6 +63,11 @@ def parse_args(argv=None):
         action="store_true",
         help="also run GN from the interpolated observations",
     )
+    p.add_argument(
+        "--no-enks-start",
+        action="store_true",
+        help="skip GN from the EnKS guess (with --interpolated: that start only)",
+    )
     p.add_argument("--out", default="benchmarks/results/f21-l96-4dvar")
     return p.parse_args(argv)
 
@@ -81,12 +86,15 @@ def _record(args, method, fields, **extra):
         "device": device_name(),
         "dtype": "float64",
         "note": "timings on a contended machine",
+        "command": args.command,
         **extra,
     }
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    args.command = " ".join(["python benchmarks/reproduce_l96_4dvar.py", *given])
     os.makedirs(args.out, exist_ok=True)
     overrides = {} if args.n_times is None else {"n_times": args.n_times}
     preset = jd.get_preset("F21-L96", **overrides)
@@ -136,7 +144,7 @@ def main(argv=None) -> list[dict]:
         )
     )
 
-    starts = [("enks", guess)]
+    starts = [] if args.no_enks_start else [("enks", guess)]
     if args.interpolated:
         fill = np.asarray(states.mean(axis=0))
         starts.append(("interpolated", interpolated_first_guess(obs, fill)))
