@@ -265,7 +265,7 @@ def train_config(
 
 
 def fourdvar_scores(x, obs, rk4):
-    """Mean [F21] 4DVar-score of a batch of windows in the authors' normalisation:
+    r"""Mean [F21] 4DVar-score of a batch of windows in the authors' normalisation:
     $0.01\,\mathrm{mean}_\Omega (x - y)^2 + \mathrm{mean}(x - \Phi_{RK4}(x))^2$
     (means over the observed entries and over all entries; normalised units)."""
     cost = fdn.VariationalCost(rk4, 0.01, 1.0, reduction="mean", dtype=x.dtype)
@@ -274,7 +274,7 @@ def fourdvar_scores(x, obs, rk4):
 
 
 def cost_variances(s: Setup, lam_obs: float, lam_prior: float, reduction="mean"):
-    """`(obs_var, model_var)` per component, original units, such that the
+    r"""`(obs_var, model_var)` per component, original units, such that the
     weak-constraint 4DVar cost $\frac12\sum r^2/R + \frac12\sum d^2/Q$ equals
     `VariationalCost(rk4, lam_obs, lam_prior, reduction=reduction)` of the normalised
     window: $R_c = n_o \sigma_c^2 / (2 \lambda_o)$, $Q_c = n_p \sigma_c^2 / (2
