@@ -72,3 +72,28 @@ def var_solvers():
             var.ModelErrorContinuation(var.GaussNewton(), (10.0,), steps_per_stage=5),
         ),
     ]
+
+
+def kalman_smoother(M, Q, xb, B, y, mask, R):
+    """Numpy Kalman filter + RTS smoother mean for x_{t+1} = M x_t + w, y = x + v."""
+    T, n = y.shape
+    mf, Pf, mp, Pp = [], [], [], []
+    m, P = xb, B
+    for t in range(T):
+        if t > 0:
+            m, P = M @ m, M @ P @ M.T + Q
+        mp.append(m)
+        Pp.append(P)
+        H = np.eye(n)[mask[t]]
+        if H.shape[0]:
+            S = H @ P @ H.T + np.diag(R[mask[t]])
+            K = P @ H.T @ np.linalg.inv(S)
+            m = m + K @ (y[t][mask[t]] - H @ m)
+            P = P - K @ H @ P
+        mf.append(m)
+        Pf.append(P)
+    ms = [mf[-1]]
+    for t in range(T - 2, -1, -1):
+        G = Pf[t] @ M.T @ np.linalg.inv(Pp[t + 1])
+        ms.insert(0, mf[t] + G @ (ms[0] - mp[t + 1]))
+    return np.stack(ms)

@@ -4,6 +4,7 @@ float64 references and a NumPy Kalman / RTS smoother."""
 import numpy as np
 import pytest
 import scipy.linalg
+from helpers import kalman_smoother
 
 import jaxda.data as jd
 from jaxda.models import Lorenz63, Pendulum
@@ -21,26 +22,8 @@ def _prior(rng, n=2):
 def _rts(prior, y, mask, r):
     """NumPy Kalman filter + RTS smoother of the same model (mean only)."""
     M, Q = np.asarray(prior.transition), np.asarray(prior.process_cov)
-    m, P = np.asarray(prior.initial_mean), np.asarray(prior.initial_cov)
-    T, n = y.shape
-    ms, Ps, mp, Pp = [], [], [], []
-    for t in range(T):
-        if t > 0:
-            m, P = M @ m, M @ P @ M.T + Q
-        mp.append(m)
-        Pp.append(P)
-        H = np.eye(n)[mask[t]]
-        if H.shape[0]:
-            S = H @ P @ H.T + r * np.eye(H.shape[0])
-            K = P @ H.T @ np.linalg.inv(S)
-            m, P = m + K @ (y[t][mask[t]] - H @ m), P - K @ H @ P
-        ms.append(m)
-        Ps.append(P)
-    out = [ms[-1]]
-    for t in range(T - 2, -1, -1):
-        G = Ps[t] @ M.T @ np.linalg.inv(Pp[t + 1])
-        out.append(ms[t] + G @ (out[-1] - mp[t + 1]))
-    return np.array(out[::-1])
+    m0, P0 = np.asarray(prior.initial_mean), np.asarray(prior.initial_cov)
+    return kalman_smoother(M, Q, m0, P0, y, mask, np.full(y.shape[1], r))
 
 
 @pytest.mark.parametrize("n_times", [1, 6])

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import LinearDynamics
+from helpers import LinearDynamics, kalman_smoother
 
 from jaxda.models import Lorenz63, flow_map, rollout
 from jaxda.obs import Observations
@@ -33,31 +33,6 @@ from jaxda.var import (
     cycle,
     solve,
 )
-
-
-def kalman_smoother(M, Q, xb, B, y, mask, R):
-    """Numpy Kalman filter + RTS smoother mean for x_{t+1} = M x_t + w, y = x + v."""
-    T, n = y.shape
-    mf, Pf, mp, Pp = [], [], [], []
-    m, P = xb, B
-    for t in range(T):
-        if t > 0:
-            m, P = M @ m, M @ P @ M.T + Q
-        mp.append(m)
-        Pp.append(P)
-        H = np.eye(n)[mask[t]]
-        if H.shape[0]:
-            S = H @ P @ H.T + np.diag(R[mask[t]])
-            K = P @ H.T @ np.linalg.inv(S)
-            m = m + K @ (y[t][mask[t]] - H @ m)
-            P = P - K @ H @ P
-        mf.append(m)
-        Pf.append(P)
-    ms = [mf[-1]]
-    for t in range(T - 2, -1, -1):
-        G = Pf[t] @ M.T @ np.linalg.inv(Pp[t + 1])
-        ms.insert(0, mf[t] + G @ (ms[0] - mp[t + 1]))
-    return np.stack(ms)
 
 
 @pytest.fixture(scope="module")
