@@ -1,9 +1,10 @@
 """jaxda: variational and learned data assimilation in JAX.
 
 Subpackages: `models` (dynamics, `simulate`, flow maps), `obs` (observations, patterns,
-operators, noise), `data` (twin-experiment datasets, presets, first guesses),
-`metrics`, `linalg` (banded and block-tridiagonal SPD algebra), `gaussian` (Gaussian
-MAP / optimal interpolation), `var` (4DVar costs and solvers), `ensemble` (EnKF, ETKF,
+operators, noise), `data` (twin-experiment datasets, presets, first guesses), `grid`
+(regular 2-D grids for gridded fields), `metrics`, `linalg` (banded and
+block-tridiagonal SPD algebra), `gaussian` (Gaussian MAP / optimal interpolation),
+`var` (4DVar costs and solvers), `ensemble` (EnKF, ETKF,
 LETKF, EnKS, iEnKS), `fourdvarnet` (4DVarNet, [F21]), `incremental` (neural
 incremental DA, [B24]), `nn` (reusable layers), `train` (optax training loop),
 `sharding` (batches over devices), `io` (atomic files, checkpoints, model save/load),
@@ -15,6 +16,7 @@ from . import (
     ensemble as ensemble,
     fourdvarnet as fourdvarnet,
     gaussian as gaussian,
+    grid as grid,
     incremental as incremental,
     io as io,
     linalg as linalg,
