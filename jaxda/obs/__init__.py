@@ -15,9 +15,27 @@ Observation operators (`IdentityOperator`, `SelectionOperator`, `MatrixOperator`
 $y_t = h_t(x_t) + \varepsilon_t$ with observations of shape `(T, *obs_shape)` in
 observation space, passed as `operator=` to the 4DVar costs and the Gaussian MAPs.
 
+On a `jaxda.grid.Grid`: `RandomPointsPattern`, `SatelliteTracks` (nadir and
+SWOT-like swath altimetry of a constellation of `Satellite`s) and `CloudPattern`
+(moving cloud gaps) give gridded masks; the point patterns also give exact positions
+(`GridPoints`, padded `(T, M)` slots) for `BilinearInterpolation`, the interpolating
+linear operator from a gridded state to point observations.
+
 Components of a state with several axes are numbered in flattened (C) order.
 """
 
+from ._grid_patterns import (
+    AbstractGridPattern as AbstractGridPattern,
+    AbstractPointPattern as AbstractPointPattern,
+    CloudPattern as CloudPattern,
+    RandomPointsPattern as RandomPointsPattern,
+    Satellite as Satellite,
+    SatelliteTracks as SatelliteTracks,
+)
+from ._interpolation import (
+    BilinearInterpolation as BilinearInterpolation,
+    GridPoints as GridPoints,
+)
 from ._observations import Observations as Observations, observe as observe
 from ._operators import (
     AbstractLinearObservationOperator as AbstractLinearObservationOperator,
@@ -44,12 +62,17 @@ from ._patterns import (
 
 
 __all__ = [
+    "AbstractGridPattern",
     "AbstractLinearObservationOperator",
     "AbstractObservationOperator",
     "AbstractPattern",
+    "AbstractPointPattern",
     "AbstractSelectionOperator",
+    "BilinearInterpolation",
+    "CloudPattern",
     "EveryKPattern",
     "FullPattern",
+    "GridPoints",
     "IdentityOperator",
     "LinearFunctionOperator",
     "MatrixOperator",
@@ -57,7 +80,10 @@ __all__ = [
     "Observations",
     "RandomComponentsPattern",
     "RandomPhasePattern",
+    "RandomPointsPattern",
     "RandomTimesPattern",
+    "Satellite",
+    "SatelliteTracks",
     "SelectionOperator",
     "check_operator",
     "check_operator_observations",
