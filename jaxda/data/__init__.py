@@ -1,4 +1,5 @@
-"""Twin-experiment datasets, presets, first guesses, normalisation, netCDF I/O."""
+"""Twin-experiment datasets, presets, first guesses, normalisation, netCDF I/O, gridded
+OSSEs (`make_osse`, `make_osse_splits`) and space-time patches (`PatchLayout`)."""
 
 from ._banded_gaussian import (
     BandedGaussian as BandedGaussian,
@@ -18,6 +19,12 @@ from ._first_guess import (
 from ._gauss_markov import GaussMarkovPrior as GaussMarkovPrior
 from ._netcdf import load_dataset as load_dataset, save_dataset as save_dataset
 from ._normalise import Normalisation as Normalisation
+from ._osse import (
+    OSSE as OSSE,
+    make_osse as make_osse,
+    make_osse_splits as make_osse_splits,
+)
+from ._patches import PatchLayout as PatchLayout
 from ._presets import (
     PRESET_NAMES as PRESET_NAMES,
     Preset as Preset,
