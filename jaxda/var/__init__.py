@@ -2,6 +2,7 @@
 
 from .._results import RESULTS as RESULTS
 from ._continuation import ModelErrorContinuation as ModelErrorContinuation
+from ._control_transform import ControlTransform as ControlTransform
 from ._costs import (
     AbstractVarProblem as AbstractVarProblem,
     Background as Background,
@@ -10,6 +11,7 @@ from ._costs import (
     WeakConstraint4DVar as WeakConstraint4DVar,
 )
 from ._cycling import CycleResult as CycleResult, cycle as cycle
+from ._forcing import WeakConstraintForcing as WeakConstraintForcing
 from ._gauss_newton import (
     AbstractGaussNewton as AbstractGaussNewton,
     DenseGaussNewton as DenseGaussNewton,
@@ -28,6 +30,12 @@ from ._incremental import IncrementalMAP as IncrementalMAP
 from ._jaxopt import (
     JaxoptGaussNewton as JaxoptGaussNewton,
     JaxoptLevenbergMarquardt as JaxoptLevenbergMarquardt,
+)
+from ._lbfgs import LBFGS as LBFGS
+from ._matrix_free import (
+    ConjugateGradientNormal as ConjugateGradientNormal,
+    GaussNewtonCG as GaussNewtonCG,
+    NormalCGSolution as NormalCGSolution,
 )
 from ._normal import (
     AbstractNormalSolve as AbstractNormalSolve,
