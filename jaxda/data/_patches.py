@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, ArrayLike, Float
-from .._validation import check_int
+from .._validation import check_int, is_concrete
 from ..grid._grid import Grid
 
 
@@ -152,40 +152,30 @@ class PatchLayout(eqx.Module):
             xi[:, None, None, :],
         )
 
-    def _check(self, name, x, lead):
-        x = jnp.asarray(x)
-        t, ny, nx = self.shape
-        ok = x.ndim in (lead + 3, lead + 4) and x.shape[lead] == t
-        ok = ok and x.shape[-2:] == (ny, nx)
-        if not ok:
-            want = f"({t}, {ny}, {nx}) or ({t}, C, {ny}, {nx})"
-            if lead:
-                want = f"(P, {self.size}) or (P, pt, C, py, px), P = {self.n_patches}"
-            raise ValueError(f"`{name}` must have shape {want}; got {x.shape}.")
-        return x
-
     def extract(
         self, x: Float[ArrayLike, "T *C ny nx"]
     ) -> Float[Array, "P pt *C py px"]:
         """The patches of a trajectory `(T, ny, nx)` or `(T, C, ny, nx)`."""
-        x = self._check("x", x, 0)
-        ti, yi, xi = self._indices()
-        if x.ndim == 3:
-            return x[ti, yi, xi]
-        moved = jnp.moveaxis(x, 1, -1)[ti, yi, xi]  # (P, pt, py, px, C)
-        return jnp.moveaxis(moved, -1, 2)
+        x = jnp.asarray(x)
+        t, ny, nx = self.shape
+        if x.ndim not in (3, 4) or x.shape[0] != t or x.shape[-2:] != (ny, nx):
+            raise ValueError(
+                f"`x` must have shape ({t}, {ny}, {nx}) or ({t}, C, {ny}, {nx}); got "
+                f"{x.shape}."
+            )
+        return _extract(self, x)
 
     def weights(self, window: str | Float[ArrayLike, "pt py px"] = "hann") -> Array:
         """The taper of one patch, `(p_t, p_y, p_x)`: the tensor product of
-        `window_1d` along the three axes, or the given positive array."""
+        `window_1d` along the three axes, or the given array (finite, > 0)."""
         if isinstance(window, str):
             w = [window_1d(p, window) for p in self.size]
             return jnp.asarray(w[0][:, None, None] * w[1][None, :, None] * w[2])
         w = jnp.asarray(window)
         if w.shape != self.size:
             raise ValueError(f"`window` must have shape {self.size}; got {w.shape}.")
-        if not np.all(np.asarray(w) > 0):
-            raise ValueError("`window` must be > 0 everywhere (finite and positive).")
+        if is_concrete(w) and not np.all(np.isfinite(w) & (np.asarray(w) > 0)):
+            raise ValueError("`window` must be finite and > 0 everywhere.")
         return w
 
     def recombine(
@@ -194,35 +184,47 @@ class PatchLayout(eqx.Module):
         window: str | Float[ArrayLike, "pt py px"] = "hann",
     ) -> Float[Array, "T *C ny nx"]:
         r"""The domain from its patches, $\sum_p w_p \hat x_p / \sum_p w_p$ (module
-        docstring), with the taper `window` (see `weights`)."""
+        docstring), with the taper `window` (see `weights`). Linear in `patches`
+        and differentiable."""
         patches = jnp.asarray(patches)
-        want = (self.n_patches,) + self.size
-        ok = patches.ndim in (4, 5) and patches.shape[:2] == want[:2]
-        ok = ok and patches.shape[-2:] == want[-2:]
-        if not ok:
+        (pt, py, px), p = self.size, self.n_patches
+        ok = patches.ndim in (4, 5) and patches.shape[:2] == (p, pt)
+        if not ok or patches.shape[-2:] != (py, px):
             raise ValueError(
-                f"`patches` must have shape {want} or (P, {self.size[0]}, C, "
-                f"{self.size[1]}, {self.size[2]}) with P = {self.n_patches}; got "
-                f"{patches.shape}."
+                f"`patches` must have shape ({p}, {pt}, {py}, {px}) or ({p}, {pt}, C, "
+                f"{py}, {px}) (P = {p} patches of this layout); got {patches.shape}."
             )
-        w = self.weights(window).astype(patches.dtype)
-        ti, yi, xi = self._indices()
-        full_w = jnp.broadcast_to(w, (self.n_patches,) + self.size)
-        wsum = jnp.zeros(self.shape, w.dtype).at[ti, yi, xi].add(full_w)
-        if patches.ndim == 4:
-            num = jnp.zeros(self.shape, patches.dtype).at[ti, yi, xi].add(w * patches)
-            return num / wsum
-        moved = jnp.moveaxis(patches, 2, -1)  # (P, pt, py, px, C)
-        c = patches.shape[2]
-        num = jnp.zeros(self.shape + (c,), patches.dtype)
-        num = num.at[ti, yi, xi].add(w[..., None] * moved)
-        return jnp.moveaxis(num / wsum[..., None], -1, 1)
+        return _recombine(self, patches, self.weights(window))
 
     def coverage(self) -> Float[Array, "T ny nx"]:
         """How many patches cover each cell (>= 1 everywhere)."""
         ti, yi, xi = self._indices()
         ones = jnp.ones((self.n_patches,) + self.size, int)
         return jnp.zeros(self.shape, int).at[ti, yi, xi].add(ones)
+
+
+@eqx.filter_jit
+def _extract(layout: PatchLayout, x):
+    ti, yi, xi = layout._indices()
+    if x.ndim == 3:
+        return x[ti, yi, xi]
+    moved = jnp.moveaxis(x, 1, -1)[ti, yi, xi]  # (P, pt, py, px, C)
+    return jnp.moveaxis(moved, -1, 2)
+
+
+@eqx.filter_jit
+def _recombine(layout: PatchLayout, patches, w):
+    w = w.astype(patches.dtype)
+    ti, yi, xi = layout._indices()
+    full_w = jnp.broadcast_to(w, (layout.n_patches,) + layout.size)
+    wsum = jnp.zeros(layout.shape, w.dtype).at[ti, yi, xi].add(full_w)
+    if patches.ndim == 4:
+        num = jnp.zeros(layout.shape, patches.dtype).at[ti, yi, xi].add(w * patches)
+        return num / wsum
+    moved = jnp.moveaxis(patches, 2, -1)  # (P, pt, py, px, C)
+    num = jnp.zeros(layout.shape + (patches.shape[2],), patches.dtype)
+    num = num.at[ti, yi, xi].add(w[..., None] * moved)
+    return jnp.moveaxis(num / wsum[..., None], -1, 1)
 
 
 __all__ = ["PatchLayout", "axis_starts", "window_1d"]

@@ -112,7 +112,7 @@ class AbstractGridPattern(AbstractPattern):
                 f"`state_shape` must be ({g.ny}, {g.nx}) or (C, {g.ny}, {g.nx}) for "
                 f"this pattern's grid; got {shape}."
             )
-        mask = self.field_mask(key, n_times)
+        mask = _field_mask(self, key, n_times)
         if len(shape) == 2:
             return mask
         n_channels = shape[0]
@@ -147,9 +147,20 @@ class AbstractPointPattern(AbstractGridPattern):
         """The `BilinearInterpolation` of `points(key, n_times)` (the same key gives
         the same points as the mask) on states of `state_shape`, observing
         `channel`."""
-        return BilinearInterpolation(
-            self.grid, self.points(key, n_times), state_shape, channel
-        )
+        points = _points(self, key, n_times)
+        return BilinearInterpolation(self.grid, points, state_shape, channel)
+
+
+@eqx.filter_jit
+def _field_mask(pattern, key, n_times):
+    # One compiled program per pattern and window length (eager calls would
+    # otherwise dispatch, and compile, op by op).
+    return pattern.field_mask(key, n_times)
+
+
+@eqx.filter_jit
+def _points(pattern, key, n_times):
+    return pattern.points(key, n_times)
 
 
 # ------------------------------------------------------------------------------

@@ -218,6 +218,7 @@ def _axis_weights(coord, origin, step, n, periodic):
     return lo, lo + 1, frac
 
 
+@eqx.filter_jit
 def _stencil(grid: "Grid", points: GridPoints, offset: int):
     """Flattened state indices `(*T, M, 4)` and weights of the bilinear stencils."""
     j0, j1, a = _axis_weights(points.y, grid.y0, grid.dy, grid.ny, grid.periodic)
