@@ -108,6 +108,9 @@ def test_points_on_nodes_reduce_to_selection():
     sel = SelectionOperator(cells, grid.shape)
     for t in range(2):
         np.testing.assert_allclose(op.matrix(t), sel.matrix(t), atol=1e-14)
+    rows, valid = GridPoints(y, x).rows(jnp.array([10.0, 20.0]))
+    np.testing.assert_array_equal(rows[5], [20.0, y[1, 1], x[1, 1]])
+    assert rows.shape == (8, 3) and bool(valid.all())
     # Nearest-node mask of the same points.
     mask = np.asarray(GridPoints(y, x).nearest_mask(grid)).reshape(2, -1)
     assert sorted(np.flatnonzero(mask[1])) == [2, 11, 18]

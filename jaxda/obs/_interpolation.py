@@ -153,6 +153,25 @@ class GridPoints(eqx.Module):
         time = None if self.time is None else take(self.time)
         return GridPoints(take(self.y), take(self.x), take(self.valid), time)
 
+    def rows(
+        self, times: Float[ArrayLike, " T"]
+    ) -> tuple[Float[Array, "TM 3"], Bool[Array, " TM"]]:
+        """The points as `(t, y, x)` rows, `(T * M, 3)` in row-major (time, slot)
+        order, with `t = times[row]` (the model times of the window), and their
+        validity `(T * M,)`: the input of the space-time OI
+        (`jaxda.gaussian.map_kernel`); observation values `(T, M)` flatten in the
+        same order."""
+        if self.n_times is None:
+            raise ValueError("`rows` needs per-time points (T, M).")
+        times = jnp.asarray(times)
+        if times.shape != (self.n_times,):
+            raise ValueError(
+                f"`times` must have shape ({self.n_times},); got {times.shape}."
+            )
+        t = jnp.broadcast_to(times[:, None].astype(self.y.dtype), self.y.shape)
+        out = jnp.stack([t, self.y, self.x], -1).reshape(-1, 3)
+        return out, self.valid.reshape(-1)
+
     def nearest_nodes(
         self, grid: "Grid"
     ) -> tuple[Int[Array, "*T M"], Int[Array, "*T M"]]:
