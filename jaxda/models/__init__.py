@@ -14,6 +14,18 @@ from ._simulate import (
     sample_initial_states as sample_initial_states,
     simulate as simulate,
 )
+from .advection import (
+    SSPRK3 as SSPRK3,
+    Advection2D as Advection2D,
+    flux_divergence as flux_divergence,
+    velocity_from_streamfunction as velocity_from_streamfunction,
+)
 from .lorenz63 import Lorenz63 as Lorenz63
 from .lorenz96 import Lorenz96 as Lorenz96
 from .pendulum import Pendulum as Pendulum
+from .shallow_water import (
+    BasinPreset as BasinPreset,
+    ShallowWater as ShallowWater,
+    shallow_water_basin as shallow_water_basin,
+    spin_up as spin_up,
+)

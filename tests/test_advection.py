@@ -1,0 +1,260 @@
+"""Tracer advection: the flux-form limited scheme against a NumPy MUSCL reference,
+mass conservation, positivity and the maximum principle, the order of accuracy on an
+exactly translated field, and the adjoint of the tangent-linear step."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxda.models as jm
+from jaxda.grid import Grid, divergence
+from jaxda.models import velocity_from_streamfunction
+
+
+def _smooth_random(key, shape, grid, scale=1.0):
+    """A smooth random field: a few low Fourier modes."""
+    Y, X = grid.meshgrid()
+    (ly, lx) = grid.extent
+    c = jax.random.normal(key, (*shape, 3, 3, 2))
+    out = 0.0
+    for a in range(3):
+        for b in range(3):
+            phase = 2 * np.pi * (a * X / lx + b * Y / ly)
+            out = out + c[..., a, b, 0, None, None] * jnp.cos(phase)
+            out = out + c[..., a, b, 1, None, None] * jnp.sin(phase)
+    return scale * out / 3
+
+
+# ------------------------------------------------------------------------------
+# The scheme against an independent NumPy reference
+# ------------------------------------------------------------------------------
+
+
+def _numpy_muscl_tendency(q, u, v, dx, dy, limiter):
+    """dq/dt of the periodic MUSCL scheme, constant (u, v), written again in NumPy."""
+
+    def phi(a, b):
+        if limiter == "minmod":
+            return np.where(a * b > 0, np.sign(a) * np.minimum(abs(a), abs(b)), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(a * b > 0, 2 * a * b / (a + b), 0.0)
+
+    def flux(q, speed, ax):
+        s = phi(q - np.roll(q, 1, ax), np.roll(q, -1, ax) - q)
+        face = q + s / 2 if speed > 0 else np.roll(q - s / 2, -1, ax)
+        return speed * face
+
+    fx, fy = flux(q, u, 1), flux(q, v, 0)
+    return -(fx - np.roll(fx, 1, 1)) / dx - (fy - np.roll(fy, 1, 0)) / dy
+
+
+@pytest.mark.parametrize("limiter", ["van_leer", "minmod"])
+def test_tendency_matches_numpy_muscl(limiter, getkey):
+    grid = Grid(6, 7, dy=0.5, dx=0.3)
+    q = np.asarray(jax.random.normal(getkey(), grid.shape))
+    u, v = 0.7, -1.3  # both upwind directions
+    velocity = jnp.stack([jnp.full(grid.shape, u), jnp.full(grid.shape, v)])
+    model = jm.Advection2D(grid, velocity, limiter=limiter)
+    got = model.vector_field(0.0, jnp.asarray(q)[None])[0]
+    ref = _numpy_muscl_tendency(q, u, v, grid.dx, grid.dy, limiter)
+    np.testing.assert_allclose(got, ref, atol=1e-12)
+
+
+def test_upwind_euler_step_is_the_textbook_scheme(getkey):
+    grid = Grid(5, 8, dx=0.25, boundary="closed")
+    q = np.asarray(jax.random.uniform(getkey(), grid.shape))
+    velocity = jnp.stack([jnp.full(grid.shape, 2.0), jnp.zeros(grid.shape)])
+    model = jm.Advection2D(grid, velocity, limiter="upwind")
+    dt = 0.05
+    got = jm.Euler(model, dt)(jnp.asarray(q)[None])[0]
+    nu = 2.0 * dt / grid.dx
+    ref = q.copy()
+    ref[:, 1:-1] -= nu * (q[:, 1:-1] - q[:, :-2])
+    ref[:, 0] -= nu * q[:, 0]  # inflow wall: nothing comes in
+    ref[:, -1] += nu * q[:, -2]  # outflow wall: nothing goes out
+    np.testing.assert_allclose(got, ref, atol=1e-14)
+
+
+# ------------------------------------------------------------------------------
+# Conservation, positivity, maximum principle
+# ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("boundary", ["periodic", "closed"])
+def test_mass_is_conserved_to_round_off(boundary, getkey):
+    grid = Grid(12, 16, dy=0.5, dx=0.4, boundary=boundary)
+    # a divergent velocity, carried in the state and advected by itself
+    model = jm.Advection2D(grid, velocity_dynamics="advected")
+    q = 1.0 + 0.5 * jnp.tanh(_smooth_random(getkey(), (), grid))
+    w = _smooth_random(getkey(), (2,), grid)
+    x0 = jnp.concatenate([q[None], w])
+    assert float(jnp.abs(divergence(w, grid, "centred")).max()) > 0.1
+    dt = 0.8 * float(model.max_stable_dt(x0))
+    xs = jm.rollout(jm.SSPRK3(model, dt), x0, 30)
+    mass = np.asarray(grid.integral(xs[:, 0]))
+    np.testing.assert_allclose(mass, mass[0], rtol=1e-13)
+    assert float(jnp.abs(xs[-1, 0] - q).max()) > 0.05  # it did move
+
+
+def _gyre(grid):
+    """A discretely divergence-free clockwise gyre on the closed grid (face values)."""
+    Y, X = grid.meshgrid()
+    (ly, lx) = grid.extent
+    yc, xc = (Y + grid.dy / 2) / ly, (X + grid.dx / 2) / lx
+    psi = lx / np.pi * jnp.sin(np.pi * xc) * jnp.sin(np.pi * yc)
+    return velocity_from_streamfunction(psi, grid)
+
+
+def test_limited_schemes_keep_the_maximum_principle():
+    grid = Grid.square(20, 1.0, boundary="closed")
+    w = _gyre(grid)
+    np.testing.assert_allclose(divergence(w, grid), 0.0, atol=1e-12)
+    Y, X = grid.meshgrid()
+    block = ((X > 0.2) & (X < 0.5) & (Y > 0.3) & (Y < 0.6)).astype(jnp.float64)
+    extremes = {}
+    for limiter in ("van_leer", "mc", "fromm"):
+        model = jm.Advection2D(grid, w, limiter=limiter, staggered=True)
+        dt = float(model.max_stable_dt())
+        xs = jm.rollout(jm.SSPRK3(model, dt), block[None], 40)
+        extremes[limiter] = float(xs.min()), float(xs.max())
+        np.testing.assert_allclose(grid.integral(xs[-1, 0]), grid.integral(block))
+    for limiter in ("van_leer", "mc"):
+        lo, hi = extremes[limiter]
+        assert lo >= -1e-14 and hi <= 1 + 1e-14, (limiter, lo, hi)
+    lo, hi = extremes["fromm"]  # the unlimited scheme over- and undershoots
+    assert lo < -1e-2 and hi > 1 + 1e-2
+
+
+def test_positivity_in_a_divergent_flow(getkey):
+    grid = Grid.square(16, 1.0)
+    w = _smooth_random(getkey(), (2,), grid)
+    q = jnp.where(_smooth_random(getkey(), (), grid) > 0, 1.0, 0.0)
+    model = jm.Advection2D(grid, w)
+    dt = float(model.max_stable_dt())
+    xs = jm.rollout(jm.SSPRK3(model, dt), q[None], 40)
+    assert float(xs.min()) >= -1e-14
+    # ... while the divergent flow does create new maxima (no maximum principle)
+    assert float(xs.max()) > 1.01
+
+
+# ------------------------------------------------------------------------------
+# Order of accuracy
+# ------------------------------------------------------------------------------
+
+
+def _translation_errors(n, u=1.0, v=0.5, T=0.5, limiters=("fromm", "van_leer")):
+    """Mean absolute error of SSPRK3 at the Courant limit after translating a smooth
+    periodic field by (u T, v T), for each limiter (one compiled program)."""
+    grid = Grid.square(n, 1.0)
+    Y, X = grid.meshgrid()
+
+    def exact(t):
+        return jnp.sin(2 * np.pi * (X - u * t)) * jnp.cos(2 * np.pi * (Y - v * t))
+
+    velocity = jnp.stack([jnp.full(grid.shape, u), jnp.full(grid.shape, v)])
+    models = [jm.Advection2D(grid, velocity, limiter=lim) for lim in limiters]
+    n_steps = int(np.ceil(T / float(models[0].max_stable_dt())))
+
+    @jax.jit
+    def run(q0):
+        flows = [jm.SSPRK3(m, T / n_steps) for m in models]
+        qs = [jax.lax.fori_loop(0, n_steps, lambda i, q: f(q), q0) for f in flows]
+        return jnp.stack([jnp.mean(jnp.abs(q[0] - exact(T))) for q in qs])
+
+    return np.asarray(run(exact(0.0)[None]))
+
+
+def test_order_of_accuracy_on_a_translated_field():
+    errors = np.stack([_translation_errors(n) for n in (16, 32, 64)])
+    rate = np.log2(errors[:-1] / errors[1:])
+    assert np.all(rate[:, 0] > 1.9), errors  # unlimited (Fromm): second order
+    assert np.all(rate[:, 1] > 1.6), errors  # van Leer: clipped at the extrema
+
+
+# ------------------------------------------------------------------------------
+# Tangent linear and adjoint
+# ------------------------------------------------------------------------------
+
+
+@jax.jit
+def _adjoint_and_fd_gaps(model, q, dt, dq, dw, y):
+    """For one SSPRK3 step w.r.t. the state and w.r.t. the velocity field: the
+    adjoint gaps |<J d, y> - <d, J^T y>| / (|J d| |y|) and the relative distance of
+    the tangent-linear J d to central differences."""
+
+    def step_state(x):
+        return jm.SSPRK3(model, dt)(x)
+
+    def step_velocity(velocity):
+        moved = eqx.tree_at(lambda m: m.velocity, model, velocity)
+        return jm.SSPRK3(moved, dt)(q)
+
+    out = []
+    for f, x, d in ((step_state, q, dq), (step_velocity, model.velocity, dw)):
+        jd = jax.jvp(f, (x,), (d,))[1]
+        (jty,) = jax.vjp(f, x)[1](y)
+        norm = jnp.linalg.norm(jd) * jnp.linalg.norm(y)
+        out.append(jnp.abs(jnp.vdot(jd, y) - jnp.vdot(d, jty)) / norm)
+        eps = 1e-6
+        fd = (f(x + eps * d) - f(x - eps * d)) / (2 * eps)
+        out.append(jnp.linalg.norm(fd - jd) / jnp.linalg.norm(jd))
+    return jnp.stack(out)
+
+
+@pytest.mark.parametrize("boundary", ["periodic", "closed"])
+def test_tangent_linear_step_adjoint_and_finite_differences(boundary, getkey):
+    grid = Grid(8, 10, dy=0.5, dx=0.4, boundary=boundary)
+    w = _smooth_random(getkey(), (2,), grid)
+    model = jm.Advection2D(grid, w)
+    q = 1.0 + _smooth_random(getkey(), (1,), grid)
+    dt = 0.5 * float(model.max_stable_dt())
+    keys = jax.random.split(getkey(), 3)
+    dq, dw, y = (jax.random.normal(k, s.shape) for k, s in zip(keys, (q, w, q)))
+    adj_q, fd_q, adj_w, fd_w = np.asarray(_adjoint_and_fd_gaps(model, q, dt, dq, dw, y))
+    assert adj_q < 1e-13 and adj_w < 1e-13, (adj_q, adj_w)
+    # the tangent-linear model is the derivative (central differences, float64)
+    assert fd_q < 1e-7 and fd_w < 1e-7, (fd_q, fd_w)
+
+
+# ------------------------------------------------------------------------------
+# Construction and bad input
+# ------------------------------------------------------------------------------
+
+
+def test_shapes_and_reference_states():
+    grid = Grid(6, 8, boundary="closed")
+    m1 = jm.Advection2D(grid, jnp.zeros((2, 6, 8)))
+    m3 = jm.Advection2D(grid)
+    assert m1.state_shape == (1, 6, 8) and m1.channel_names == ("q",)
+    assert m3.state_shape == (3, 6, 8) and m3.channel_names == ("q", "u", "v")
+    assert m1.reference_state.shape == (1, 6, 8)
+    for model in (m3, jm.Advection2D(grid, staggered=True)):
+        x = model.reference_state
+        assert x.shape == (3, 6, 8) and float(x[0].max()) <= 1.0
+        assert np.isfinite(float(model.max_stable_dt(x)))
+    xs = jm.Advection2D(grid, staggered=True).reference_state
+    np.testing.assert_allclose(divergence(xs[1:], grid), 0.0, atol=1e-12)
+    assert float(m1.max_stable_dt()) == np.inf  # no motion, no limit
+    assert jm.SSPRK3(m1, 0.1).order == 3
+
+
+def test_bad_input():
+    grid = Grid(6, 8)
+    with pytest.raises(TypeError, match="`grid` must be a jaxda.grid.Grid"):
+        jm.Advection2D((6, 8))
+    with pytest.raises(ValueError, match=r"`velocity` must have shape \(2, 6, 8\)"):
+        jm.Advection2D(grid, jnp.zeros((2, 8, 6)))
+    with pytest.raises(ValueError, match="`velocity` must be finite"):
+        jm.Advection2D(grid, jnp.full((2, 6, 8), jnp.nan))
+    with pytest.raises(ValueError, match="`limiter` must be one of 'van_leer'"):
+        jm.Advection2D(grid, limiter="superbee")
+    with pytest.raises(ValueError, match="`velocity_dynamics` applies to a velocity"):
+        jm.Advection2D(grid, jnp.zeros((2, 6, 8)), velocity_dynamics="advected")
+    with pytest.raises(ValueError, match="needs cell-centre velocities"):
+        jm.Advection2D(grid, staggered=True, velocity_dynamics="advected")
+    with pytest.raises(ValueError, match="`x` is needed"):
+        jm.Advection2D(grid).max_stable_dt()
+    with pytest.raises(ValueError, match=r"`x0` must have shape \(3, 6, 8\)"):
+        jm.rollout(jm.SSPRK3(jm.Advection2D(grid), 0.1), jnp.zeros((6, 8)), 2)
