@@ -77,6 +77,11 @@ over $d$.
 """
 
 from ._dense import map_dense as map_dense
+from ._grid_oi import (
+    IterativeGaussianMAP as IterativeGaussianMAP,
+    map_covariance_cg as map_covariance_cg,
+    map_kernel as map_kernel,
+)
 from ._solution import (
     GaussianMAP as GaussianMAP,
     PosteriorVariance as PosteriorVariance,
@@ -90,9 +95,12 @@ from ._structured import (
 
 __all__ = [
     "GaussianMAP",
+    "IterativeGaussianMAP",
     "PosteriorVariance",
     "map_covariance",
+    "map_covariance_cg",
     "map_dense",
+    "map_kernel",
     "map_precision",
     "posterior_variance",
 ]

@@ -4,8 +4,53 @@ Fields are arrays `(ny, nx)`; states with channels `(C, ny, nx)`; trajectories
 `(T, C, ny, nx)`. See `Grid` for the coordinate and boundary conventions.
 """
 
-from ._covariance import AbstractCovariance as AbstractCovariance
+from ._covariance import (
+    AbstractCovariance as AbstractCovariance,
+    DiffusionCovariance as DiffusionCovariance,
+    SpaceTimeCovariance as SpaceTimeCovariance,
+    SpaceTimeKernel as SpaceTimeKernel,
+    SpectralCovariance as SpectralCovariance,
+)
+from ._differences import (
+    centres_to_faces as centres_to_faces,
+    diff_backward as diff_backward,
+    diff_centred as diff_centred,
+    diff_forward as diff_forward,
+    divergence as divergence,
+    faces_to_centres as faces_to_centres,
+    gradient as gradient,
+    laplacian as laplacian,
+    weighted_laplacian as weighted_laplacian,
+)
 from ._grid import Grid as Grid
+from ._io import (
+    GriddedFields as GriddedFields,
+    from_dataset as from_dataset,
+    load_fields as load_fields,
+    save_fields as save_fields,
+    to_dataset as to_dataset,
+)
 
 
-__all__ = ["AbstractCovariance", "Grid"]
+__all__ = [
+    "AbstractCovariance",
+    "DiffusionCovariance",
+    "Grid",
+    "GriddedFields",
+    "SpaceTimeCovariance",
+    "SpaceTimeKernel",
+    "SpectralCovariance",
+    "centres_to_faces",
+    "diff_backward",
+    "diff_centred",
+    "diff_forward",
+    "divergence",
+    "faces_to_centres",
+    "from_dataset",
+    "gradient",
+    "laplacian",
+    "load_fields",
+    "save_fields",
+    "to_dataset",
+    "weighted_laplacian",
+]

@@ -1,23 +1,51 @@
 r"""Background-error covariances on grids, as operators (never dense matrices).
 
 A background covariance $B$ on fields of shape `field_shape` (`(ny, nx)`, or
-`(C, ny, nx)` for several channels) is given by a square root $U$ with
-$B = U U^\top$. Incremental 4DVar and the OI solvers use it through the
-control-variable transform [WC01]
+`(C, ny, nx)` for several channels, or `(T, ...)` in space and time) is given by a
+square root $U$ with $B = U U^\top$. Incremental 4DVar and the OI solvers use it
+through the control-variable transform [WC01]
 
 $$x = x_b + U w, \qquad J_b = \tfrac12 \|w\|^2 = \tfrac12 (x - x_b)^\top B^{-1}
 (x - x_b),$$
 
-so that $B^{-1}$ is never needed; OI needs only products $B v$.
+so that $B^{-1}$ is never needed; OI needs only products $B v$. Every covariance
+here is $B = \Sigma C \Sigma$ with $\Sigma = \mathrm{diag}(\sigma)$ the standard
+deviation field and $C$ a correlation ($\mathrm{diag}(C) = 1$):
+
+- `SpectralCovariance`: a stationary correlation on a periodic grid, diagonal in
+  Fourier space: $C^{1/2} = F^{-1} \mathrm{diag}(\sqrt{s}) F$ (real, symmetric);
+- `DiffusionCovariance`: $M$ explicit steps of a diffusion operator normalised to
+  unit variance [WC01], with a length-scale field, periodic or closed boundaries;
+- `SpaceTimeCovariance`: a spatial covariance times a Gaussian or exponential
+  correlation in time, $B = C_t \otimes B_s$, matrix-free;
+- `SpaceTimeKernel`: the same separable model as a covariance *function* of point
+  coordinates $(t, y, x)$, for observation-space OI at points off the grid.
+
+**Length scales.** The Gaussian correlation of length scale $\ell$ is
+$c(r) = \exp(-r^2 / (2\ell^2))$ ($\ell$ is the standard deviation of the kernel,
+not the e-folding distance $\sqrt2\,\ell$); anisotropic scales $(\ell_y, \ell_x)$
+replace $r^2/\ell^2$ by $\Delta y^2/\ell_y^2 + \Delta x^2/\ell_x^2$.
 """
 
 import abc
+import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from .._custom_types import Array, Float
+from .._custom_types import Array, ArrayLike, Float, Key
+from .._validation import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_key,
+    check_positive,
+    is_concrete,
+)
+from ._differences import centres_to_faces, weighted_laplacian
+from ._grid import Grid
 
 
 class AbstractCovariance(eqx.Module):
@@ -53,10 +81,7 @@ class AbstractCovariance(eqx.Module):
     @property
     def size(self) -> int:
         """$d$, the number of entries of a field."""
-        n = 1
-        for s in self.field_shape:
-            n *= s
-        return n
+        return math.prod(self.field_shape)
 
     @abc.abstractmethod
     def sqrt(self, w: Float[Array, " *control"]) -> Float[Array, " *field"]:
@@ -82,3 +107,511 @@ class AbstractCovariance(eqx.Module):
         eye = jnp.eye(self.size, dtype=dtype)
         cols = jax.vmap(lambda e: self.apply(e.reshape(self.field_shape)).ravel())(eye)
         return cols.T
+
+
+# ---------------------------------------------------------------- argument helpers
+
+
+def _float_array(name: str, value) -> Array:
+    try:
+        arr = None if isinstance(value, bool) else jnp.asarray(value)
+    except (TypeError, ValueError):
+        arr = None
+    real = arr is not None and arr.dtype != jnp.bool_
+    real = real and (
+        jnp.issubdtype(arr.dtype, jnp.floating)
+        or jnp.issubdtype(arr.dtype, jnp.integer)
+    )
+    if not real:
+        raise TypeError(
+            f"`{name}` must be a real number or an array of them; got "
+            f"{type(value).__name__} ({value!r})."
+        )
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    return arr
+
+
+def _scale_pair(name: str, value, grid_shape: tuple[int, int], *, field: bool):
+    """A length scale as `(2, ...)`: `(l_y, l_x)` constants, or fields when `field`."""
+    arr = _float_array(name, value)
+    ny, nx = grid_shape
+    if arr.shape == ():
+        arr = jnp.stack([arr, arr])
+    elif arr.shape == (2,):
+        pass
+    elif field and arr.shape == (ny, nx):
+        arr = jnp.stack([arr, arr])
+    elif field and arr.shape == (2, ny, nx):
+        pass
+    else:
+        want = "a scalar or a pair (l_y, l_x)"
+        if field:
+            want += f", a field ({ny}, {nx}) or a pair of fields (2, {ny}, {nx})"
+        raise ValueError(f"`{name}` must be {want}; got shape {arr.shape}.")
+    check_positive(name, arr)
+    return arr
+
+
+def _std(variance, field_shape: tuple[int, ...]) -> Array:
+    """$\\sigma = \\sqrt{\\text{variance}}$, broadcastable to `field_shape`."""
+    arr = _float_array("variance", variance)
+    try:
+        shape = jnp.broadcast_shapes(arr.shape, field_shape)
+    except ValueError:
+        shape = None
+    if shape != tuple(field_shape):
+        raise ValueError(
+            f"`variance` must be a scalar or a field broadcastable to {field_shape}; "
+            f"got shape {arr.shape}."
+        )
+    check_positive("variance", arr)
+    return jnp.sqrt(arr)
+
+
+def _field_shape(grid: Grid, n_channels) -> tuple[int, ...]:
+    if not isinstance(grid, Grid):
+        raise TypeError(f"`grid` must be a jaxda.grid.Grid; got {type(grid).__name__}.")
+    if n_channels is None:
+        return grid.shape
+    return (check_int("n_channels", n_channels, minimum=1), *grid.shape)
+
+
+def _check_field(name: str, field, shape: tuple[int, ...]) -> None:
+    if tuple(jnp.shape(field)) != tuple(shape):
+        raise ValueError(f"`{name}` must have shape {shape}; got {jnp.shape(field)}.")
+
+
+# ------------------------------------------------------------------- spectral
+
+
+KERNELS = ("gaussian", "matern")
+
+
+class SpectralCovariance(AbstractCovariance):
+    r"""A stationary covariance on a periodic grid, diagonal in Fourier space.
+
+    $B = \Sigma C \Sigma$ with $C = F^{-1} \mathrm{diag}(s) F$ ($F$ the 2-D DFT over
+    the last two axes), $s_k$ the spectral density of the correlation sampled at the
+    grid's wavenumbers $k = (k_y, k_x)$ and normalised to mean 1, so that
+    $\mathrm{diag}(C) = \mathrm{mean}(s) = 1$ exactly and $U = \Sigma C^{1/2}$,
+    $C^{1/2} = F^{-1}\mathrm{diag}(\sqrt{s})F$ (real and symmetric), $U^\top =
+    C^{1/2}\Sigma$. With $q = \ell_y^2 k_y^2 + \ell_x^2 k_x^2$:
+
+    - `kernel="gaussian"`: $s \propto e^{-q/2}$, the correlation
+      $c(r) = e^{-r^2/(2\ell^2)}$;
+    - `kernel="matern"`: $s \propto (1 + q/(2\nu))^{-(\nu + 1)}$, the Matérn
+      correlation $c(r) = \frac{2^{1-\nu}}{\Gamma(\nu)} (\sqrt{2\nu}\,r/\ell)^\nu
+      K_\nu(\sqrt{2\nu}\,r/\ell)$ (e.g. $\nu = 3/2$: $(1 + \sqrt3 r/\ell)
+      e^{-\sqrt3 r/\ell}$); $\nu + 1$ implicit diffusion steps [WC01].
+
+    $C$ is the periodic correlation whose spectrum is the continuous one sampled at
+    $2\pi n / L$: the continuous kernel summed over periodic images, up to the part
+    of the spectrum beyond the Nyquist wavenumber $\pi/\Delta$ (negligible for the
+    Gaussian once $\ell \gtrsim 2\Delta$). Two FFT pairs per `apply`,
+    $O(d \log d)$.
+
+    **Arguments:**
+
+    - `grid`: a periodic `Grid`.
+    - `length_scale`: $\ell > 0$, a scalar or a pair $(\ell_y, \ell_x)$ (grid units).
+    - `variance`: $\sigma^2 > 0$, a scalar or a field broadcastable to `field_shape`
+      (e.g. `(ny, nx)`): $B = \Sigma C \Sigma$.
+    - `kernel`: `"gaussian"` (default) or `"matern"`; `nu`: the Matérn smoothness
+      $\nu > 0$ (default 1.5, static).
+    - `n_channels`: `None` (fields `(ny, nx)`) or $C$ (fields `(C, ny, nx)`, the
+      channels independent with the same correlation).
+
+    Length scale and variance are array fields: derivatives flow through them.
+    """
+
+    grid: Grid
+    length_scale: Float[Array, "2"]
+    std: Float[Array, "..."]
+    kernel: str = eqx.field(static=True)
+    nu: float = eqx.field(static=True)
+    field_shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        grid: Grid,
+        length_scale: Float[ArrayLike, " ..."] | float,
+        variance: Float[ArrayLike, "..."] | float = 1.0,
+        *,
+        kernel: str = "gaussian",
+        nu: float = 1.5,
+        n_channels: int | None = None,
+    ):
+        self.field_shape = _field_shape(grid, n_channels)
+        if grid.boundary != "periodic":
+            raise ValueError(
+                "`grid` must be periodic for a SpectralCovariance (FFT); got "
+                f"boundary {grid.boundary!r}. Use DiffusionCovariance on closed grids."
+            )
+        check_choice("kernel", kernel, KERNELS)
+        if isinstance(nu, bool) or not isinstance(nu, int | float) or not nu > 0:
+            raise ValueError(f"`nu` must be a Python float > 0; got {nu!r}.")
+        self.grid = grid
+        self.length_scale = _scale_pair(
+            "length_scale", length_scale, grid.shape, field=False
+        )
+        self.std = _std(variance, self.field_shape)
+        self.kernel = kernel
+        self.nu = float(nu)
+
+    def _spectrum(self, dtype, *, half: bool) -> Float[Array, "ny kx"]:
+        g = self.grid
+        ky = 2 * jnp.pi * jnp.fft.fftfreq(g.ny, g.dy)
+        kx_full = 2 * jnp.pi * jnp.fft.fftfreq(g.nx, g.dx)
+        ly, lx = self.length_scale[0], self.length_scale[1]
+
+        def density(kx):
+            q = (ly * ky[:, None]) ** 2 + (lx * kx[None, :]) ** 2
+            if self.kernel == "gaussian":
+                return jnp.exp(-0.5 * q)
+            return (1.0 + q / (2.0 * self.nu)) ** (-(self.nu + 1.0))
+
+        mean = jnp.mean(density(kx_full))
+        kx = 2 * jnp.pi * jnp.fft.rfftfreq(g.nx, g.dx) if half else kx_full
+        return (density(kx) / mean).astype(dtype)
+
+    def _filter(self, v, power: float):
+        dtype = jnp.result_type(v.dtype, self.length_scale.dtype)
+        s = self._spectrum(dtype, half=True) ** power
+        ny, nx = self.grid.shape
+        return jnp.fft.irfft2(jnp.fft.rfft2(v.astype(dtype)) * s, s=(ny, nx))
+
+    def sqrt(self, w):
+        return self.std * self._filter(w, 0.5)
+
+    def sqrt_transpose(self, v):
+        return self._filter(self.std * v, 0.5)
+
+    @property
+    def variance(self):
+        return jnp.broadcast_to(self.std**2, self.field_shape)
+
+    def correlation(self) -> Float[Array, "ny nx"]:
+        r"""The correlation $c$ between cell `[0, 0]` and every cell (its first
+        column of $C$), shape `(ny, nx)`: $c = F^{-1} s$."""
+        s = self._spectrum(self.length_scale.dtype, half=True)
+        return jnp.fft.irfft2(s, s=self.grid.shape)
+
+
+# ------------------------------------------------------------------- diffusion
+
+
+NORMALISATIONS = ("exact", "randomised", "analytic")
+
+
+class DiffusionCovariance(AbstractCovariance):
+    r"""A correlation by $M$ explicit steps of a diffusion operator [WC01].
+
+    With $\kappa_a = \ell_a^2 / (2M)$ ($a = y, x$; $\ell$ possibly a field) and the
+    conservative 5-point operator $D f = \nabla\cdot(\kappa \nabla f)$
+    (`jaxda.grid.weighted_laplacian`; face values of $\kappa$ the mean of the two
+    cells; zero flux through the walls of a closed grid), one pseudo-time step is
+    $E = I + D$, a symmetric matrix. $M$ steps of unit length diffuse a point source
+    into a kernel of variance $2\kappa M = \ell^2$ per axis (exactly: each step adds
+    $2\kappa_a$ to the second moment), close to the Gaussian
+    $e^{-r^2/(2\ell^2)}$. Then
+
+    $$C = \Gamma E^M \Gamma, \quad U = \Sigma \Gamma E^{M/2}, \quad U^\top =
+    E^{M/2}\Gamma\Sigma, \quad \Gamma = \mathrm{diag}(E^M)^{-1/2},$$
+
+    ($M$ even). $E$ has eigenvalues in $[0, 1]$ when $M \ge 2 \max(\ell_y^2/\Delta y^2
+    + \ell_x^2/\Delta x^2)$ (Gershgorin), the default `n_steps`; fewer steps are
+    refused. Each product costs $M/2$ stencil applications, $O(M d)$.
+
+    `normalisation` says how $\mathrm{diag}(E^M)$ is obtained:
+
+    - `"exact"` (default): $\|E^{M/2} e_i\|^2$ for every unit vector, $d$
+      applications of $E^{M/2}$ in batches ($O(M d^2)$): small grids only; then
+      $\mathrm{diag}(C) = 1$ to rounding.
+    - `"randomised"`: $\mathrm{mean}_k (E^{M/2} z_k)^2$ over `n_samples` Gaussian
+      probes $z_k$ (`key` required): unbiased, with a relative error of about
+      $\sqrt{2/K}$ per cell.
+    - `"analytic"`: the continuous-limit factor $\Delta x \Delta y / (2\pi
+      \ell_y \ell_x)$ (the peak of a Gaussian kernel of unit mass on the grid), with
+      the local $\ell$: right in the interior when $\ell$ varies slowly and spans a
+      few cells; near a closed wall the true variance is up to 2x larger (4x in a
+      corner), the reflected kernel.
+
+    `variance` returns $\sigma^2$: $\mathrm{diag}(B)$ exactly with `"exact"`,
+    approximately otherwise.
+
+    **Arguments:**
+
+    - `grid`: a `Grid` (periodic or closed).
+    - `length_scale`: $\ell > 0$: a scalar, a pair $(\ell_y, \ell_x)$, a field
+      `(ny, nx)` or a pair of fields `(2, ny, nx)`.
+    - `variance`: $\sigma^2 > 0$, scalar or broadcastable to `field_shape`.
+    - `n_steps`: $M$ (even, static); default the smallest even $M$ meeting the bound
+      above (required when `length_scale` is traced).
+    - `normalisation`, `key`, `n_samples` (default 256), `batch_size` (unit vectors
+      per batch for `"exact"`, default 256).
+    - `n_channels`: as `SpectralCovariance`.
+    """
+
+    grid: Grid
+    kappa: Float[Array, "2 ny nx"]
+    gamma: Float[Array, "ny nx"]
+    std: Float[Array, "..."]
+    n_steps: int = eqx.field(static=True)
+    normalisation: str = eqx.field(static=True)
+    field_shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        grid: Grid,
+        length_scale: Float[ArrayLike, "..."] | float,
+        variance: Float[ArrayLike, "..."] | float = 1.0,
+        *,
+        n_steps: int | None = None,
+        normalisation: str = "exact",
+        key: Key | None = None,
+        n_samples: int = 256,
+        batch_size: int = 256,
+        n_channels: int | None = None,
+    ):
+        self.field_shape = _field_shape(grid, n_channels)
+        check_choice("normalisation", normalisation, NORMALISATIONS)
+        ell = _scale_pair("length_scale", length_scale, grid.shape, field=True)
+        if ell.ndim == 1:
+            ell = jnp.broadcast_to(ell[:, None, None], (2, *grid.shape))
+        if is_concrete(ell):
+            e = np.asarray(ell)
+            bound = 2.0 * float(np.max(e[0] ** 2 / grid.dy**2 + e[1] ** 2 / grid.dx**2))
+            need = 2 * math.ceil(bound / 2)
+            if n_steps is None:
+                n_steps = max(need, 2)
+            n_steps = check_int("n_steps", n_steps, minimum=2)
+            if n_steps < bound:
+                raise ValueError(
+                    f"`n_steps` = {n_steps} is too few for `length_scale` up to "
+                    f"{float(np.max(e)):.4g} on this grid: the explicit diffusion "
+                    f"needs n_steps >= {need} (2 max(l_y^2/dy^2 + l_x^2/dx^2))."
+                )
+        elif n_steps is None:
+            raise ValueError("`n_steps` is required when `length_scale` is traced.")
+        n_steps = check_int("n_steps", n_steps, minimum=2)
+        if n_steps % 2:
+            raise ValueError(f"`n_steps` must be even (U = E^(M/2)); got {n_steps}.")
+        self.grid = grid
+        self.n_steps = n_steps
+        self.normalisation = normalisation
+        kappa = ell**2 / (2.0 * n_steps)
+        self.kappa = jnp.stack(  # on the east (x) and north (y) faces
+            [
+                centres_to_faces(kappa[1], grid, "x"),
+                centres_to_faces(kappa[0], grid, "y"),
+            ]
+        )
+        self.std = _std(variance, self.field_shape)
+        self.gamma = jnp.ones(grid.shape, kappa.dtype)
+        if normalisation == "exact":
+            diag = self._exact_diagonal(kappa.dtype, batch_size)
+        elif normalisation == "randomised":
+            check_key("key", key)
+            n_samples = check_int("n_samples", n_samples, minimum=1)
+            z = jax.random.normal(key, (n_samples, *grid.shape), kappa.dtype)
+            diag = jnp.mean(jax.vmap(self._half_steps)(z) ** 2, axis=0)
+        else:
+            diag = grid.cell_area / (2.0 * jnp.pi * ell[0] * ell[1])
+        self.gamma = 1.0 / jnp.sqrt(diag)
+
+    def _step(self, f):
+        return f + weighted_laplacian(f, self.grid, self.kappa.astype(f.dtype))
+
+    def _half_steps(self, f):
+        r"""$E^{M/2} f$ on the trailing `(ny, nx)` axes."""
+        return jax.lax.fori_loop(0, self.n_steps // 2, lambda _, f: self._step(f), f)
+
+    def _exact_diagonal(self, dtype, batch_size):
+        ny, nx = self.grid.shape
+        d = ny * nx
+
+        def column_norm(i):
+            e = jnp.zeros(d, dtype).at[i].set(1.0).reshape(ny, nx)
+            return jnp.sum(self._half_steps(e) ** 2)
+
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        diag = jax.lax.map(column_norm, jnp.arange(d), batch_size=min(batch_size, d))
+        return diag.reshape(ny, nx)
+
+    def sqrt(self, w):
+        dtype = jnp.result_type(w.dtype, self.gamma.dtype)
+        return self.std * self.gamma * self._half_steps(w.astype(dtype))
+
+    def sqrt_transpose(self, v):
+        dtype = jnp.result_type(v.dtype, self.gamma.dtype)
+        return self._half_steps((self.gamma * self.std * v).astype(dtype))
+
+    @property
+    def variance(self):
+        return jnp.broadcast_to(self.std**2, self.field_shape)
+
+
+# ------------------------------------------------------------------ space-time
+
+
+TIME_KERNELS = ("gaussian", "exponential")
+
+
+def time_correlation(dt, time_scale, kind: str):
+    r"""$c_t(\Delta t)$: $e^{-\Delta t^2/(2\tau^2)}$ (`"gaussian"`) or
+    $e^{-|\Delta t|/\tau}$ (`"exponential"`)."""
+    if kind == "gaussian":
+        return jnp.exp(-0.5 * (dt / time_scale) ** 2)
+    return jnp.exp(-jnp.abs(dt) / time_scale)
+
+
+def _times(times) -> Array:
+    t = _float_array("times", times)
+    if t.ndim != 1 or t.shape[0] < 1:
+        raise ValueError(f"`times` must have shape (T,) with T >= 1; got {t.shape}.")
+    check_finite("times", t)
+    return t
+
+
+class SpaceTimeCovariance(AbstractCovariance):
+    r"""A separable space-time covariance $B = C_t \otimes B_s$ on `(T, *space)`.
+
+    $\mathrm{Cov}(x_a, x_b) = c_t(t_a - t_b)\, B_s$ with $c_t$ Gaussian
+    $e^{-\Delta t^2/(2\tau^2)}$ or exponential $e^{-|\Delta t|/\tau}$ at the times
+    `times`, $B_s$ any spatial `AbstractCovariance`. $U = S \otimes U_s$ with $S$
+    the symmetric square root of the $T \times T$ matrix $C_t$ (eigenvalues below
+    zero, rounding, set to zero), applied matrix-free: $U w$ = $U_s$ on every time,
+    then $S$ across times. `variance` is $B_s$'s at every time.
+
+    **Arguments:**
+
+    - `space`: the spatial covariance (fields `space.field_shape`).
+    - `times`: the $T$ times, shape `(T,)` (finite).
+    - `time_scale`: $\tau > 0$.
+    - `time_kernel`: `"gaussian"` (default) or `"exponential"`.
+    """
+
+    space: AbstractCovariance
+    times: Float[Array, " T"]
+    time_scale: Float[Array, ""]
+    time_sqrt: Float[Array, "T T"]
+    time_kernel: str = eqx.field(static=True)
+    field_shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        space: AbstractCovariance,
+        times: Float[ArrayLike, " T"],
+        time_scale: float | Float[ArrayLike, ""],
+        *,
+        time_kernel: str = "gaussian",
+    ):
+        if not isinstance(space, AbstractCovariance):
+            raise TypeError(
+                f"`space` must be an AbstractCovariance; got {type(space).__name__}."
+            )
+        check_choice("time_kernel", time_kernel, TIME_KERNELS)
+        self.space = space
+        self.times = _times(times)
+        tau = _float_array("time_scale", time_scale)
+        if tau.shape != ():
+            raise ValueError(f"`time_scale` must be a scalar; got shape {tau.shape}.")
+        check_positive("time_scale", tau)
+        self.time_scale = tau
+        self.time_kernel = time_kernel
+        self.field_shape = (self.times.shape[0], *space.field_shape)
+        dt = self.times[:, None] - self.times[None, :]
+        ct = time_correlation(dt, tau, time_kernel)
+        lam, vec = jnp.linalg.eigh(ct)
+        self.time_sqrt = (vec * jnp.sqrt(jnp.clip(lam, 0.0))) @ vec.T
+
+    def sqrt(self, w):
+        u = jax.vmap(self.space.sqrt)(w)
+        return jnp.tensordot(self.time_sqrt.astype(u.dtype), u, axes=1)
+
+    def sqrt_transpose(self, v):
+        u = jax.vmap(self.space.sqrt_transpose)(v)
+        return jnp.tensordot(self.time_sqrt.T.astype(u.dtype), u, axes=1)
+
+    @property
+    def variance(self):
+        return jnp.broadcast_to(self.space.variance, self.field_shape)
+
+
+class SpaceTimeKernel(eqx.Module):
+    r"""A separable space-time covariance *function* of points $p = (t, y, x)$:
+
+    $$k(p, p') = \sigma^2 \exp\!\Big(-\frac{(y - y')^2}{2\ell_y^2}
+    - \frac{(x - x')^2}{2\ell_x^2}\Big)\, c_t(t - t'),$$
+
+    $c_t$ Gaussian or exponential in time (as `SpaceTimeCovariance`), distances
+    Euclidean (no periodic wrap). The product of three one-dimensional factors, which
+    is what lets observation-space OI evaluate the analysis at $d$ grid points as
+    matrix products without a $d \times m$ matrix
+    (`jaxda.gaussian.map_kernel`).
+
+    **Arguments:** `variance` ($\sigma^2 > 0$, scalar), `length_scale` ($\ell > 0$,
+    a scalar or $(\ell_y, \ell_x)$), `time_scale` ($\tau > 0$), `time_kernel`
+    (`"gaussian"` default, or `"exponential"`).
+    """
+
+    variance: Float[Array, ""]
+    length_scale: Float[Array, "2"]
+    time_scale: Float[Array, ""]
+    time_kernel: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        variance: float | Float[ArrayLike, ""],
+        length_scale: float | Float[ArrayLike, " ..."],
+        time_scale: float | Float[ArrayLike, ""],
+        *,
+        time_kernel: str = "gaussian",
+    ):
+        check_choice("time_kernel", time_kernel, TIME_KERNELS)
+        for name, value in (("variance", variance), ("time_scale", time_scale)):
+            arr = _float_array(name, value)
+            if arr.shape != ():
+                raise ValueError(f"`{name}` must be a scalar; got shape {arr.shape}.")
+            check_positive(name, arr)
+        self.variance = _float_array("variance", variance)
+        self.time_scale = _float_array("time_scale", time_scale)
+        self.length_scale = _scale_pair(
+            "length_scale", length_scale, (1, 1), field=False
+        )
+        self.time_kernel = time_kernel
+
+    def axis_factors(
+        self,
+        t: Float[Array, " T"],
+        y: Float[Array, " ny"],
+        x: Float[Array, " nx"],
+        points: Float[Array, "m 3"],
+    ) -> tuple[Float[Array, "T m"], Float[Array, "ny m"], Float[Array, "nx m"]]:
+        r"""The one-dimensional factors between the coordinates of a grid (times `t`,
+        rows `y`, columns `x`) and the points $(t_o, y_o, x_o)$: $c_t(t_a - t_o)$,
+        $e^{-(y_j - y_o)^2/(2\ell_y^2)}$, $e^{-(x_i - x_o)^2/(2\ell_x^2)}$, so that
+        $k((t_a, y_j, x_i), p_o) = \sigma^2 c_t[a, o]\, c_y[j, o]\, c_x[i, o]$."""
+        ct = time_correlation(
+            t[:, None] - points[None, :, 0], self.time_scale, self.time_kernel
+        )
+        cy = jnp.exp(
+            -0.5 * ((y[:, None] - points[None, :, 1]) / self.length_scale[0]) ** 2
+        )
+        cx = jnp.exp(
+            -0.5 * ((x[:, None] - points[None, :, 2]) / self.length_scale[1]) ** 2
+        )
+        return ct, cy, cx
+
+    def __call__(
+        self, a: Float[Array, "na 3"], b: Float[Array, "nb 3"]
+    ) -> Float[Array, "na nb"]:
+        r"""The cross-covariance matrix $k(a_i, b_j)$, `(na, nb)`."""
+        a, b = jnp.asarray(a), jnp.asarray(b)
+        d = a[:, None, :] - b[None, :, :]
+        q = (d[..., 1] / self.length_scale[0]) ** 2 + (
+            d[..., 2] / self.length_scale[1]
+        ) ** 2
+        ct = time_correlation(d[..., 0], self.time_scale, self.time_kernel)
+        return self.variance * jnp.exp(-0.5 * q) * ct
