@@ -35,7 +35,7 @@ import numpy as np
 from .._custom_types import Array, ArrayLike, Float, Key
 from .._validation import check_int, check_positive
 from ..grid._grid import Grid
-from ..models import AbstractDynamics, flow_map
+from ..models import AbstractDynamics, AbstractFlowMap, flow_map
 from ..obs import (
     AbstractGridPattern,
     AbstractPointPattern,
@@ -118,14 +118,20 @@ def _initial_states(key, initial_state, n_windows, state_shape, dtype):
 
 
 @eqx.filter_jit
-def _simulate_windows(step, x0, n_times, burn_in_steps):
+def _simulate_windows(step, x0, n_times, burn_in_steps, dt):
+    # A flow map gets the time of each step (t = 0 after the burn-in), a plain
+    # callable the state alone.
+    timed = isinstance(step, AbstractFlowMap)
+
     def run(x):
-        def body(x, _):
-            x = step(x)
+        def body(x, t):
+            x = step(x, t) if timed else step(x)
             return x, x
 
-        x, _ = jax.lax.scan(body, x, None, length=burn_in_steps)
-        _, xs = jax.lax.scan(body, x, None, length=n_times - 1)
+        dtype = x.dtype
+        t_burn = dt * jnp.arange(-burn_in_steps, 0, dtype=dtype)
+        x, _ = jax.lax.scan(body, x, t_burn)
+        _, xs = jax.lax.scan(body, x, dt * jnp.arange(n_times - 1, dtype=dtype))
         return jnp.concatenate([x[None], xs], 0)
 
     return jax.vmap(run)(x0)
@@ -250,7 +256,7 @@ def make_osse(
 
     k_x0, k_obs = jax.random.split(key)
     x0 = _initial_states(k_x0, initial_state, n_windows, state_shape, dtype)
-    truth = _simulate_windows(step, x0, n_times, burn_in_steps).astype(dtype)
+    truth = _simulate_windows(step, x0, n_times, burn_in_steps, float(dt)).astype(dtype)
     finite = np.asarray(jnp.all(jnp.isfinite(truth), axis=tuple(range(1, truth.ndim))))
     if not finite.all():
         bad = np.flatnonzero(~finite)
