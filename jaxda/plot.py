@@ -1,4 +1,5 @@
-"""Figures of reconstructions and solver pathways (needs matplotlib: the `plot` extra).
+"""Figures of reconstructions, solver pathways, gridded maps and PSD scores (needs
+matplotlib: the `plot` extra).
 
 The functions build a `matplotlib.figure.Figure` with the object-oriented API (no
 `pyplot`, no global backend change) and return it; `save_figure` writes it atomically.
@@ -144,4 +145,181 @@ def energy_pathways(
     return fig
 
 
-__all__ = ["energy_pathways", "save_figure", "trajectories"]
+def _field_2d(name: str, value, shape) -> np.ndarray:
+    arr = np.asarray(value, dtype=float)
+    if arr.shape != tuple(shape):
+        raise ValueError(
+            f"`{name}` must be one field of shape {tuple(shape)} (the grid's (ny, nx));"
+            f" got {arr.shape}."
+        )
+    return arr
+
+
+def plot_maps(
+    truth,
+    obs,
+    reconstruction,
+    grid,
+    *,
+    titles: Sequence[str] | None = None,
+    cmap: str = "viridis",
+    error_cmap: str = "RdBu_r",
+    label: str | None = None,
+    panel_size: float = 3.2,
+):
+    r"""Maps of one field: truth, observations, reconstruction(s) and their errors.
+
+    Panels from left to right: the truth, the observations (unobserved cells blank:
+    NaN), then for each reconstruction the reconstruction and its error
+    $\hat x - x$. The truth, the observations and the reconstructions share one colour
+    scale (the truth's range); the errors share a symmetric one ($\pm$ the largest
+    absolute error).
+
+    **Arguments:**
+
+    - `truth`: one field `(ny, nx)` (pick a time and a channel first).
+    - `obs`: the observations of that field: a `jaxda.obs.Observations` of shape
+      `(ny, nx)`, an array with NaN where unobserved, or `None` (no panel).
+    - `reconstruction`: a field `(ny, nx)`, or a mapping from names (e.g. `"OI"`,
+      `"4DVar"`) to fields.
+    - `grid`: the `jaxda.grid.Grid` (axis extents and units).
+    - `titles`: panel titles in order (default "truth", "observations", the names,
+      "error (name)"); `cmap`, `error_cmap`: colour maps; `label`: colour-bar label;
+      `panel_size`: inches per panel.
+
+    **Returns:** a `matplotlib.figure.Figure`.
+    """
+    from .grid import Grid
+
+    if not isinstance(grid, Grid):
+        raise TypeError(f"`grid` must be a jaxda.grid.Grid; got {type(grid).__name__}.")
+    truth = _field_2d("truth", truth, grid.shape)
+    if isinstance(obs, Observations):
+        obs = np.where(np.asarray(obs.mask), np.asarray(obs.values, float), np.nan)
+    if obs is not None:
+        obs = _field_2d("obs", obs, grid.shape)
+    if not isinstance(reconstruction, Mapping):
+        reconstruction = {"reconstruction": reconstruction}
+    recs = {
+        n: _field_2d(f"reconstruction[{n!r}]", r, grid.shape)
+        for n, r in reconstruction.items()
+    }
+    panels = [("truth", truth, "field")]
+    if obs is not None:
+        panels.append(("observations", obs, "field"))
+    for name, rec in recs.items():
+        panels.append((name, rec, "field"))
+        panels.append((f"error ({name})", rec - truth, "error"))
+    if titles is not None:
+        titles = list(titles)
+        if len(titles) != len(panels):
+            raise ValueError(
+                f"`titles` must give {len(panels)} titles (one per panel); got "
+                f"{len(titles)}."
+            )
+        panels = [(t, f, k) for t, (_, f, k) in zip(titles, panels)]
+    vmin, vmax = float(np.nanmin(truth)), float(np.nanmax(truth))
+    errors = [f for _, f, k in panels if k == "error"]
+    emax = max([float(np.nanmax(np.abs(e))) for e in errors] + [1e-300])
+    (ly, lx), (y0, x0) = grid.extent, (grid.y0 - grid.dy / 2, grid.x0 - grid.dx / 2)
+    extent = (x0, x0 + lx, y0, y0 + ly)
+    fig = _figure(figsize=(panel_size * len(panels), panel_size * 1.05))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, sharey=True))
+    import matplotlib
+
+    images = {}
+    for ax, (title, field, kind) in zip(axes, panels):
+        cm = matplotlib.colormaps[cmap if kind == "field" else error_cmap]
+        cm = cm.with_extremes(bad="0.85")
+        lo, hi = (vmin, vmax) if kind == "field" else (-emax, emax)
+        images[kind] = ax.imshow(
+            np.ma.masked_invalid(field), origin="lower", extent=extent, cmap=cm,
+            vmin=lo, vmax=hi, interpolation="nearest",
+        )  # fmt: skip
+        ax.set_title(title)
+        ax.set_xlabel(f"x ({grid.units})")
+    axes[0].set_ylabel(f"y ({grid.units})")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    field_axes = [ax for ax, p in zip(axes, panels) if p[2] == "field"]
+    error_axes = [ax for ax, p in zip(axes, panels) if p[2] == "error"]
+    for kind, group in (("field", field_axes), ("error", error_axes)):
+        if group:
+            bar = fig.colorbar(
+                images[kind], ax=list(group), orientation="horizontal", fraction=0.05,
+                pad=0.18, aspect=30,
+            )  # fmt: skip
+            bar.set_label(label if kind == "field" and label else kind)
+    return fig
+
+
+def plot_psd_score(
+    scores: Mapping[str, object],
+    *,
+    level: float = 0.5,
+    units: str = "",
+    show_spectra: bool = True,
+    title: str | None = None,
+):
+    r"""PSD-score curves $1 - \mathrm{PSD}_e / \mathrm{PSD}_x$ against wavelength, with
+    the effective resolution of each reconstruction.
+
+    **Arguments:**
+
+    - `scores`: a mapping from names to `jaxda.metrics.SpectralScore`s (from
+      `psd_score` or `psd_score_time`).
+    - `level`: the level line drawn (default 0.5); `units`: the wavelength unit for
+      the axis label (e.g. `"km"`, `"days"`).
+    - `show_spectra`: add a panel with the truth's and the errors' spectra (log-log).
+    - `title`: an optional figure title.
+
+    **Returns:** a `matplotlib.figure.Figure`; each curve's label carries its resolved
+    wavelength.
+    """
+    if not isinstance(scores, Mapping) or not scores:
+        raise ValueError("`scores` must be a non-empty mapping name -> SpectralScore.")
+    n = 2 if show_spectra else 1
+    fig = _figure(figsize=(5.5 * n, 4))
+    axes = np.atleast_1d(fig.subplots(1, n))
+    unit = f" ({units})" if units else ""
+    truth_drawn = False
+    for name, s in scores.items():
+        k = np.asarray(s.wavenumber, float)
+        lam = float(np.asarray(s.resolved_wavelength))
+        (line,) = axes[0].plot(
+            1 / k, np.asarray(s.score), marker=".", label=f"{name}: {lam:.3g}{unit}"
+        )
+        if np.isfinite(lam):
+            axes[0].axvline(lam, color=line.get_color(), ls=":", lw=1)
+        if show_spectra:
+            if not truth_drawn:
+                axes[1].plot(1 / k, np.asarray(s.psd_truth), "k", lw=2, label="truth")
+                truth_drawn = True
+            axes[1].plot(1 / k, np.asarray(s.psd_error), color=line.get_color(),
+                         label=f"error ({name})")  # fmt: skip
+    axes[0].axhline(level, color="0.4", lw=1)
+    axes[0].set_xscale("log")
+    axes[0].set_ylim(min(0.0, axes[0].get_ylim()[0]), 1.05)
+    axes[0].set_xlabel(f"wavelength{unit}")
+    axes[0].set_ylabel("PSD score")
+    axes[0].legend(fontsize=8)
+    if show_spectra:
+        axes[1].set_xscale("log")
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel(f"wavelength{unit}")
+        axes[1].set_ylabel("PSD")
+        axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.invert_xaxis()  # large scales on the left
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = [
+    "energy_pathways",
+    "plot_maps",
+    "plot_psd_score",
+    "save_figure",
+    "trajectories",
+]

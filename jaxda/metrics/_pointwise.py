@@ -19,9 +19,9 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from ._custom_types import Array, ArrayLike, Bool, Float
-from ._validation import check_same_shape
-from .obs import Observations
+from .._custom_types import Array, ArrayLike, Bool, Float
+from .._validation import check_same_shape
+from ..obs import Observations
 
 
 def _prep(estimate, truth, mask, transform):
