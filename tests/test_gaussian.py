@@ -119,13 +119,14 @@ def numpy_map_cov(mu, p, y, mask, r):
     return mu + p @ h.T @ np.linalg.solve(s, y[mask] - mu[mask])
 
 
-@settings(max_examples=10, deadline=None)
-@given(
+_COVARIANCE_PRECISION_DENSE_AGREE_CASES = dict(
     d=st.sampled_from([1, 4, 15]),
     b=st.sampled_from([0, 2]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_covariance_precision_dense_agree(d, b, seed):
+
+
+def _covariance_precision_dense_agree(d, b, seed):
     rng = np.random.default_rng(seed)
     mat, dense = random_band(rng, d, b)
     mu, y = rng.normal(size=d), rng.normal(size=d)
@@ -161,6 +162,19 @@ def test_covariance_precision_dense_agree(d, b, seed):
         expected_q,
         atol=1e-8,
     )
+
+
+@settings(max_examples=5, deadline=None)
+@given(**_COVARIANCE_PRECISION_DENSE_AGREE_CASES)
+def test_covariance_precision_dense_agree(d, b, seed):
+    _covariance_precision_dense_agree(d, b, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None)
+@given(**_COVARIANCE_PRECISION_DENSE_AGREE_CASES)
+def test_covariance_precision_dense_agree_many_cases(d, b, seed):
+    _covariance_precision_dense_agree(d, b, seed)
 
 
 def test_no_and_full_observations():

@@ -40,13 +40,14 @@ def in_band(dense, b):
     return np.where(np.abs(idx[:, None] - idx[None, :]) <= b, dense, 0.0)
 
 
-@settings(max_examples=12, deadline=None)
-@given(
+_AGAINST_DENSE_CASES = dict(
     d=st.sampled_from([1, 2, 5, 13, 24]),
     b=st.sampled_from([0, 1, 3, 5]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_against_dense(d, b, seed):
+
+
+def _against_dense(d, b, seed):
     rng = np.random.default_rng(seed)
     band, dense = random_spd_band(rng, d, b)
     A = SymmetricBandMatrix(band)
@@ -83,6 +84,19 @@ def test_against_dense(d, b, seed):
     z_key = jax.random.key(seed % 1000)
     x = A.sample_cov(z_key, (3,))
     assert x.shape == (3, d)
+
+
+@settings(max_examples=6, deadline=None)
+@given(**_AGAINST_DENSE_CASES)
+def test_against_dense(d, b, seed):
+    _against_dense(d, b, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None)
+@given(**_AGAINST_DENSE_CASES)
+def test_against_dense_many_cases(d, b, seed):
+    _against_dense(d, b, seed)
 
 
 def test_samples_covariance():

@@ -33,13 +33,14 @@ def random_spd_blocktri(rng, t, n):
     return diag, low, dense
 
 
-@settings(max_examples=8, deadline=None)
-@given(
+_AGAINST_DENSE_CASES = dict(
     t=st.sampled_from([1, 2, 5, 8]),
     n=st.sampled_from([1, 2, 4]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_against_dense(t, n, seed):
+
+
+def _against_dense(t, n, seed):
     rng = np.random.default_rng(seed)
     diag, low, dense = random_spd_blocktri(rng, t, n)
     A = BlockTridiagonal(diag, low)
@@ -81,6 +82,19 @@ def test_against_dense(t, n, seed):
         ldense.reshape(t * n, t * n), np.linalg.cholesky(dense), atol=1e-10
     )
     np.testing.assert_allclose(A.to_band().to_dense(), dense, atol=1e-12)
+
+
+@settings(max_examples=4, deadline=None)
+@given(**_AGAINST_DENSE_CASES)
+def test_against_dense(t, n, seed):
+    _against_dense(t, n, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None)
+@given(**_AGAINST_DENSE_CASES)
+def test_against_dense_many_cases(t, n, seed):
+    _against_dense(t, n, seed)
 
 
 def test_samples_covariance():
@@ -204,7 +218,9 @@ def test_validation_errors():
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("t,n", [(1, 2), (2, 1), (5, 2), (13, 3)])
+@pytest.mark.parametrize(
+    "t,n", [(1, 2), (2, 1), pytest.param(5, 2, marks=pytest.mark.slow), (13, 3)]
+)
 def test_parallel_equals_sequential(t, n):
     rng = np.random.default_rng(t)
     diag, low, dense = random_spd_blocktri(rng, t, n)
