@@ -288,8 +288,8 @@ def test_cloud_pattern(getkey):
     # Frozen clouds drifting one cell per step in x: the mask rolls exactly.
     np.testing.assert_array_equal(mask[2], np.roll(mask[0], 2, axis=1))
     # Changing clouds (AR(1) in time) on a closed grid: unit marginal variance,
-    # correlation exp(-1/tau) at one step and exp(-dx^2 / 2 l^2) at one cell (the
-    # over 8 seeds the standard deviations were 0.016, 0.004, 0.003: the tolerances
+    # correlation exp(-1/tau) at one step and exp(-dx^2 / 2 l^2) at one cell (their
+    # standard deviations over 8 seeds were 0.016, 0.004, 0.003: the tolerances
     # are over 3 of them).
     pat2 = CloudPattern(
         Grid(64, 64, boundary="closed"), 0.5, 1.5, correlation_steps=3.0
