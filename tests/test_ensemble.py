@@ -17,6 +17,7 @@ import scipy.linalg
 from helpers import LinearDynamics
 
 from jaxda import RESULTS, ensemble as ens
+from jaxda.grid import Grid
 from jaxda.models import flow_map
 from jaxda.obs import MatrixOperator, Observations
 
@@ -333,21 +334,30 @@ def test_gaspari_cohn_taper():
     assert abs(rho[5]) < 1e-12  # and at 2c
     assert 5 / 24 < rho[1] < 1
     # A correlation function on the line: the taper matrix is positive semi-definite.
-    line = ens.Grid((30,), spacing=0.7, periodic=False)
+    line = ens.LocalisationGrid((30,), spacing=0.7, periodic=False)
     eig = np.linalg.eigvalsh(np.asarray(ens.gaspari_cohn_matrix(line, 2.0)))
     assert eig.min() > -1e-12
-    ring = ens.Grid(10)
+    ring = ens.LocalisationGrid(10)
     dist = ring.distances(ring.coordinates(), ring.coordinates())
     assert float(dist[0, 9]) == 1.0 and float(dist[0, 5]) == 5.0  # periodic
-    grid2 = ens.Grid((4, 5), spacing=(1.0, 2.0))
+    grid2 = ens.LocalisationGrid((4, 5), spacing=(1.0, 2.0))
     xy = grid2.coordinates()
     assert float(grid2.distances(xy[:1], xy[4:5])[0, 0]) == 2.0  # (0,0)-(0,4) wraps
+    # a 2-D jaxda.grid.Grid: the same geometry, distances in its units
+    field_grid = Grid(4, 5, dy=1.0, dx=2.0)
+    assert ens.LocalisationGrid.from_grid(field_grid) == grid2
+    taper = ens.LETKF(3.0, grid=field_grid).taper((4, 5))
+    np.testing.assert_array_equal(taper, ens.LETKF(3.0, grid=grid2).taper((4, 5)))
+    closed = ens.LocalisationGrid.from_grid(Grid(4, 5, boundary="closed"))
+    assert not closed.periodic and closed.spacings == (1.0, 1.0)
+    with pytest.raises(TypeError, match="LocalisationGrid, a jaxda.grid.Grid"):
+        ens.LETKF(3.0, grid=(4, 5))
 
 
 def test_localised_covariance_is_the_schur_product():
     rng = np.random.default_rng(8)
     e = rng.standard_normal((6, 10))
-    taper = ens.gaspari_cohn_matrix(ens.Grid(10), 2.0)
+    taper = ens.gaspari_cohn_matrix(ens.LocalisationGrid(10), 2.0)
     out = ens.localised_covariance(jnp.asarray(e), taper)
     np.testing.assert_allclose(
         out, np.asarray(taper) * np.cov(e, rowvar=False), atol=1e-13
@@ -485,7 +495,9 @@ def test_bad_input_names_the_argument():
     with pytest.raises(TypeError, match="`method` must be"):
         ens.assimilate("etkf", flow, obs, e0, **kw)
     with pytest.raises(ValueError, match="`grid` must have the state shape"):
-        ens.assimilate(ens.LETKF(2.0, grid=ens.Grid(5)), flow, obs, e0, **kw)
+        ens.assimilate(
+            ens.LETKF(2.0, grid=ens.LocalisationGrid(5)), flow, obs, e0, **kw
+        )
     with pytest.raises(ValueError, match="LETKF localises observations"):
         ens.assimilate(
             ens.LETKF(2.0), flow, obs, e0, operator=MatrixOperator(jnp.eye(3)), **kw

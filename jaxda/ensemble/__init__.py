@@ -30,7 +30,7 @@ from ._ienks import (
     ienks_cycle as ienks_cycle,
 )
 from ._localisation import (
-    Grid as Grid,
+    LocalisationGrid as LocalisationGrid,
     gaspari_cohn as gaspari_cohn,
     gaspari_cohn_matrix as gaspari_cohn_matrix,
     localised_covariance as localised_covariance,

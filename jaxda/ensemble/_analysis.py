@@ -32,8 +32,9 @@ import numpy as np
 
 from .._custom_types import Array, Float, Key
 from .._validation import is_concrete
+from ..grid import Grid
 from ._ensemble import Transform
-from ._localisation import Grid, check_radius, gaspari_cohn
+from ._localisation import LocalisationGrid, check_radius, gaspari_cohn
 
 
 def _check_inflation(value) -> None:
@@ -288,27 +289,33 @@ class LETKF(AbstractEnsembleAnalysis):
     **Arguments:**
     - `radius`: the Gaspari-Cohn half width $c > 0$ in grid units (the taper vanishes
       beyond $2c$; DAPPER's `loc_rad` $\ell$ is $c / 1.82$); `inf`: no localisation.
-    - `grid`: a `jaxda.ensemble.Grid`; default (`None`): the periodic grid of the
-      state shape (the Lorenz-96 ring).
+    - `grid`: a `jaxda.ensemble.LocalisationGrid`, or a 2-D `jaxda.grid.Grid` for a
+      state of shape `(ny, nx)` (distances in its units); default (`None`): the
+      periodic grid of the state shape in index units (the Lorenz-96 ring).
     - `inflation` $\lambda \ge 1$ (default 1); `rotate` (default False).
     """
 
     radius: Float[Array, ""] = eqx.field(converter=_as_array)
-    grid: Grid | None = None
+    grid: LocalisationGrid | None = None
     inflation: Float[Array, ""] = eqx.field(default=1.0, converter=_as_array)
     rotate: bool = eqx.field(default=False, static=True)
 
+    def __post_init__(self):
+        if isinstance(self.grid, Grid):
+            self.grid = LocalisationGrid.from_grid(self.grid)
+
     def __check_init__(self):
         check_radius("radius", self.radius)
-        if self.grid is not None and not isinstance(self.grid, Grid):
+        if self.grid is not None and not isinstance(self.grid, LocalisationGrid):
             raise TypeError(
-                f"`grid` must be a jaxda.ensemble.Grid or None; got {type(self.grid)}."
+                "`grid` must be a jaxda.ensemble.LocalisationGrid, a jaxda.grid.Grid "
+                f"or None; got {type(self.grid).__name__}."
             )
 
     def taper(self, state_shape) -> Float[Array, "n n"]:
         """$\\rho(d(j, k)/c)$ between the state entries $j$ and the observations $k$
         (located at the state's grid points)."""
-        grid = Grid(state_shape) if self.grid is None else self.grid
+        grid = LocalisationGrid(state_shape) if self.grid is None else self.grid
         if tuple(grid.shape) != tuple(state_shape):
             raise ValueError(
                 f"`grid` must have the state shape {tuple(state_shape)}; got "

@@ -17,7 +17,7 @@ taper matrix with a covariance $P$ is again a covariance [GC99]. DAPPER's `loc_r
 $\ell$ corresponds to $c \approx 1.82\,\ell$ (its taper equals $e^{-1/2}$ at
 $d = \ell$).
 
-`Grid` gives the coordinates of the state entries (any number of axes, each
+`LocalisationGrid` gives the coordinates of the state entries (any number of axes, each
 periodic or not), so the same code localises on the Lorenz-96 ring and on 2-D fields.
 """
 
@@ -30,6 +30,7 @@ import numpy as np
 
 from .._custom_types import Array, Float
 from .._validation import is_concrete
+from ..grid import Grid
 
 
 def _shape(shape) -> tuple[int, ...]:
@@ -44,7 +45,7 @@ def _spacing(spacing) -> float | tuple[float, ...]:
     return float(spacing)
 
 
-class Grid(eqx.Module):
+class LocalisationGrid(eqx.Module):
     """A regular grid of the state entries, with (optionally periodic) distances.
 
     The state entries, in flattened C order, sit at the integer multi-indices of
@@ -78,6 +79,16 @@ class Grid(eqx.Module):
                 f"{self.shape}; "
                 f"got {self.spacing}."
             )
+
+    @classmethod
+    def from_grid(cls, grid) -> "LocalisationGrid":
+        """The cell centres of a 2-D `jaxda.grid.Grid` (shape `(ny, nx)`, spacing
+        `(dy, dx)`, periodic when its boundary is)."""
+        if not isinstance(grid, Grid):
+            raise TypeError(
+                f"`grid` must be a jaxda.grid.Grid; got {type(grid).__name__}."
+            )
+        return cls(grid.shape, (grid.dy, grid.dx), grid.periodic)
 
     @property
     def spacings(self) -> tuple[float, ...]:
@@ -156,18 +167,20 @@ def _gaspari_cohn(distance, radius):
     return jnp.where(r <= 1, inner, jnp.where(r <= 2, jnp.maximum(outer, 0.0), 0.0))
 
 
-def gaspari_cohn_matrix(grid: Grid, radius: float) -> Float[Array, "n n"]:
+def gaspari_cohn_matrix(grid: LocalisationGrid, radius: float) -> Float[Array, "n n"]:
     r"""The taper matrix $\rho_{ij} = \rho(d(i, j) / c)$ between the grid points.
 
-    **Arguments:** `grid` a `Grid`; `radius` the half width $c > 0$.
+    **Arguments:** `grid` a `LocalisationGrid`; `radius` the half width $c > 0$.
 
     **Returns:** the `(n, n)` matrix over the flattened state: symmetric, unit
     diagonal, positive semi-definite on a non-periodic grid of up to three axes
     (a correlation function there [GC99]); on a periodic grid it is so only
     approximately (distances along a ring are not Euclidean).
     """
-    if not isinstance(grid, Grid):
-        raise TypeError(f"`grid` must be a jaxda.ensemble.Grid; got {type(grid)}.")
+    if not isinstance(grid, LocalisationGrid):
+        raise TypeError(
+            f"`grid` must be a jaxda.ensemble.LocalisationGrid; got {type(grid)}."
+        )
     check_radius("radius", radius)
     return _taper_matrix(grid, radius)
 
