@@ -108,6 +108,11 @@ def test_points_on_nodes_reduce_to_selection():
     sel = SelectionOperator(cells, grid.shape)
     for t in range(2):
         np.testing.assert_allclose(op.matrix(t), sel.matrix(t), atol=1e-14)
+    # compact: valid slots first, M cut to the largest count.
+    sparse = GridPoints(y, x, np.array([[True, False, True, False], [False] * 4]))
+    small = sparse.compact()
+    assert small.max_count == 2 and small.valid.tolist() == [[True, True], [False] * 2]
+    np.testing.assert_array_equal(small.x[0], x[0, [0, 2]])
     rows, valid = GridPoints(y, x).rows(jnp.array([10.0, 20.0]))
     np.testing.assert_array_equal(rows[5], [20.0, y[1, 1], x[1, 1]])
     assert rows.shape == (8, 3) and bool(valid.all())

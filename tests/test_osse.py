@@ -106,6 +106,9 @@ def test_osse_noise_splits_and_determinism(getkey):
     )
     np.testing.assert_array_equal(again[2].obs.values, test.obs.values)
     assert test[1].truth.shape == (1, 4, 16, 16)
+    part = test.time_slice(1, 3)
+    np.testing.assert_array_equal(part.obs.values, test.obs.values[:, 1:3])
+    assert part.truth.shape == (20, 2, 16, 16)
 
 
 def test_osse_bad_input(getkey):

@@ -98,6 +98,24 @@ class OSSE(eqx.Module):
         point_obs = None if self.point_obs is None else self.point_obs[index]
         return OSSE(self.dataset[index], self.grid, points, point_obs, self.channel)
 
+    def time_slice(self, start: int, stop: int) -> "OSSE":
+        """Steps `start <= t < stop` of every window (e.g. the training, validation
+        and test periods of one long run)."""
+        n_times = self.dataset.n_times
+        start = check_int("start", start, minimum=0)
+        stop = check_int("stop", stop, minimum=start + 1)
+        if stop > n_times:
+            raise ValueError(f"`stop` must be <= n_times = {n_times}; got {stop}.")
+        s = (slice(None), slice(start, stop))
+        ds = dataclasses.replace(
+            self.dataset, truth=self.dataset.truth[s], obs=self.dataset.obs[s]
+        )
+        points = None
+        if self.points is not None:
+            points = jax.tree.map(lambda a: a[s], self.points)
+        point_obs = None if self.point_obs is None else self.point_obs[s]
+        return OSSE(ds, self.grid, points, point_obs, self.channel)
+
     def operator(self, window: int) -> BilinearInterpolation:
         """The interpolating operator of window `window` (per time, `(T, M)` slots)."""
         if self.points is None:
