@@ -4,11 +4,11 @@ Subpackages: `models` (dynamics, `simulate`, flow maps), `obs` (observations, pa
 operators, noise), `data` (twin-experiment datasets, presets, first guesses), `grid`
 (regular 2-D grids for gridded fields), `metrics`, `linalg` (banded and
 block-tridiagonal SPD algebra), `gaussian` (Gaussian MAP / optimal interpolation),
-`var` (4DVar costs and solvers), `ensemble` (EnKF, ETKF,
-LETKF, EnKS, iEnKS), `fourdvarnet` (4DVarNet, [F21]), `incremental` (neural
-incremental DA, [B24]), `nn` (reusable layers), `train` (optax training loop),
-`sharding` (batches over devices), `io` (atomic files, checkpoints, model save/load),
-`plot` (figures; needs matplotlib).
+`var` (4DVar costs and solvers), `ensemble` (EnKF, ETKF, LETKF, EnKS, iEnKS),
+`cycling` (one driver for every cycled method), `fourdvarnet` (4DVarNet, [F21]),
+`incremental` (neural incremental DA, [B24]), `nn` (reusable layers), `train`
+(optax training loop), `sharding` (batches over devices), `io` (atomic files,
+checkpoints, model save/load), `plot` (figures; needs matplotlib).
 """
 
 from . import (
