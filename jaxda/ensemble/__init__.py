@@ -4,6 +4,9 @@ Ensembles are arrays `(N, *state)` (members leading); keys are explicit
 `jax.random` keys. `assimilate(method, flow, obs, ensemble0, key=..., obs_var=...)`
 cycles any method over an observation sequence in one compiled `lax.scan` and
 returns an `EnsembleResult` (mean, spread, optionally members, `result`).
+`EnsembleCovariance` and `HybridCovariance` give the (localised, hybrid) ensemble
+background covariance of hybrid EnVar as a square-root operator for
+`jaxda.var.ControlTransform`.
 """
 
 from ._analysis import (
@@ -23,6 +26,11 @@ from ._ensemble import (
     inflate as inflate,
     mean_preserving_rotation as mean_preserving_rotation,
     rotate as rotate,
+)
+from ._hybrid import (
+    EnsembleCovariance as EnsembleCovariance,
+    HybridCovariance as HybridCovariance,
+    TaperCovariance as TaperCovariance,
 )
 from ._ienks import (
     IEnKS as IEnKS,
