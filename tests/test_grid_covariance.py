@@ -140,6 +140,7 @@ def _products(cov, w, v):
         jnp.vdot(cov.sqrt(w), v),
         jnp.vdot(w, cov.sqrt_transpose(v)),
         cov.apply(v),
+        cov.sqrt(cov.sqrt_transpose(v)),
         cov.variance,
     )
 
@@ -149,7 +150,7 @@ def test_covariance_equals_dense_reference(name):
     cov, ell = CASES[name]
     rng = np.random.default_rng(1)
     w, v = (jnp.asarray(rng.normal(size=cov.field_shape)) for _ in "wv")
-    B, lhs, rhs, Bv, variance = _products(cov, w, v)
+    B, lhs, rhs, Bv, UUtv, variance = _products(cov, w, v)
     B = np.asarray(B)
     np.testing.assert_allclose(B, B.T, atol=1e-12)
     assert np.linalg.eigvalsh(B).min() > -1e-10 * np.abs(B).max()
@@ -158,6 +159,7 @@ def test_covariance_equals_dense_reference(name):
     # U^T is the adjoint of U: <U w, v> = <w, U^T v>
     assert abs(lhs - rhs) < 1e-12 * max(1.0, abs(lhs))
     np.testing.assert_allclose(np.ravel(Bv), B @ np.ravel(v), atol=1e-12)
+    np.testing.assert_allclose(np.ravel(UUtv), B @ np.ravel(v), atol=1e-12)
 
 
 def test_diffusion_kernel_has_the_requested_length_scale():

@@ -196,7 +196,8 @@ class SpectralCovariance(AbstractCovariance):
     grid's wavenumbers $k = (k_y, k_x)$ and normalised to mean 1, so that
     $\mathrm{diag}(C) = \mathrm{mean}(s) = 1$ exactly and $U = \Sigma C^{1/2}$,
     $C^{1/2} = F^{-1}\mathrm{diag}(\sqrt{s})F$ (real and symmetric), $U^\top =
-    C^{1/2}\Sigma$. With $q = \ell_y^2 k_y^2 + \ell_x^2 k_x^2$:
+    C^{1/2}\Sigma$; `apply` filters by $s$ once. With
+    $q = \ell_y^2 k_y^2 + \ell_x^2 k_x^2$:
 
     - `kernel="gaussian"`: $s \propto e^{-q/2}$, the correlation
       $c(r) = e^{-r^2/(2\ell^2)}$;
@@ -208,7 +209,7 @@ class SpectralCovariance(AbstractCovariance):
     $C$ is the periodic correlation whose spectrum is the continuous one sampled at
     $2\pi n / L$: the continuous kernel summed over periodic images, up to the part
     of the spectrum beyond the Nyquist wavenumber $\pi/\Delta$ (negligible for the
-    Gaussian once $\ell \gtrsim 2\Delta$). Two FFT pairs per `apply`,
+    Gaussian once $\ell \gtrsim 2\Delta$). One FFT pair per `apply`,
     $O(d \log d)$.
 
     **Arguments:**
@@ -283,6 +284,11 @@ class SpectralCovariance(AbstractCovariance):
 
     def sqrt(self, w):
         return self.std * self._filter(w, 0.5)
+
+    def apply(self, v):
+        r"""$B v = \Sigma F^{-1}\mathrm{diag}(s) F \Sigma v$: one FFT pair (half the
+        cost of $U(U^\top v)$)."""
+        return self.std * self._filter(self.std * v, 1.0)
 
     def sqrt_transpose(self, v):
         return self._filter(self.std * v, 0.5)
@@ -533,6 +539,13 @@ class SpaceTimeCovariance(AbstractCovariance):
     def sqrt_transpose(self, v):
         u = jax.vmap(self.space.sqrt_transpose)(v)
         return jnp.tensordot(self.time_sqrt.T.astype(u.dtype), u, axes=1)
+
+    def apply(self, v):
+        r"""$B v = (S S^\top \otimes B_s) v$: `space.apply` at every time, then the
+        time correlation."""
+        u = jax.vmap(self.space.apply)(v)
+        ct = self.time_sqrt @ self.time_sqrt.T
+        return jnp.tensordot(ct.astype(u.dtype), u, axes=1)
 
     @property
     def variance(self):
