@@ -200,8 +200,15 @@ def make_osse(
     name: str = "",
     split: str = "",
 ) -> OSSE:
-    r"""Simulate and observe `n_windows` windows of a gridded model (module
-    docstring), in one seeded, vmapped, compiled call.
+    r"""Simulate and observe `n_windows` windows of a gridded model in one seeded,
+    vmapped, compiled call.
+
+    Each window: $x_0$ from `initial_state`; `burn_in_steps` discarded steps and
+    $T - 1$ steps of $x_{t+1} = \Phi(x_t)$ (`step`, a `lax.scan`); a mask $m$ from
+    `pattern` and gridded observations $y = m \odot (x + \sigma\varepsilon)$; for a
+    point pattern also point observations $y_{t,k} = h_{t,k}(x_t) +
+    \sigma\varepsilon_{t,k}$, $h$ the bilinear interpolation of channel `channel`
+    at the pattern's positions. The same key gives the same OSSE.
 
     **Arguments:**
 

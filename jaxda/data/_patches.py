@@ -70,7 +70,17 @@ def window_1d(size: int, kind: str) -> np.ndarray:
 
 
 class PatchLayout(eqx.Module):
-    r"""How a space-time domain `(T, ny, nx)` is cut into overlapping patches.
+    r"""How a space-time domain `(T, ny, nx)` is cut into overlapping patches, and
+    put back together.
+
+    `extract` cuts a trajectory into its `P` patches; `recombine` returns
+    $\hat x = \sum_p w_p \hat x_p / \sum_p w_p$ over the patches covering each cell,
+    with a taper $w$ small at the patch borders (`"hann"` by default): exact for any
+    positive weights (extract then recombine is the identity), borders included.
+    Along a closed axis the starts are $0, s, 2s, \dots$ plus one flush with the
+    end; along a periodic one $0, s, \dots < n$, wrapping around. Patches of a
+    `(T, C, ny, nx)` trajectory are `(P, p_t, C, p_y, p_x)`; batch over windows
+    with `jax.vmap(layout.extract)`.
 
     **Arguments:**
 
@@ -183,9 +193,9 @@ class PatchLayout(eqx.Module):
         patches: Float[ArrayLike, "P pt *C py px"],
         window: str | Float[ArrayLike, "pt py px"] = "hann",
     ) -> Float[Array, "T *C ny nx"]:
-        r"""The domain from its patches, $\sum_p w_p \hat x_p / \sum_p w_p$ (module
-        docstring), with the taper `window` (see `weights`). Linear in `patches`
-        and differentiable."""
+        r"""The domain from its patches, $\sum_p w_p \hat x_p / \sum_p w_p$ cell by
+        cell, with the taper `window` (see `weights`). Linear in `patches` and
+        differentiable."""
         patches = jnp.asarray(patches)
         (pt, py, px), p = self.size, self.n_patches
         ok = patches.ndim in (4, 5) and patches.shape[:2] == (p, pt)

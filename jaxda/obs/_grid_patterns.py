@@ -11,28 +11,7 @@ validity mask), from which `pattern.operator(...)` builds the interpolating
 cells that hold at least one observation), for the gridded (binned) formulation that
 4DVarNet uses.
 
-**Satellite tracks: the idealisation.** A regional Cartesian domain sees straight
-ground tracks. Satellite `s` has inclination $i$, a repeat cycle of $R$ days in which
-it makes $N$ revolutions while the Earth turns $D$ times under its orbital plane
-($D$ = `nodal_days`, $\gcd(N, D) = 1$). At the domain's latitude a full turn is the
-`circumference` $L$ (grid units, $2\pi R_\oplus \cos\varphi$ by default). Revolution
-$k \in \mathbb Z$ crosses the reference line $y = y_c$ (the domain's centre row)
-
-- ascending at $x_k = x_\text{node} - k\,D L / N \pmod L$, time
-  $t_k = t_\text{node} + k R / N$, heading $(\cos i, \sin i)$;
-- descending half a revolution later, $t_k + R/(2N)$, at
-  $x_k + L/2 - D L/(2N)$, heading $(\cos i, -\sin i)$.
-
-The $N$ ascending tracks of one cycle are thus spaced $L/N$ apart along $x$, each
-pass advances by $D L/N$ across track, and revolution $k + N$ retraces revolution
-$k$ exactly $R$ days later: the repeat cycle is respected. Along a pass the
-measurements are every `along_track_spacing` (aligned on the pass, so they repeat
-too); a pass crosses a regional domain in minutes, so all its points carry the pass
-time and go to the nearest model step ($\Delta t$ = `dt` days). A wide-swath
-instrument (SWOT-like) adds two swaths of `swath_width` either side of the track
-beyond a central `nadir_gap`, sampled every `cross_track_spacing`. Earth's
-curvature, the latitude dependence of the heading and the orbit's drift are ignored.
-`Satellite.preset` gives the nominal orbits of Jason, Sentinel-3, SARAL and SWOT.
+The idealised satellite geometry is described in `SatelliteTracks`.
 """
 
 import abc
@@ -283,8 +262,8 @@ _PRESETS = {
 
 
 class Satellite(eqx.Module):
-    r"""One altimeter's orbit and sampling, in the idealisation of the module
-    docstring. Every field is static.
+    r"""One altimeter's orbit and sampling, in the idealisation described in
+    `SatelliteTracks`. Every field is static.
 
     **Arguments:**
 
@@ -464,7 +443,32 @@ def _to_slots(tyx: np.ndarray, dt: float, n_steps: int):
 
 class SatelliteTracks(AbstractPointPattern):
     r"""Along-track (nadir) and wide-swath (SWOT-like) altimetry of a constellation
-    over a regional grid (the idealisation of the module docstring).
+    over a regional grid.
+
+    **The idealisation.** A regional Cartesian domain sees straight ground tracks.
+    Satellite `s` has inclination $i$, a repeat cycle of $R$ days in which it makes
+    $N$ revolutions while the Earth turns $D$ times under its orbital plane
+    ($D$ = `nodal_days`, $\gcd(N, D) = 1$). At the domain's latitude a full turn is
+    the `circumference` $L$ (grid units, $2\pi R_\oplus \cos\varphi$ by default).
+    Revolution $k \in \mathbb Z$ crosses the reference line $y = y_c$ (the domain's
+    centre row)
+
+    - ascending at $x_k = x_\text{node} - k\,D L / N \pmod L$, time
+      $t_k = t_\text{node} + k R / N$, heading $(\cos i, \sin i)$;
+    - descending half a revolution later, $t_k + R/(2N)$, at
+      $x_k + L/2 - D L/(2N)$, heading $(\cos i, -\sin i)$.
+
+    The $N$ ascending tracks of one cycle are thus spaced $L/N$ apart along $x$,
+    each pass advances by $D L/N$ across track, and revolution $k + N$ retraces
+    revolution $k$ exactly $R$ days later: the repeat cycle is respected. Along a
+    pass the measurements are every `along_track_spacing` (aligned on the pass, so
+    they repeat too); a pass crosses a regional domain in minutes, so all its
+    points carry the pass time and go to the nearest model step ($\Delta t$ = `dt`
+    days). A wide-swath instrument (SWOT-like) adds two swaths of `swath_width`
+    either side of the track beyond a central `nadir_gap`, sampled every
+    `cross_track_spacing`. Earth's curvature, the latitude dependence of the
+    heading and the orbit's drift are ignored.
+    `Satellite.preset` gives the nominal orbits of Jason, Sentinel-3, SARAL and SWOT.
 
     Model step $n$ (time $n\,\Delta t$, `dt` in days) holds the measurements of the
     passes with times in $[(n - \frac12)\Delta t, (n + \frac12)\Delta t)$. A

@@ -250,9 +250,19 @@ def _stencil(grid: "Grid", points: GridPoints, offset: int):
 
 
 class BilinearInterpolation(AbstractLinearObservationOperator):
-    r"""Point observations of a gridded state by bilinear interpolation:
-    $y_{t,k} = \sum_{c=1}^{4} w_{t,k,c}\, x_{t}[\,\text{node}_{t,k,c}]$ (module
-    docstring), zero in padding slots.
+    r"""Point observations of a gridded state by bilinear interpolation.
+
+    With the fractional indices $\eta = (y - y_0)/\Delta y$, $\xi = (x -
+    x_0)/\Delta x$ of a point, its cell $j = \lfloor \eta \rfloor$, $i = \lfloor \xi
+    \rfloor$ and the offsets $a = \eta - j$, $b = \xi - i$,
+
+    $$h(f) = (1-a)(1-b) f_{j,i} + (1-a) b f_{j,i+1} + a (1-b) f_{j+1,i} + a b
+    f_{j+1,i+1}:$$
+
+    exact on $\alpha + \beta x + \gamma y + \delta x y$, the node value at a node.
+    The indices wrap on a periodic grid; on a closed grid a point between the
+    outermost centres and the wall gets the constant extrapolation (clamped
+    indices) and points beyond the walls are refused. Padding slots give 0.
 
     The state is one field `(ny, nx)` or a multi-field state `(C, ny, nx)` of which
     channel `channel` is observed. `y_t` has shape `(M,)`: the `M` slots of time `t`
