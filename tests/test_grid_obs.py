@@ -308,3 +308,30 @@ def test_cloud_pattern(getkey):
     assert abs(lag_x - math.exp(-1 / (2 * 1.5**2))) < 0.02
     with pytest.raises(ValueError, match="cloud_fraction"):
         CloudPattern(grid, 1.5, 2.0)
+
+
+@pytest.mark.slow  # about 10 s of compilation on 2 cores
+def test_bilinear_operator_in_the_dense_gaussian_map():
+    """The operator plugs into `jaxda.gaussian` (per-time rows, padding masked):
+    the MAP equals the NumPy covariance-form formula on the valid rows."""
+    from jaxda.gaussian import map_dense
+
+    rng = np.random.default_rng(3)
+    grid = Grid(4, 5, boundary="closed")
+    y, x = _random_points(rng, grid, (2, 3))
+    valid = np.array([[True, True, False], [True, False, True]])
+    op = BilinearInterpolation(grid, GridPoints(y, x, valid))
+    d = 2 * grid.size
+    a = rng.normal(size=(d, d))
+    cov = a @ a.T / d + np.eye(d)
+    mu, obs = rng.normal(size=(2, 4, 5)), rng.normal(size=(2, 3))
+    got = map_dense(mu, obs, 0.3, mask=jnp.asarray(valid), operator=op, cov=cov)
+    rows = [
+        np.concatenate([np.asarray(op.matrix(t))[k] if s == t else np.zeros(20)
+                        for s in range(2)])
+        for t in range(2) for k in range(3) if valid[t, k]
+    ]  # fmt: skip
+    h = np.stack(rows)
+    s = h @ cov @ h.T + 0.3 * np.eye(len(rows))
+    ref = mu.ravel() + cov @ h.T @ np.linalg.solve(s, obs[valid] - h @ mu.ravel())
+    np.testing.assert_allclose(np.ravel(got.mean), ref, atol=1e-12)
