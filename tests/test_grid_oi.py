@@ -16,7 +16,12 @@ from jaxda.grid import (
     SpaceTimeKernel,
     SpectralCovariance,
 )
-from jaxda.obs import MatrixOperator, SelectionOperator
+from jaxda.obs import (
+    BilinearInterpolation,
+    GridPoints,
+    MatrixOperator,
+    SelectionOperator,
+)
 
 
 GRID = Grid(6, 5, dy=1.0, dx=1.2, boundary="closed")
@@ -111,7 +116,22 @@ def _cg_cases():
     mask_t = rng.uniform(size=(3, 7)) > 0.2
     diff = DiffusionCovariance(GRID, (1.0, 1.5), 0.7)
     H = rng.normal(size=(9, 30)) / 3
+    # points between the nodes, 4 slots per time of which some are padding
+    points = GridPoints(
+        rng.uniform(0.5, 5.5, (3, 4)),
+        rng.uniform(0.6, 5.4, (3, 4)),
+        valid=np.array([[1, 1, 1, 0], [1, 0, 1, 1], [1, 1, 0, 0]], bool),
+    )
+    bilinear = BilinearInterpolation(GRID, points)
+    diff_st = SpaceTimeCovariance(diff, TIMES, 1.0)
     return {
+        # bilinear interpolation at track points, per time, padded slots masked
+        "space-time-bilinear": (
+            diff_st,
+            bilinear,
+            rng.normal(size=(3, 4)),
+            points.valid,
+        ),
         # P of (T, ny, nx), an operator on each time, some entries masked out
         "space-time-selection": (st, per_time, rng.normal(size=(3, 7)), mask_t),
         # an operator on the whole field (a dense linear H, not a selection)

@@ -40,6 +40,21 @@ A banded `Q` with an operator whose $H^\top R^{-1} H$ is not diagonal is refused
 a `ValueError` naming `Q` and `operator`. Derivatives with respect to the operator's
 parameters (a blur width) flow through every form.
 
+**Gridded fields** ($d = T n_y n_x$ up to $10^6$): two covariance-form MAPs whose
+prior is never a matrix.
+
+- `map_kernel`: a covariance *function* (`jaxda.grid.SpaceTimeKernel`) and point
+  observations at coordinates $(t, y, x)$ off the grid (`points` `(m, 3)`, e.g.
+  `jaxda.obs.GridPoints.rows`): $K + R$ at the points, $m \times m$ dense Cholesky,
+  the analysis on the grid by products of the kernel's axis factors (DUACS-style OI
+  of track observations; $O(m^3)$, for $m$ up to about $10^4$).
+- `map_covariance_cg`: a covariance *operator* (`jaxda.grid.AbstractCovariance`:
+  spectral, diffusion, space-time) and any linear operator (`SelectionOperator`,
+  `BilinearInterpolation`, ...) or the mask of the field: conjugate gradients on
+  $(H P H^\top + R) z = y - H\mu$, one $P v$ per iteration, $O(d + m)$ memory; an
+  `IterativeGaussianMAP` (`num_steps`; `max_steps_reached` / `breakdown` in
+  `result`).
+
 Derivatives with respect to `mu`, `y`, `obs_var` and the prior matrix entries come from
 the implicit rules of `jaxda.linalg.solve`. Every function handles one problem and is
 `jax.vmap`-able over samples and masks; with no observation at all the MAP is `mu`.
