@@ -21,6 +21,7 @@ from ._netcdf import load_dataset as load_dataset, save_dataset as save_dataset
 from ._normalise import Normalisation as Normalisation
 from ._osse import (
     OSSE as OSSE,
+    CovarianceInitialState as CovarianceInitialState,
     make_osse as make_osse,
     make_osse_splits as make_osse_splits,
 )

@@ -34,6 +34,7 @@ import numpy as np
 
 from .._custom_types import Array, ArrayLike, Float, Key
 from .._validation import check_int, check_positive
+from ..grid._covariance import AbstractCovariance
 from ..grid._grid import Grid
 from ..models import AbstractDynamics, AbstractFlowMap, flow_map
 from ..obs import (
@@ -125,6 +126,35 @@ class OSSE(eqx.Module):
         return BilinearInterpolation(
             self.grid, p, self.dataset.state_shape, self.channel
         )
+
+
+class CovarianceInitialState(eqx.Module):
+    r"""Gaussian initial states with a gridded covariance: $x_0 = \mu + U w$,
+    $w \sim \mathcal N(0, I)$, so $x_0 \sim \mathcal N(\mu, B)$, $B = U U^\top$
+    (a `jaxda.grid` covariance, e.g. `SpectralCovariance`: smooth random fields).
+
+    **Arguments:** `covariance` (an `AbstractCovariance` whose `field_shape` is the
+    state's); `mean` (a scalar or a state-shaped array, default 0).
+    """
+
+    covariance: AbstractCovariance
+    mean: Float[ArrayLike, "*state"] | float = 0.0
+
+    def __check_init__(self):
+        if not isinstance(self.covariance, AbstractCovariance):
+            raise TypeError(
+                "`covariance` must be a jaxda.grid covariance (AbstractCovariance); "
+                f"got {type(self.covariance).__name__}."
+            )
+
+    def __call__(self, key: Key, state_shape: tuple[int, ...], dtype):
+        if tuple(state_shape) != tuple(self.covariance.field_shape):
+            raise ValueError(
+                f"`covariance` is on fields of shape {self.covariance.field_shape}; "
+                f"the state has shape {tuple(state_shape)}."
+            )
+        w = jax.random.normal(key, tuple(self.covariance.control_shape), dtype)
+        return jnp.asarray(self.mean, dtype) + self.covariance.sqrt(w).astype(dtype)
 
 
 def _initial_states(key, initial_state, n_windows, state_shape, dtype):
@@ -343,4 +373,4 @@ def make_osse_splits(
     return tuple(out)
 
 
-__all__ = ["OSSE", "SPLITS", "make_osse", "make_osse_splits"]
+__all__ = ["OSSE", "SPLITS", "CovarianceInitialState", "make_osse", "make_osse_splits"]
