@@ -23,7 +23,9 @@ Methods:
 `rmse_to_cg` (obs-space) the RMS difference between the two analyses (the priors
 differ only by the periodic wrap). `peak_memory_mb` is the process's peak resident
 memory after the method ran (monotone over a run: `cg` runs first). Run in float32
-by default (`benchmarks/run.py --x64` for float64).
+by default (`--x64`, or `benchmarks/run.py --x64`, for float64):
+
+    python benchmarks/bench_grid_oi.py [--suite quick|full] [--x64]
 """
 
 import argparse
@@ -141,7 +143,10 @@ def records(suite: str) -> Iterator[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=tuple(_SIZES), default="quick")
+    parser.add_argument("--x64", action="store_true", help="run in float64")
     args = parser.parse_args(argv)
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
     for rec in records(args.suite):
         print(json.dumps(rec), flush=True)
     return 0

@@ -331,9 +331,10 @@ class DiffusionCovariance(AbstractCovariance):
 
     `normalisation` says how $\mathrm{diag}(E^M)$ is obtained:
 
-    - `"exact"` (default): $\|E^{M/2} e_i\|^2$ for every unit vector, $d$
-      applications of $E^{M/2}$ in batches ($O(M d^2)$): small grids only; then
-      $\mathrm{diag}(C) = 1$ to rounding.
+    - `"exact"` (default): on a periodic grid with a uniform $\ell$, from the
+      eigenvalues of the circulant $E$ (any size); otherwise $\|E^{M/2} e_i\|^2$
+      for every unit vector, $d$ applications of $E^{M/2}$ in batches
+      ($O(M d^2)$: small grids only). Then $\mathrm{diag}(C) = 1$ to rounding.
     - `"randomised"`: $\mathrm{mean}_k (E^{M/2} z_k)^2$ over `n_samples` Gaussian
       probes $z_k$ (`key` required): unbiased, with a relative error of about
       $\sqrt{2/K}$ per cell.
@@ -415,7 +416,12 @@ class DiffusionCovariance(AbstractCovariance):
         )
         self.std = _std(variance, self.field_shape)
         self.gamma = jnp.ones(grid.shape, kappa.dtype)
-        if normalisation == "exact":
+        uniform = is_concrete(ell) and bool(
+            np.all(np.ptp(np.asarray(ell).reshape(2, -1), axis=1) == 0)
+        )
+        if normalisation == "exact" and grid.periodic and uniform:
+            diag = self._periodic_diagonal(kappa[:, 0, 0])
+        elif normalisation == "exact":
             diag = self._exact_diagonal(kappa.dtype, batch_size)
         elif normalisation == "randomised":
             check_key("key", key)
@@ -432,6 +438,21 @@ class DiffusionCovariance(AbstractCovariance):
     def _half_steps(self, f):
         r"""$E^{M/2} f$ on the trailing `(ny, nx)` axes."""
         return jax.lax.fori_loop(0, self.n_steps // 2, lambda _, f: self._step(f), f)
+
+    def _periodic_diagonal(self, kappa):
+        r"""$\mathrm{diag}(E^M)$ for a uniform $\kappa$ on a periodic grid: $E$ is
+        circulant with eigenvalues $\lambda = 1 - 4\kappa_y \sin^2(\pi k_y/n_y)/
+        \Delta y^2 - 4\kappa_x \sin^2(\pi k_x/n_x)/\Delta x^2$, so every diagonal
+        entry is $\mathrm{mean}(\lambda^M)$."""
+        g = self.grid
+        sy = jnp.sin(jnp.pi * jnp.arange(g.ny) / g.ny) ** 2
+        sx = jnp.sin(jnp.pi * jnp.arange(g.nx) / g.nx) ** 2
+        lam = (
+            1.0
+            - 4.0 * kappa[0] * sy[:, None] / g.dy**2
+            - 4.0 * kappa[1] * sx[None, :] / g.dx**2
+        )
+        return jnp.full(g.shape, jnp.mean(lam**self.n_steps))
 
     def _exact_diagonal(self, dtype, batch_size):
         ny, nx = self.grid.shape
