@@ -235,6 +235,19 @@ def test_satellite_tracks_repeat_cycle_and_geometry():
     assert headings == {60.0, 120.0}  # ascending, and descending traversed upward
 
 
+def test_satellite_tracks_fill_the_cycle_evenly():
+    """Polar tracks (vertical lines): over one repeat cycle the N ascending tracks
+    are spaced L / N apart and, with N - D odd, the descending ones fall halfway
+    between them."""
+    grid = Grid(10, 60, 1.0, 1.0, "closed", units="km")
+    sat = Satellite(90.0, 10.0, 127, along_track_spacing=1.0, nodal_days=10)
+    pat = SatelliteTracks(grid, sat, dt=0.5, circumference=127 * 3.0)
+    table = pat.table(20)  # days -0.25 to 9.75: one cycle
+    xs = np.unique(np.round(np.asarray(table.x)[np.asarray(table.valid)], 6))
+    assert xs.size == 40
+    np.testing.assert_allclose(np.diff(xs), 1.5, atol=1e-6)
+
+
 def test_swath_offsets_and_random_start(getkey):
     grid = Grid(30, 30, 10.0, 10.0, "periodic", units="km")
     swot = Satellite.preset("swot", "km", along_track_km=10.0, x_node=100.0)
