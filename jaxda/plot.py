@@ -223,7 +223,9 @@ def plot_maps(
     emax = max([float(np.nanmax(np.abs(e))) for e in errors] + [1e-300])
     (ly, lx), (y0, x0) = grid.extent, (grid.y0 - grid.dy / 2, grid.x0 - grid.dx / 2)
     extent = (x0, x0 + lx, y0, y0 + ly)
-    fig = _figure(figsize=(panel_size * len(panels), panel_size * 1.05))
+    fig = _figure(
+        figsize=(panel_size * len(panels), panel_size * 1.5), layout="constrained"
+    )
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, sharey=True))
     import matplotlib
 
@@ -239,14 +241,12 @@ def plot_maps(
         ax.set_title(title)
         ax.set_xlabel(f"x ({grid.units})")
     axes[0].set_ylabel(f"y ({grid.units})")
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
     field_axes = [ax for ax, p in zip(axes, panels) if p[2] == "field"]
     error_axes = [ax for ax, p in zip(axes, panels) if p[2] == "error"]
     for kind, group in (("field", field_axes), ("error", error_axes)):
         if group:
             bar = fig.colorbar(
-                images[kind], ax=list(group), orientation="horizontal", fraction=0.05,
-                pad=0.18, aspect=30,
+                images[kind], ax=list(group), location="bottom", shrink=0.8, aspect=30
             )  # fmt: skip
             bar.set_label(label if kind == "field" and label else kind)
     return fig
@@ -298,7 +298,9 @@ def plot_psd_score(
                          label=f"error ({name})")  # fmt: skip
     axes[0].axhline(level, color="0.4", lw=1)
     axes[0].set_xscale("log")
-    axes[0].set_ylim(min(0.0, axes[0].get_ylim()[0]), 1.05)
+    # scores far below 0 (no skill at the small scales) would hide the crossing
+    lowest = min(float(np.nanmin(np.asarray(s.score))) for s in scores.values())
+    axes[0].set_ylim(max(min(lowest, 0.0), -1.0) - 0.05, 1.05)
     axes[0].set_xlabel(f"wavelength{unit}")
     axes[0].set_ylabel("PSD score")
     axes[0].legend(fontsize=8)

@@ -101,7 +101,9 @@ class QG(AbstractDynamics):
     - `beta`: $\beta$ (default 1.5e-11 m$^{-1}$ s$^{-1}$).
     - `deformation_radius`: $L_d$ (default 15 km), > 0; `None` for a barotropic
       single layer ($L_d = \infty$).
-    - `drag`: the bottom drag rate $r$ (default 5.787e-7 s$^{-1}$, 20 days), >= 0.
+    - `drag`: the bottom drag rate $r$, >= 0 (default: 5.787e-7 s$^{-1}$ (20 days,
+      pyqg's) on the lower of two layers; 0 with one layer: freely evolving
+      turbulence).
     - `upper_flow`, `lower_flow`: the mean zonal flows $U_1$, $U_2$ of two layers
       (defaults 0.025 and 0 m/s, pyqg's: baroclinically unstable); 0 with one layer.
     - `layer_ratio`: $\delta = H_1 / H_2$ of two layers (default 0.25), > 0.
@@ -118,7 +120,7 @@ class QG(AbstractDynamics):
     layers: int = eqx.field(static=True, default=1)
     beta: Float[Array, ""] | float = 1.5e-11
     deformation_radius: Float[Array, ""] | float | None = 15000.0
-    drag: Float[Array, ""] | float = 5.787e-7
+    drag: Float[Array, ""] | float | None = None
     upper_flow: Float[Array, ""] | float | None = None
     lower_flow: Float[Array, ""] | float = 0.0
     layer_ratio: Float[Array, ""] | float = 0.25
@@ -129,6 +131,8 @@ class QG(AbstractDynamics):
     def __post_init__(self):
         if self.upper_flow is None:
             self.upper_flow = 0.025 if self.layers == 2 else 0.0
+        if self.drag is None:
+            self.drag = 5.787e-7 if self.layers == 2 else 0.0
 
     def __check_init__(self):
         if not isinstance(self.grid, Grid):
