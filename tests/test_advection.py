@@ -261,3 +261,14 @@ def test_bad_input():
         jm.Advection2D(grid).max_stable_dt()
     with pytest.raises(ValueError, match=r"`x0` must have shape \(3, 6, 8\)"):
         jm.rollout(jm.SSPRK3(jm.Advection2D(grid), 0.1), jnp.zeros((6, 8)), 2)
+
+
+def test_float32_state_stays_float32():
+    grid = Grid(8, 10, boundary="closed")
+    rng = np.random.default_rng(6)
+    model = jm.Advection2D(grid, _smooth_random(rng, (2,), grid))  # float64 field
+    q64 = model.reference_state
+    flow = jm.SSPRK3(model, 0.5 * float(model.max_stable_dt()))
+    xs32 = jm.rollout(flow, q64.astype(jnp.float32), 5)
+    assert xs32.dtype == jnp.float32
+    np.testing.assert_allclose(xs32, jm.rollout(flow, q64, 5), atol=1e-5)

@@ -273,3 +273,13 @@ def test_bad_input():
         jm.shallow_water_basin(8, spinup_steps=-1)
     with pytest.raises(ValueError, match="`courant` must be finite and > 0"):
         jm.shallow_water_basin(8, courant=0.0)
+
+
+def test_float32_state_stays_float32():
+    grid = Grid(8, 10, boundary="closed")
+    model = jm.ShallowWater(grid, jnp.asarray(1.0), 1.0, coriolis=0.3, beta=0.05)
+    x64 = model.gaussian_bump(0.2, 0.15)
+    flow = jm.RK4(model, 0.5 * float(model.max_stable_dt()))
+    xs32 = jm.rollout(flow, x64.astype(jnp.float32), 5)
+    assert xs32.dtype == jnp.float32
+    np.testing.assert_allclose(xs32, jm.rollout(flow, x64, 5), atol=1e-6)

@@ -230,7 +230,8 @@ class Advection2D(AbstractDynamics):
         )
 
     def vector_field(self, t, x: Float[Array, "C ny nx"]) -> Float[Array, "C ny nx"]:
-        u, v = self.face_velocity(x)
+        # the state's dtype governs (a float64 velocity does not promote a float32 q)
+        u, v = (c.astype(x.dtype) for c in self.face_velocity(x))
         dq = -flux_divergence(x[0], u, v, self.grid, self.limiter)
         if self.velocity is not None:
             return dq[None]

@@ -131,19 +131,23 @@ class ShallowWater(AbstractDynamics):
     def vector_field(self, t, x: Float[Array, "3 ny nx"]) -> Float[Array, "3 ny nx"]:
         g = self.grid
         eta, u, v = x[0], x[1], x[2]
-        f = self.coriolis_at_corners()
+        # the state's dtype governs: float64 parameters do not promote a float32 state
+        gravity, depth = (
+            jnp.asarray(p).astype(x.dtype) for p in (self.gravity, self.depth)
+        )
+        f = self.coriolis_at_corners().astype(x.dtype)
         if self.nonlinear:
-            h = self.depth + eta
+            h = depth + eta
             U = centres_to_faces(h, g, "x") * u
             V = centres_to_faces(h, g, "y") * v
             zeta = diff_forward(v, g, "x") - diff_forward(u, g, "y")
             q = (f + zeta) / self._corner_depth(h)
             kinetic = faces_to_centres(u**2, g, "x") + faces_to_centres(v**2, g, "y")
-            bernoulli = self.gravity * eta + kinetic / 2
+            bernoulli = gravity * eta + kinetic / 2
         else:
-            U, V = self.depth * u, self.depth * v
-            q = f / self.depth
-            bernoulli = self.gravity * eta
+            U, V = depth * u, depth * v
+            q = f / depth
+            bernoulli = gravity * eta
         deta = -(diff_backward(U, g, "x") + diff_backward(V, g, "y"))
         du = faces_to_centres(q * centres_to_faces(V, g, "x"), g, "y")
         dv = -faces_to_centres(q * centres_to_faces(U, g, "y"), g, "x")
