@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxda.grid import Grid
-from jaxda.models import QG, QGStep
+from jaxda.models import QG, QGStep, qg_turbulence
 
 
 GRID = Grid.square(16, 1.0e6)
@@ -173,3 +173,16 @@ def test_bad_input_is_refused():
         QGStep(object(), 1.0)
     with pytest.raises(ValueError, match="`q` must have shape"):
         QGStep(model, 1.0).advance(jnp.zeros((2, 16, 16)), 3)
+
+
+def test_turbulence_preset(getkey):
+    preset = qg_turbulence(getkey(), 16, spinup_steps=40, wavelength=5e5)
+    model, q0 = preset.model, preset.initial_state
+    assert preset.dt == pytest.approx(0.5 * float(model.max_stable_dt(q0)))
+    assert preset.flow.dt == preset.dt and preset.state.shape == (1, 16, 16)
+    np.testing.assert_allclose(preset.state, preset.flow.advance(q0, 40), rtol=1e-12)
+    e0, e1 = model.energy(q0), model.energy(preset.state)
+    assert 0.8 < float(e1 / e0) <= 1.0  # no drag: only the filter takes energy
+    assert float(model.enstrophy(preset.state)[0]) < float(model.enstrophy(q0)[0])
+    with pytest.raises(ValueError, match="`courant` must be in"):
+        qg_turbulence(getkey(), 16, courant=2.0)

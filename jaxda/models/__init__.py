@@ -23,7 +23,12 @@ from .advection import (
 from .lorenz63 import Lorenz63 as Lorenz63
 from .lorenz96 import Lorenz96 as Lorenz96
 from .pendulum import Pendulum as Pendulum
-from .qg import QG as QG, QGStep as QGStep
+from .qg import (
+    QG as QG,
+    QGPreset as QGPreset,
+    QGStep as QGStep,
+    qg_turbulence as qg_turbulence,
+)
 from .shallow_water import (
     BasinPreset as BasinPreset,
     ShallowWater as ShallowWater,

@@ -473,3 +473,67 @@ class QGStep(AbstractFlowMap):
 @eqx.filter_jit
 def _advance(flow, q, n_steps):
     return jax.lax.fori_loop(0, n_steps, lambda i, q: flow(q), q)
+
+
+class QGPreset(eqx.Module):
+    """What `qg_turbulence` returns.
+
+    **Fields:** `model` (`QG`), `flow` (its `QGStep` of `dt`), `grid`, `dt` (the time
+    step), `initial_state` (the random start) and `state` (after `spinup_steps`
+    steps: turbulence, the start of a truth trajectory).
+    """
+
+    model: QG
+    flow: QGStep
+    grid: Grid
+    dt: float = eqx.field(static=True)
+    initial_state: Float[Array, "C ny nx"]
+    state: Float[Array, "C ny nx"]
+    spinup_steps: int = eqx.field(static=True)
+
+
+def qg_turbulence(
+    key: Key,
+    n: int = 64,
+    length: float = 1.0e6,
+    *,
+    layers: int = 1,
+    deformation_radius: float = 3.0e4,
+    speed: float = 0.2,
+    wavelength: float | None = None,
+    courant: float = 0.5,
+    spinup_steps: int = 2000,
+    dtype=None,
+    **parameters,
+) -> QGPreset:
+    r"""A spun-up QG turbulence set-up on an `n` x `n` doubly periodic square of side
+    `length` (metres), for SSH-like truths.
+
+    The model is `QG(grid, layers, deformation_radius=..., **parameters)` (default a
+    1.5-layer ocean with $L_d$ = 30 km, $\beta$ = 1.5e-11 m$^{-1}$ s$^{-1}$, no drag);
+    the start is `random_state(key, wavelength=..., speed=...)` (RMS speed 0.2 m/s);
+    the time step is `courant` times `max_stable_dt` of the start (a Python float);
+    the state is the start after `spinup_steps` `QGStep`s. On 64 x 64 over 1000 km
+    the default takes $\Delta t \approx$ 2.1 hours and spins up for about 180 days:
+    the vortices merge, the filter takes about 5 % of the energy and 40 % of the
+    enstrophy, and the SSH has an RMS of about 6 cm.
+
+    **Arguments:** `key`; `n` >= 4; `length` > 0; `layers`; `deformation_radius`;
+    `speed`, `wavelength` of the random start; `courant` in (0, 1]; `spinup_steps`
+    >= 0; `dtype` (default float); further `QG` parameters.
+
+    **Returns:** a `QGPreset`.
+    """
+    n = check_int("n", n, minimum=4)
+    check_positive("length", length)
+    check_positive("courant", courant)
+    if courant > 1:
+        raise ValueError(f"`courant` must be in (0, 1]; got {courant}.")
+    spinup_steps = check_int("spinup_steps", spinup_steps, minimum=0)
+    grid = Grid.square(n, length)
+    model = QG(grid, layers, deformation_radius=deformation_radius, **parameters)
+    q0 = model.random_state(key, wavelength=wavelength, speed=speed, dtype=dtype)
+    dt = courant * float(model.max_stable_dt(q0))
+    flow = QGStep(model, dt)
+    state = flow.advance(q0, spinup_steps)
+    return QGPreset(model, flow, grid, dt, q0, state, spinup_steps)
