@@ -18,6 +18,8 @@ What each `method` runs, its analysis times (`steps`) and its `first_guess`:
 
 - `ensemble.ETKF`, `EnKF`, `EnKFN`, `LETKF`, `EnKS`: `ensemble.assimilate`; every
   row (`analysed` marks the rows with an analysis); an ensemble `(N, *state)`.
+- `ensemble.HybridEnVar`: `ensemble.assimilate_envar` (the filter, a variational
+  analysis of the mean with the hybrid B, recentring); as the ensemble filters.
 - `ensemble.IEnKS`: `ensemble.ienks_cycle`; the cycle ends; an ensemble.
 - `Cycled4DVar`: `var.cycle`; rows `0 .. L - S + K S - 1` (the newest `S` states of
   each window); a state, or an ensemble (its mean is the first background).
@@ -37,8 +39,10 @@ from ._validation import check_int, check_positive
 from .ensemble import (
     AbstractEnsembleAnalysis,
     EnKS,
+    HybridEnVar,
     IEnKS,
     assimilate as _filter,
+    assimilate_envar as _envar,
     ienks_cycle,
 )
 from .models import AbstractFlowMap
@@ -94,7 +98,7 @@ class CycledAnalysis(eqx.Module):
     - `members` `(A, N, *state)`: the ensembles, with `save_members=True` (ensemble
       methods), else `None`.
     - `result`: the method's overall `jaxda.RESULTS` item.
-    - `native`: the method's own result (`ensemble.EnsembleResult`,
+    - `native`: the method's own result (`ensemble.EnsembleResult`, `EnVarResult`,
       `ensemble.IEnKSResult` or `var.CycleResult`), for what only it has.
     """
 
@@ -161,7 +165,7 @@ def _ensemble(name: str, value, state_shape) -> Array:
 
 
 def assimilate(
-    method: AbstractEnsembleAnalysis | EnKS | IEnKS | Cycled4DVar,
+    method: AbstractEnsembleAnalysis | EnKS | HybridEnVar | IEnKS | Cycled4DVar,
     flow: AbstractFlowMap,
     obs: Observations,
     first_guess: Float[Array, "N *state"] | Float[Array, "*state"],
@@ -179,8 +183,8 @@ def assimilate(
     **Arguments:**
 
     - `method`: an ensemble analysis (`ensemble.ETKF()`, `EnKF()`, `EnKFN()`,
-      `LETKF(radius)`), `ensemble.EnKS(...)`, `ensemble.IEnKS(...)` or
-      `Cycled4DVar(...)`.
+      `LETKF(radius)`), `ensemble.EnKS(...)`, `ensemble.HybridEnVar(...)`,
+      `ensemble.IEnKS(...)` or `Cycled4DVar(...)`.
     - `flow`: the one-step flow map $\Phi$.
     - `obs`: `Observations` `(T, *state)`, one row per model step, row 0 at the time
       of `first_guess`.
@@ -195,7 +199,8 @@ def assimilate(
     - `throw`: raise on failure (`equinox.EquinoxRuntimeError`); with `throw=False`
       inspect `result`.
     - `options`: passed on to the method's own driver (`min_spread`, `operator`, `t0`
-      for `ensemble.assimilate`; `min_spread` for the iEnKS).
+      for `ensemble.assimilate` and `ensemble.assimilate_envar`; `min_spread` for
+      the iEnKS).
 
     **Returns:** a `CycledAnalysis`.
     """
@@ -218,6 +223,19 @@ def assimilate(
         steps = jnp.arange(n_rows)
         return CycledAnalysis(
             res.analysis, steps, res.analysed, res.std, res.members, res.result, res
+        )
+    if isinstance(method, HybridEnVar):
+        ensemble0 = _ensemble("first_guess", first_guess, state_shape)
+        if key is None:
+            raise TypeError("`key` must be a jax.random key for ensemble methods.")
+        res = _envar(
+            method, flow, obs, ensemble0, key=key, obs_var=obs_var,
+            save_members=save_members, throw=throw, **options,
+        )  # fmt: skip
+        e = res.ensemble
+        steps = jnp.arange(n_rows)
+        return CycledAnalysis(
+            e.analysis, steps, e.analysed, e.std, e.members, e.result, res
         )
     if isinstance(method, IEnKS):
         ensemble0 = _ensemble("first_guess", first_guess, state_shape)
@@ -252,7 +270,8 @@ def assimilate(
         )
     raise TypeError(
         "`method` must be a jaxda.ensemble analysis (ETKF(), EnKF(), EnKFN(), "
-        "LETKF(radius)), EnKS(...), IEnKS(...) or a jaxda.cycling.Cycled4DVar(...); "
+        "LETKF(radius)), EnKS(...), HybridEnVar(...), IEnKS(...) or a "
+        "jaxda.cycling.Cycled4DVar(...); "
         f"got {type(method).__name__}."
     )
 

@@ -27,6 +27,12 @@ from ._ensemble import (
     mean_preserving_rotation as mean_preserving_rotation,
     rotate as rotate,
 )
+from ._envar import (
+    EnVarResult as EnVarResult,
+    HybridEnVar as HybridEnVar,
+    ObservationTerm as ObservationTerm,
+    assimilate_envar as assimilate_envar,
+)
 from ._hybrid import (
     EnsembleCovariance as EnsembleCovariance,
     HybridCovariance as HybridCovariance,
