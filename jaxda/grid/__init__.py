@@ -7,8 +7,6 @@ Fields are arrays `(ny, nx)`; states with channels `(C, ny, nx)`; trajectories
 from ._covariance import (
     AbstractCovariance as AbstractCovariance,
     DiffusionCovariance as DiffusionCovariance,
-    SpaceTimeCovariance as SpaceTimeCovariance,
-    SpaceTimeKernel as SpaceTimeKernel,
     SpectralCovariance as SpectralCovariance,
 )
 from ._differences import (
@@ -29,6 +27,10 @@ from ._io import (
     load_fields as load_fields,
     save_fields as save_fields,
     to_dataset as to_dataset,
+)
+from ._space_time import (
+    SpaceTimeCovariance as SpaceTimeCovariance,
+    SpaceTimeKernel as SpaceTimeKernel,
 )
 
 
