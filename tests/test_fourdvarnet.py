@@ -508,7 +508,7 @@ def test_flax_adapter(getkey):
     def loss(p):
         return fdn.supervised_loss(eqx.combine(p, static), obs, truth[0])
 
-    g = jax.grad(loss)(params)
+    g = eqx.filter_jit(jax.grad(loss))(params)
     v = jax.tree_util.tree_map(lambda a: jnp.ones_like(a) / a.size, params)
     jvp = sum(
         jnp.vdot(a, b)
