@@ -103,6 +103,16 @@ def test_psd_score_of_field_plus_white_noise_and_its_crossing():
     # crossing between rings 7 and 9 (wavelengths 32/9 .. 32/7), close to 32/8
     assert 32 / 9 < float(s.resolved_wavelength) < 32 / 7
     np.testing.assert_allclose(float(s.resolved_wavelength), 4.0, rtol=0.06)
+    # jit gives the same; vmap over the time axis gives per-time scores
+    jitted = jax.jit(lambda e, t: M.psd_score(e, t, grid))(estimate, truth)
+    np.testing.assert_allclose(jitted.score[inside], s.score[inside], rtol=1e-12)
+    per_time = jax.vmap(lambda e, t: M.psd_score(e, t, grid).score)(estimate, truth)
+    assert per_time.shape == (n_times, s.score.size)
+    np.testing.assert_allclose(
+        per_time[3][inside],
+        M.psd_score(estimate[3], truth[3], grid).score[inside],
+        rtol=1e-12,
+    )
     # an exact reconstruction resolves every scale
     exact = M.psd_score(truth, truth, grid)
     np.testing.assert_allclose(exact.score[inside], 1.0)
