@@ -162,6 +162,23 @@ def test_covariance_equals_dense_reference(name):
     np.testing.assert_allclose(np.ravel(UUtv), B @ np.ravel(v), atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["spectral", "diffusion-closed", "space-time"])
+def test_the_field_dtype_governs(name):
+    # float64 parameters, a float32 field: float32 out, close to the float64 result
+    cov, _ = CASES[name]
+    v = np.random.default_rng(3).normal(size=cov.field_shape)
+
+    @eqx.filter_jit
+    def run(cov, v):
+        return cov.apply(v), cov.sqrt(v), cov.sqrt_transpose(v)
+
+    out32 = run(cov, jnp.asarray(v, jnp.float32))
+    out64 = run(cov, jnp.asarray(v))
+    for a, b in zip(out32, out64):
+        assert a.dtype == jnp.float32 and b.dtype == jnp.float64
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_diffusion_kernel_has_the_requested_length_scale():
     grid = Grid(64, 64, dy=1.0, dx=0.5)
     ell_y, ell_x = 3.0, 2.0

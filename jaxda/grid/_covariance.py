@@ -169,6 +169,15 @@ def _std(variance, field_shape: tuple[int, ...]) -> Array:
     return jnp.sqrt(arr)
 
 
+def _as_field(v) -> Array:
+    """`v` as an array of its own floating dtype (the field's dtype governs: a
+    float32 field stays float32 whatever the dtype of the covariance's parameters)."""
+    v = jnp.asarray(v)
+    if not jnp.issubdtype(v.dtype, jnp.floating):
+        v = v.astype(jnp.result_type(float))
+    return v
+
+
 def _field_shape(grid: Grid, n_channels) -> tuple[int, ...]:
     if not isinstance(grid, Grid):
         raise TypeError(f"`grid` must be a jaxda.grid.Grid; got {type(grid).__name__}.")
@@ -272,21 +281,24 @@ class SpectralCovariance(AbstractCovariance):
         return (density(kx) / mean).astype(dtype)
 
     def _filter(self, v, power: float):
-        dtype = jnp.result_type(v.dtype, self.length_scale.dtype)
-        s = self._spectrum(dtype, half=True) ** power
-        ny, nx = self.grid.shape
-        return jnp.fft.irfft2(jnp.fft.rfft2(v.astype(dtype)) * s, s=(ny, nx))
+        s = self._spectrum(v.dtype, half=True) ** power
+        out = jnp.fft.irfft2(jnp.fft.rfft2(v) * s, s=self.grid.shape)
+        return out.astype(v.dtype)
 
     def sqrt(self, w):
-        return self.std * self._filter(w, 0.5)
+        w = _as_field(w)
+        return self.std.astype(w.dtype) * self._filter(w, 0.5)
 
     def apply(self, v):
         r"""$B v = \Sigma F^{-1}\mathrm{diag}(s) F \Sigma v$: one FFT pair (half the
         cost of $U(U^\top v)$)."""
-        return self.std * self._filter(self.std * v, 1.0)
+        v = _as_field(v)
+        std = self.std.astype(v.dtype)
+        return std * self._filter(std * v, 1.0)
 
     def sqrt_transpose(self, v):
-        return self._filter(self.std * v, 0.5)
+        v = _as_field(v)
+        return self._filter(self.std.astype(v.dtype) * v, 0.5)
 
     @property
     def variance(self):
@@ -462,12 +474,13 @@ class DiffusionCovariance(AbstractCovariance):
         return diag.reshape(ny, nx)
 
     def sqrt(self, w):
-        dtype = jnp.result_type(w.dtype, self.gamma.dtype)
-        return self.std * self.gamma * self._half_steps(w.astype(dtype))
+        w = _as_field(w)
+        scale = (self.std * self.gamma).astype(w.dtype)
+        return scale * self._half_steps(w)
 
     def sqrt_transpose(self, v):
-        dtype = jnp.result_type(v.dtype, self.gamma.dtype)
-        return self._half_steps((self.gamma * self.std * v).astype(dtype))
+        v = _as_field(v)
+        return self._half_steps((self.gamma * self.std).astype(v.dtype) * v)
 
     @property
     def variance(self):

@@ -98,7 +98,7 @@ class SpaceTimeCovariance(AbstractCovariance):
         r"""$B v = (S S^\top \otimes B_s) v$: `space.apply` at every time, then the
         time correlation."""
         u = jax.vmap(self.space.apply)(v)
-        ct = self.time_sqrt @ self.time_sqrt.T
+        ct = self.time_sqrt @ self.time_sqrt.T  # C_t, to rounding
         return jnp.tensordot(ct.astype(u.dtype), u, axes=1)
 
     @property
