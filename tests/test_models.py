@@ -271,7 +271,7 @@ def test_increment_noise_variance(getkey):
         )
     )
     xs = sim(x0s, keys)
-    phi = jax.vmap(jax.vmap(jm.flow_map(model, dt)))
+    phi = jax.jit(jax.vmap(jax.vmap(jm.flow_map(model, dt))))
     resid = np.asarray(xs[:, 1:] - phi(xs[:, :-1]))
     assert _zscore_var(resid, sigma**2) < 4.5
     assert abs(resid.mean()) < 4.5 * sigma / np.sqrt(resid.size)

@@ -151,7 +151,7 @@ def test_pattern_objects():
     every = O.EveryKPattern(8, (0,), start=10, stop_margin=10)
     phase = O.RandomPhasePattern(8, (1, 3, 5, 7), (0,))
     keys = jax.random.split(key, 64)
-    ms = np.asarray(jax.vmap(lambda k: phase(k, 32, (3,)))(keys))
+    ms = np.asarray(jax.jit(jax.vmap(lambda k: phase(k, 32, (3,))))(keys))
     first = ms[:, :, 0].argmax(axis=1)
     assert set(first) <= {1, 3, 5, 7} and len(set(first)) > 1
     np.testing.assert_array_equal(ms.sum(axis=(1, 2)), 4)
@@ -164,7 +164,7 @@ def test_pattern_objects():
     assert rc.max_count(200, (40,)) == 1000
     assert O.FullPattern().max_count(3, (2,)) == 6
     late = O.RandomPhasePattern(4, tuple(range(10)), (0, 2))
-    counts = jax.vmap(lambda k: late(k, 30, (3,)).sum())(keys)
+    counts = jax.jit(jax.vmap(lambda k: late(k, 30, (3,)).sum()))(keys)
     assert late.max_count(30, (3,)) == 16 == int(counts.max())
     assert int(counts.min()) < 16
 
@@ -230,7 +230,9 @@ def test_observe_keys_dtype_and_per_component_std():
     np.testing.assert_allclose(np.asarray(a.values).std(axis=0), [0.1, 2.0], rtol=0.1)
     # vmap over keys and truths
     keys = jax.random.split(jax.random.key(2), 4)
-    batch = jax.vmap(lambda k: O.observe(k, truth[:10], mask[:10], noise_var=1.0))(keys)
+    batch = jax.jit(
+        jax.vmap(lambda k: O.observe(k, truth[:10], mask[:10], noise_var=1.0))
+    )(keys)
     assert batch.shape == (4, 10, 2)
 
 

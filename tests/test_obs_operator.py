@@ -353,7 +353,7 @@ def test_nonlinear_h_gauss_newton_against_a_reference_minimiser(getkey):
     flow = flow_map(Lorenz96(n=n), 0.01, "euler")
     truth = rollout(flow, 8.0 + jnp.sin(jnp.arange(n)), 40)[-T:]
     h = NonlinearOperator(_products, (n,))
-    hx = jax.vmap(_products)(truth)
+    hx = jax.jit(jax.vmap(_products))(truth)
     mask = np.ones((T, 3), bool)
     mask[1, 0] = mask[2, 2] = False
     y = np.asarray(hx + 0.1 * jax.random.normal(getkey(), hx.shape))

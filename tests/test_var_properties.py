@@ -163,7 +163,7 @@ def test_saved_iterates_are_the_solver_path(window, solver):
     assert it.x.shape == (6, T, N) and it.cost.shape == (6,)
     n = int(it.n_saved)
     assert 2 <= n <= 6
-    costs = jax.vmap(prob.cost)(it.x)
+    costs = eqx.filter_jit(jax.vmap(prob.cost))(it.x)
     np.testing.assert_allclose(it.cost, costs, rtol=1e-12)
     # Padding repeats the last real iterate.
     np.testing.assert_array_equal(
