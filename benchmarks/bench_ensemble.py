@@ -15,6 +15,11 @@ sqrt(mean_i (analysis mean_i - truth_i)^2), and `rmv.a` (`spread`), the time ave
 of sqrt(mean_i ensemble variance_i). Each method runs as one compiled call over the
 whole sequence (compile time apart); `time_per_cycle_s` is its run time / cycles.
 
+`envar` (cycled-L96 only): hybrid EnVar (`jaxda.ensemble.HybridEnVar`), the ETKF
+ensemble recentred on a 3D variational analysis with a hybrid B; its hyperparameters
+are chosen on a separate tuning twin (`ENVAR_GRID`, `_tune_envar`), never on the
+scored sequence. No DAPPER twin.
+
 When the `dapper` package (1.7.1) can be imported, DAPPER's methods run in the same
 process on the same truth, observations and initial ensemble (`method`
 `dapper-<name>`), and every jaxda record that has a DAPPER twin gets
@@ -22,6 +27,7 @@ process on the same truth, observations and initial ensemble (`method`
 random draws (rotations, perturbed observations) differ from ours.
 """
 
+import itertools
 import os
 import time
 
@@ -31,9 +37,21 @@ import numpy as np
 from _common import record
 
 from jaxda import RESULTS
-from jaxda.ensemble import ETKF, LETKF, EnKF, EnKFN, IEnKS, assimilate, ienks_cycle
+from jaxda.ensemble import (
+    ETKF,
+    LETKF,
+    EnKF,
+    EnKFN,
+    HybridEnVar,
+    IEnKS,
+    TaperCovariance,
+    assimilate,
+    assimilate_envar,
+    ienks_cycle,
+)
 from jaxda.models import Lorenz63, Lorenz96, flow_map, rollout
 from jaxda.obs import Observations
+from jaxda.var import DenseGaussNewton
 
 
 # [DAPPER]'s published rmse.a on these set-ups (DESIGN.md, the models' files).
@@ -123,17 +141,81 @@ def _methods(problem: str):
     ]
 
 
-def _twin(problem: str, n_cycles: int):
+# Hybrid EnVar on cycled-L96 (`envar`): the ETKF ensemble (N = 20, no localisation,
+# rotations) recentred at each analysis on the 3D variational analysis with
+# B = beta B_s + (1 - beta) P_e of the forecast ensemble, B_s = sigma_b^2 C and C a
+# Gaussian correlation on the ring (length in grid units). (inflation, sigma_b^2,
+# length, beta) are chosen on a separate tuning twin (`_twin(..., tuning=True)`:
+# another truth and other noise, 1000 cycles, the first 200 not scored), never on
+# the scored sequence; the choice and the grid go into the record.
+ENVAR_GRID = dict(
+    inflation=(1.15, 1.2),
+    static_var=(0.1, 0.3),
+    length=(1.0, 2.0),
+    weight=(0.1, 0.2, 0.3, 0.5),
+)
+ENVAR_TUNING = dict(n_cycles=1000, burn_in_cycles=200)
+
+
+def _ring_correlation(n: int, length):
+    """The Gaussian correlation exp(-d^2 / (2 length^2)), d the distance on the ring
+    (its round-off negative eigenvalues are set to 0 by `TaperCovariance`)."""
+    i = jnp.arange(n)
+    d = jnp.minimum(jnp.abs(i[:, None] - i), n - jnp.abs(i[:, None] - i))
+    return jnp.exp(-0.5 * (d / length) ** 2)
+
+
+def _envar(inflation, static_var, length, weight, n: int) -> HybridEnVar:
+    static = TaperCovariance(static_var * _ring_correlation(n, length))
+    return HybridEnVar(
+        ETKF(inflation=inflation, rotate=True), static, weight, None, DenseGaussNewton()
+    )
+
+
+def _tune_envar(problem: str) -> dict:
+    """The best (lowest rmse.a) point of `ENVAR_GRID` on the tuning twin: one
+    compilation, the hyperparameters traced."""
+    setup = SETUPS[problem]
+    n_cycles, burn_in = ENVAR_TUNING["n_cycles"], ENVAR_TUNING["burn_in_cycles"]
+    flow, truth, values, mask, ensemble0 = _twin(problem, n_cycles, tuning=True)
+    every, n = setup["every"], truth.shape[1]
+    obs = Observations(jnp.asarray(values), jnp.asarray(mask))
+
+    @jax.jit
+    def run(inflation, static_var, length, weight):
+        method = _envar(inflation, static_var, length, weight, n)
+        res = assimilate_envar(
+            method, flow, obs, jnp.asarray(ensemble0), key=jax.random.key(7),
+            obs_var=setup["obs_var"], throw=False,
+        )  # fmt: skip
+        return res.analysis[every::every], res.spread[every::every]
+
+    best = None
+    for point in itertools.product(*ENVAR_GRID.values()):
+        analysis, spread = run(*(jnp.asarray(v, jnp.float64) for v in point))
+        rmse, _ = _scores(analysis, spread, truth[every::every], burn_in)
+        if not np.isfinite(rmse):
+            continue
+        if best is None or rmse < best[0]:
+            best = (rmse, point)
+    return dict(zip(ENVAR_GRID, best[1]), tuning_rmse=best[0])
+
+
+def _twin(problem: str, n_cycles: int, tuning: bool = False):
     """Truth `(K+1, n)`, observations (every `every` steps, none at step 0) and the
-    initial ensemble, all float64 NumPy."""
+    initial ensemble, all float64 NumPy. `tuning=True`: a separate twin for choosing
+    hyperparameters (its truth starts after the scored full-suite segment, other
+    noise draws), never the scored sequence."""
     s = SETUPS[problem]
     flow = flow_map(s["model"], s["dt"], "rk4")
     n = s["model"].state_shape[0]
     start = s["model"].reference_state + jnp.linspace(-1.0, 1.0, n)
     x0 = rollout(flow, start, 5000)[-1]
     n_steps = n_cycles * s["every"]
+    if tuning:  # beyond the 10^4 cycles of the full suite
+        x0 = rollout(flow, x0, 10_000 * s["every"] + 1000)[-1]
     truth = np.asarray(rollout(flow, x0, n_steps))
-    rng = np.random.default_rng(2024)
+    rng = np.random.default_rng(2025 if tuning else 2024)
     noise = np.sqrt(s["obs_var"]) * rng.standard_normal(truth.shape)
     times = (np.arange(n_steps + 1) % s["every"] == 0) & (np.arange(n_steps + 1) > 0)
     mask = np.broadcast_to(times[:, None], truth.shape)
@@ -161,6 +243,14 @@ def _run_jaxda(method, flow, values, mask, ensemble0, setup):
             return ienks_cycle(
                 method, flow, Observations(values, mask), ensemble0, obs_var=obs_var,
                 steps_per_cycle=every, key=key, throw=False,
+            )  # fmt: skip
+
+    elif isinstance(method, HybridEnVar):
+
+        def fn(values, mask, ensemble0, key):
+            return assimilate_envar(
+                method, flow, Observations(values, mask), ensemble0, key=key,
+                obs_var=obs_var, throw=False,
             )  # fmt: skip
 
     else:
@@ -194,6 +284,18 @@ def _run_jaxda(method, flow, values, mask, ensemble0, setup):
         )
         extra["nonfinite_windows"] = int(
             jnp.sum(res.window_result == RESULTS.nonfinite)
+        )
+    elif isinstance(method, HybridEnVar):
+        analysed = res.ensemble.analysed
+        analysis, spread = res.analysis[every::every], res.spread[every::every]
+        extra = dict(
+            ok_fraction=float(jnp.mean(res.ensemble.converged)),
+            var_failures=int(jnp.sum(res.var_result != RESULTS.successful)),
+            var_iterations=float(jnp.sum(res.var_steps) / jnp.sum(analysed)),
+            inflation=float(method.inflation),
+            rotate=method.rotate,
+            weight=float(method.weight),
+            filter=type(method.filter).__name__,
         )
     else:
         analysis, spread = res.analysis[every::every], res.spread[every::every]
@@ -246,7 +348,9 @@ def _dapper_version():
     return getattr(dapper, "__version__", "unknown")
 
 
-def _problem_records(problem: str, suite: str):
+def _problem_records(problem: str, suite: str, only: tuple[str, ...] | None = None):
+    """The records of `problem`; `only`: the names of the jaxda methods to run (and
+    their DAPPER twins), default all."""
     n_cycles = 3000 if suite == "quick" else 10_000
     burn_in = 500
     setup = SETUPS[problem]
@@ -262,8 +366,28 @@ def _problem_records(problem: str, suite: str):
         obs_var=setup["obs_var"],
         dapper_published=PUBLISHED[problem],
     )
+    methods = _methods(problem)
+    tuned = {}
+    if problem == "cycled-L96" and (only is None or "envar" in only):
+        choice = _tune_envar(problem)
+        n = truth.shape[1]
+        point = [choice[k] for k in ENVAR_GRID]
+        methods.append(("envar", _envar(*point, n), None, None))
+        tuned["envar"] = dict(
+            static_var=choice["static_var"],
+            static_length=choice["length"],
+            tuning_rmse=choice["tuning_rmse"],
+            tuning_grid={k: list(v) for k, v in ENVAR_GRID.items()},
+            tuned_on=(
+                "a separate tuning twin (other truth and noise), "
+                f"{ENVAR_TUNING['n_cycles']} cycles, the first "
+                f"{ENVAR_TUNING['burn_in_cycles']} not scored"
+            ),
+        )
     ours, theirs = [], {}
-    for name, method, make, published in _methods(problem):
+    for name, method, make, published in methods:
+        if only is not None and name not in only:
+            continue
         analysis, spread, extra, compile_s, run_s = _run_jaxda(
             method, flow, values, mask, ensemble0, setup
         )
@@ -277,6 +401,7 @@ def _problem_records(problem: str, suite: str):
             compile_s=compile_s,
             published_key=published,
             **extra,
+            **tuned.get(name, {}),
             **common,
         )
         ours.append((rec, make))
