@@ -1,63 +1,8 @@
 r"""Quasi-geostrophic turbulence on a doubly periodic beta-plane, pseudo-spectral: the
 1.5-layer (equivalent-barotropic) and the two-layer model of pyqg, for SSH-like fields.
 
-**Equations.** With $\psi$ the streamfunction, $\mathbf u = (u, v) = (-\partial_y\psi,
-\partial_x\psi)$, $J(\psi, q) = \mathbf u\cdot\nabla q$ and $q$ the potential-vorticity
-anomaly (the planetary part $\beta y$ and the mean-flow part are in the background
-gradient $Q_y$):
-
-- one layer (`layers=1`, 1.5-layer / equivalent barotropic with the deformation radius
-  $L_d$; barotropic with `deformation_radius=None`):
-  $$q = \nabla^2\psi - \psi / L_d^2,\qquad
-  \partial_t q + J(\psi, q) + \beta\,\partial_x\psi = -r\,\nabla^2\psi;$$
-- two layers (`layers=2`, pyqg's `QGModel`) of depths $H_1, H_2$, $\delta = H_1/H_2$,
-  $F_1 = L_d^{-2}/(1 + \delta)$, $F_2 = \delta F_1$, mean flows $U_1, U_2$:
-  $$q_1 = \nabla^2\psi_1 + F_1(\psi_2 - \psi_1),\quad
-  q_2 = \nabla^2\psi_2 + F_2(\psi_1 - \psi_2),$$
-  $$\partial_t q_i + J(\psi_i, q_i) + U_i\,\partial_x q_i + Q_{y,i}\,\partial_x\psi_i
-  = -\delta_{i2}\, r\,\nabla^2\psi_2,\quad
-  Q_{y,1} = \beta + F_1(U_1 - U_2),\ Q_{y,2} = \beta - F_2(U_1 - U_2).$$
-
-$r$ is a linear (Ekman) drag on the bottom layer. The surface elevation of the upper
-layer is $\eta = f_0\,\psi_1 / g$ (`ssh`).
-
-**Discretisation** (as pyqg): the inversion $q \to \psi$ is exact in Fourier space
-(wavenumbers $k = 2\pi m / L_x$, $l = 2\pi n / L_y$; the mean mode of $\psi$ is 0), the
-advective flux $(\mathbf u + U) q$ is formed on the grid and differentiated in Fourier
-space (no dealiasing of the product), and after each time step the exponential filter
-$\hat q \leftarrow \hat q\, e^{-a(\kappa^* - 0.65\pi)^4}$ for
-$\kappa^* = \sqrt{(k\Delta x)^2 + (l\Delta y)^2} > 0.65\pi$ (`filter_factor` $a$ =
-23.6) removes the enstrophy cascading to the grid scale (a smooth version of the 2/3
-rule: $e^{-34}$ at the Nyquist wavenumber). `vector_field` is the unfiltered
-right-hand side; the time stepping is `QGStep`: classical RK4 on $\hat q$, then the
-filter. RK4 is a one-step map (pyqg's third-order Adams-Bashforth needs two past
-tendencies in the state, which a 4DVar control cannot carry) and is stable for
-$|\omega|\Delta t \le 2\sqrt2$ against AB3's $\approx 0.72$, so each of its four
-tendency evaluations buys about the time step of one AB3 step.
-
-**Invariants.** For a field with no power beyond a third of the grid's wavenumbers,
-the advection and $\beta$ terms (no mean flow, no drag) conserve the energy
-$E = -\tfrac12\sum_i w_i\,\overline{\psi_i q_i}$ and the potential enstrophy
-$\sum_i w_i Z_i$, $Z_i = \tfrac12\overline{q_i^2}$, exactly ($w_i = H_i / H$: the
-weighted inversion is symmetric); the advection alone conserves each $Z_i$ (with
-$\beta$ the layers exchange enstrophy through the coupling $F_i\psi_j$). The
-pseudo-spectral products of such fields alias only into the wavenumbers beyond.
-A single Fourier mode is an exact solution on the beta-plane (its Jacobian vanishes):
-the Rossby wave $\omega = -\beta k / (k^2 + l^2 + L_d^{-2})$.
-
-**Why not pyqg-jax.** The issue asked to evaluate `pyqg-jax` (0.8.1, MIT, the JAX port
-of pyqg) first. It installs and runs with jax 0.10.2, `jax.grad` through its steps
-matches central differences (relative 1e-11 in float64) and `jit` / `vmap` work. It
-was not adopted because (i) its one-layer `BTModel` inverts $\hat\psi = -(\kappa^{-2} +
-L_d^{-2})\hat q$ (ported from pyqg) instead of $-\hat q/(\kappa^2 + L_d^{-2})$: its
-1.5-layer model, the one SSH mapping needs, is wrong whenever $L_d$ is finite (and the
-Rossby-wave test above fails); (ii) its two-layer inversion solves a batched 2 x 2
-complex system in float64 at every tendency (with dtype warnings when float64 is off):
-its two-layer tendency took 3-11x the time of this module's closed-form inverse (64 x 64
-and 128 x 128, float32 and float64, one run on a loaded 2-core CPU), beyond the issue's
-2x budget; (iii) its state is the complex half-spectrum and its stepper carries AB3
-history, both of which a wrapper would have to convert away. This module's two-layer
-tendency equals pyqg-jax's to 1e-14 (relative, float64) on random turbulent states.
+The model, its discretisation, its invariants and why it is written here rather than
+wrapping `pyqg-jax` are described in `QG`'s docstring (the API page).
 """
 
 import math
@@ -90,8 +35,7 @@ def _wavenumbers(grid: Grid):
 
 
 class QG(AbstractDynamics):
-    r"""Quasi-geostrophic turbulence, one (1.5-layer) or two layers, doubly periodic
-    (equations in the module docstring).
+    r"""Quasi-geostrophic turbulence, one (1.5-layer) or two layers, doubly periodic.
 
     **Arguments:**
 
@@ -114,6 +58,66 @@ class QG(AbstractDynamics):
     The physical parameters are array fields (differentiable). The state is the
     potential-vorticity anomaly $q$, shape `(layers, ny, nx)`. Step it with
     `QGStep(model, dt)` (RK4 and the filter), `dt <= max_stable_dt(q)`.
+
+    **Equations.** With $\psi$ the streamfunction, $\mathbf u = (u, v) =
+    (-\partial_y\psi, \partial_x\psi)$, $J(\psi, q) = \mathbf u\cdot\nabla q$ and $q$
+    the potential-vorticity anomaly (the planetary part $\beta y$ and the mean-flow
+    part are in the background gradient $Q_y$):
+
+    - one layer (`layers=1`, 1.5-layer / equivalent barotropic with the deformation
+      radius $L_d$; barotropic with `deformation_radius=None`):
+      $$q = \nabla^2\psi - \psi / L_d^2,\qquad
+      \partial_t q + J(\psi, q) + \beta\,\partial_x\psi = -r\,\nabla^2\psi;$$
+    - two layers (`layers=2`, pyqg's `QGModel`) of depths $H_1, H_2$,
+      $\delta = H_1/H_2$, $F_1 = L_d^{-2}/(1 + \delta)$, $F_2 = \delta F_1$, mean
+      flows $U_1, U_2$:
+      $$q_1 = \nabla^2\psi_1 + F_1(\psi_2 - \psi_1),\quad
+      q_2 = \nabla^2\psi_2 + F_2(\psi_1 - \psi_2),$$
+      $$\partial_t q_i + J(\psi_i, q_i) + U_i\,\partial_x q_i +
+      Q_{y,i}\,\partial_x\psi_i = -\delta_{i2}\, r\,\nabla^2\psi_2,\quad
+      Q_{y,1} = \beta + F_1(U_1 - U_2),\ Q_{y,2} = \beta - F_2(U_1 - U_2).$$
+
+    $r$ is a linear (Ekman) drag on the bottom layer. The surface elevation of the upper
+    layer is $\eta = f_0\,\psi_1 / g$ (`ssh`).
+
+    **Discretisation** (as pyqg): the inversion $q \to \psi$ is exact in Fourier space
+    (wavenumbers $k = 2\pi m / L_x$, $l = 2\pi n / L_y$; the mean mode of $\psi$ is 0),
+    the advective flux $(\mathbf u + U) q$ is formed on the grid and differentiated in
+    Fourier space (no dealiasing of the product), and after each time step the
+    exponential filter $\hat q \leftarrow \hat q\, e^{-a(\kappa^* - 0.65\pi)^4}$ for
+    $\kappa^* = \sqrt{(k\Delta x)^2 + (l\Delta y)^2} > 0.65\pi$ (`filter_factor` $a$ =
+    23.6) removes the enstrophy cascading to the grid scale (a smooth version of the 2/3
+    rule: $e^{-34}$ at the Nyquist wavenumber). `vector_field` is the unfiltered
+    right-hand side; the time stepping is `QGStep`: classical RK4 on $\hat q$, then the
+    filter. RK4 is a one-step map (pyqg's third-order Adams-Bashforth needs two past
+    tendencies in the state, which a 4DVar control cannot carry) and is stable for
+    $|\omega|\Delta t \le 2\sqrt2$ against AB3's $\approx 0.72$, so each of its four
+    tendency evaluations buys about the time step of one AB3 step.
+
+    **Invariants.** For a field with no power beyond a third of the grid's wavenumbers,
+    the advection and $\beta$ terms (no mean flow, no drag) conserve the energy
+    $E = -\tfrac12\sum_i w_i\,\overline{\psi_i q_i}$ and the potential enstrophy
+    $\sum_i w_i Z_i$, $Z_i = \tfrac12\overline{q_i^2}$, exactly ($w_i = H_i / H$: the
+    weighted inversion is symmetric); the advection alone conserves each $Z_i$ (with
+    $\beta$ the layers exchange enstrophy through the coupling $F_i\psi_j$). The
+    pseudo-spectral products of such fields alias only into the wavenumbers beyond.
+    A single Fourier mode is an exact solution on the beta-plane (its Jacobian
+    vanishes): the Rossby wave $\omega = -\beta k / (k^2 + l^2 + L_d^{-2})$.
+
+    **Why not pyqg-jax.** `pyqg-jax` (0.8.1, MIT, the JAX port of pyqg) was evaluated
+    first, as the dependency to wrap. It installs and runs with jax 0.10.2, `jax.grad`
+    through its steps matches central differences (relative 1e-11 in float64) and `jit`
+    / `vmap` work. It was not adopted because (i) its one-layer `BTModel` inverts
+    $\hat\psi = -(\kappa^{-2} + L_d^{-2})\hat q$ (ported from pyqg) instead of
+    $-\hat q/(\kappa^2 + L_d^{-2})$: its 1.5-layer model, the one SSH mapping needs, is
+    wrong whenever $L_d$ is finite (and the Rossby-wave test above fails); (ii) its
+    two-layer inversion solves a batched 2 x 2 complex system in float64 at every
+    tendency (with dtype warnings when float64 is off): its two-layer tendency took
+    3-11x the time of this module's closed-form inverse (64 x 64 and 128 x 128, float32
+    and float64, one run on a loaded 2-core CPU), beyond our budget of 2x a hand-written
+    step; (iii) its state is the complex half-spectrum and its stepper carries AB3
+    history, both of which a wrapper would have to convert away. This module's two-layer
+    tendency equals pyqg-jax's to 1e-14 (relative, float64) on random turbulent states.
     """
 
     grid: Grid
