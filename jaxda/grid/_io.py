@@ -137,7 +137,12 @@ def to_dataset(
       `"seconds since 2012-10-01"`).
     - `attrs`: extra global attributes.
 
-    **Returns:** the `xarray.Dataset` (NumPy data, the dtype of `fields`).
+    **Returns:** the `xarray.Dataset` (NumPy data, the dtype of `fields`): one
+    variable per channel with the dimensions `(time, y, x)`; coordinates `time`, `y`,
+    `x` (the cell centres) with `axis`, `units`, `standard_name` and `long_name`;
+    global attributes `Conventions = "CF-1.8"` and `jaxda_grid_boundary`,
+    `jaxda_grid_units`, `jaxda_grid_dy`, `jaxda_grid_dx`, `jaxda_grid_y0`,
+    `jaxda_grid_x0`, from which `from_dataset` rebuilds the same `Grid`.
     """
     xr = _require_xarray()
     if not isinstance(grid, Grid):
