@@ -24,6 +24,7 @@ SLOW_PAGES = [
     "tutorials/gaussian_map.md",
     "tutorials/neural_incremental.md",
     "tutorials/fourdvarnet_lorenz96.md",
+    "tutorials/cycled_lorenz96.md",
 ]
 
 
