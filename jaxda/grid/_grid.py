@@ -10,7 +10,8 @@ $L_y = n_y \Delta y$, $L_x = n_x \Delta x$.
 `boundary` says what lies beyond the edges: `"periodic"` (doubly periodic: index $n_x$
 is index 0) or `"closed"` (solid walls: no flux through the edges). Staggered variables
 of an Arakawa C-grid (normal velocities on the cell faces) are the business of the model
-that uses them; `Grid` describes the cell centres.
+that uses them; `Grid` describes the cell centres, and gives the coordinates of the
+east and north faces (`x_faces`, `y_faces`: $x_{i+1/2}$, $y_{j+1/2}$) they live on.
 """
 
 import math
@@ -131,6 +132,26 @@ class Grid(eqx.Module):
         """Cell-centre coordinates along x."""
         return self.x0 + self.dx * jnp.arange(self.nx)
 
+    @property
+    def y_faces(self) -> Float[Array, " ny"]:
+        r"""North-face coordinates along y, $y_{j+1/2} = y_0 + (j + \tfrac12)\Delta y$.
+
+        Entry `j` is the face between row `j` and row `j + 1` (the C-grid layout of
+        `jaxda.grid`'s face fields): on a `"closed"` grid the last one is the north
+        wall, on a `"periodic"` one the face between row `ny - 1` and row 0.
+        """
+        return self.y0 + self.dy * (jnp.arange(self.ny) + 0.5)
+
+    @property
+    def x_faces(self) -> Float[Array, " nx"]:
+        r"""East-face coordinates along x, $x_{i+1/2} = x_0 + (i + \tfrac12)\Delta x$.
+
+        Entry `i` is the face between column `i` and column `i + 1`: on a `"closed"`
+        grid the last one is the east wall, on a `"periodic"` one the face between
+        column `nx - 1` and column 0.
+        """
+        return self.x0 + self.dx * (jnp.arange(self.nx) + 0.5)
+
     def meshgrid(self) -> tuple[Float[Array, "ny nx"], Float[Array, "ny nx"]]:
         """`(Y, X)`: the coordinates of every cell centre, each of shape `(ny, nx)`."""
         return jnp.meshgrid(self.y, self.x, indexing="ij")
@@ -143,17 +164,26 @@ class Grid(eqx.Module):
         r"""$\sum_{j,i} f_{ji}\, \Delta x \Delta y$ over the last two axes (mass)."""
         return jnp.sum(field, axis=(-2, -1)) * self.cell_area
 
-    def check_field(self, name: str, field, *, leading: int = 0) -> None:
+    def check_field(self, name: str, field, *, leading: int | None = 0) -> None:
         """Validate a field: shape `(*leading_dims, ny, nx)` and finite.
 
-        `leading` is the number of axes before `(ny, nx)` (channels, time, batch).
-        Finiteness is checked on concrete values only (not under `jit`).
+        `leading` is the number of axes before `(ny, nx)` (channels, time, batch), or
+        `None` for any number of them (`(..., ny, nx)`). Finiteness is checked on
+        concrete values only (not under `jit`).
         """
         shape = tuple(jnp.shape(field))
-        if len(shape) != leading + 2 or shape[leading:] != self.shape:
-            lead = "*, " * leading
-            raise ValueError(
-                f"`{name}` must have shape ({lead}{self.ny}, {self.nx}) on this "
-                f"{self.ny} x {self.nx} grid; got {shape}."
-            )
+        if leading is None:
+            if len(shape) < 2 or shape[-2:] != self.shape:
+                raise ValueError(
+                    f"`{name}` must have shape (..., {self.ny}, {self.nx}) on this "
+                    f"{self.ny} x {self.nx} grid; got {shape}."
+                )
+        else:
+            leading = check_int("leading", leading, minimum=0)
+            if len(shape) != leading + 2 or shape[leading:] != self.shape:
+                lead = "*, " * leading
+                raise ValueError(
+                    f"`{name}` must have shape ({lead}{self.ny}, {self.nx}) on this "
+                    f"{self.ny} x {self.nx} grid; got {shape}."
+                )
         check_finite(name, field)

@@ -31,7 +31,11 @@ from .qg import (
 )
 from .shallow_water import (
     BasinPreset as BasinPreset,
+    ForwardBackward as ForwardBackward,
     ShallowWater as ShallowWater,
+    basin_bump as basin_bump,
+    basin_grid as basin_grid,
+    basin_observations as basin_observations,
     shallow_water_basin as shallow_water_basin,
     spin_up as spin_up,
 )
