@@ -229,26 +229,21 @@ def plot_maps(
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, sharey=True))
     import matplotlib
 
-    images = {}
     for ax, (title, field, kind) in zip(axes, panels):
         cm = matplotlib.colormaps[cmap if kind == "field" else error_cmap]
         cm = cm.with_extremes(bad="0.85")
         lo, hi = (vmin, vmax) if kind == "field" else (-emax, emax)
-        images[kind] = ax.imshow(
+        image = ax.imshow(
             np.ma.masked_invalid(field), origin="lower", extent=extent, cmap=cm,
             vmin=lo, vmax=hi, interpolation="nearest",
         )  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel(f"x ({grid.units})")
+        # one colour bar under each panel: the interleaved field and error panels
+        # cannot share two bars without overlapping them
+        bar = fig.colorbar(image, ax=ax, location="bottom", shrink=0.9, aspect=20)
+        bar.set_label(label if kind == "field" and label else kind)
     axes[0].set_ylabel(f"y ({grid.units})")
-    field_axes = [ax for ax, p in zip(axes, panels) if p[2] == "field"]
-    error_axes = [ax for ax, p in zip(axes, panels) if p[2] == "error"]
-    for kind, group in (("field", field_axes), ("error", error_axes)):
-        if group:
-            bar = fig.colorbar(
-                images[kind], ax=list(group), location="bottom", shrink=0.8, aspect=30
-            )  # fmt: skip
-            bar.set_label(label if kind == "field" and label else kind)
     return fig
 
 

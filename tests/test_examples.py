@@ -23,7 +23,9 @@ def _load(name):
     return module
 
 
-@pytest.mark.parametrize("name", ["lorenz63_incremental", "fourdvarnet_lorenz"])
+@pytest.mark.parametrize(
+    "name", ["lorenz63_incremental", "fourdvarnet_lorenz", "ssh_mapping"]
+)
 def test_example_is_short(name):
     """Examples are readable scripts of the public API, not harnesses."""
     source = (EXAMPLES / f"{name}.py").read_text()
@@ -84,3 +86,17 @@ def test_fourdvarnet_lorenz_runs(tmp_path):
     assert json.loads((out / "results.json").read_text())["rows"] == res["rows"]
     model = jio.load_model(out / "model.eqx")
     assert model.n_iter == 2 and model.train_prior
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ssh_mapping_runs(tmp_path):
+    example = _load("ssh_mapping")
+    out = tmp_path / "out"
+    res = example.main(["--n", "32", "--days", "3", "--outer", "2", "--out", str(out)])
+    assert list(res["rows"]) == ["OI", "4DVar"] and res["n_obs"] > 0
+    for row in res["rows"].values():
+        assert 0 < row["rmse_cm"] < 100 and row["rmse_score"] <= 1
+        assert row["resolved_km"] > 0 and row["time_s"] > 0
+    assert (out / "maps.png").stat().st_size > 0
+    assert (out / "psd_score.png").stat().st_size > 0
