@@ -61,17 +61,15 @@ from jaxda.obs import Observations
 
 def climatology_ensembles(key, states, n_windows: int, n_members: int):
     """`(n_windows, n_members, n)` initial ensembles: members drawn without
-    replacement from `states` `(M, n)` (the climatology), independently per window."""
+    replacement from `states` `(M, n)` (the climatology), independently per window
+    (`jaxda.ensemble.climatology_ensemble`)."""
     keys = jax.random.split(key, n_windows)
-
-    def draw(k):
-        return states[jax.random.choice(k, states.shape[0], (n_members,), False)]
-
-    return jax.vmap(draw)(keys)
+    return jax.vmap(lambda k: ens.climatology_ensemble(k, states, n_members))(keys)
 
 
 def enks_first_guess(preset, obs, ensembles0, key, *, lag: int, inflation: float):
-    """The EnKS-ETKF smoothed mean and standard deviation of every window.
+    """The EnKS-ETKF smoothed mean and standard deviation of every window
+    (`jaxda.ensemble.smoother_first_guess`, vmapped).
 
     **Arguments:** `preset` (its model, `dt`, `noise_std`); `obs` (`Observations`
     `(W, T, n)`); `ensembles0` `(W, N, n)` (ensemble at each window's first time);
@@ -81,12 +79,14 @@ def enks_first_guess(preset, obs, ensembles0, key, *, lag: int, inflation: float
     `jaxda.RESULTS` item.
     """
     flow = flow_map(preset.model, preset.dt)
-    method = ens.EnKS(ens.ETKF(inflation=inflation), lag)
     obs_var = preset.noise_std**2
 
     def one(o, e0, k):
-        r = ens.assimilate(method, flow, o, e0, key=k, obs_var=obs_var, throw=False)
-        return r.smoothed, r.smoothed_std, r.result
+        guess = ens.smoother_first_guess(
+            flow, o, e0, key=k, obs_var=obs_var, lag=lag,
+            filter=ens.ETKF(inflation=inflation), throw=False,
+        )  # fmt: skip
+        return guess.mean, guess.std, guess.result
 
     keys = jax.random.split(key, ensembles0.shape[0])
     return eqx.filter_jit(jax.vmap(one))(obs, ensembles0, keys)

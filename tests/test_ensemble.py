@@ -253,6 +253,26 @@ def test_enks_is_the_fixed_lag_kalman_smoother(analysis, lag):
     np.testing.assert_allclose(res.smoothed_std, sd, rtol=0, atol=1e-9)
     kf_mean, _ = _kalman_filter(m, m0, p0, obs, var)
     np.testing.assert_allclose(res.analysis, kf_mean, rtol=0, atol=1e-10)
+    # the first-guess helper is this smoother's mean and spread
+    guess = ens.smoother_first_guess(
+        flow_map(model, DT, "euler"), obs, e0, key=jax.random.key(0),
+        obs_var=jnp.asarray(var), lag=lag, filter=analysis,
+    )  # fmt: skip
+    np.testing.assert_array_equal(guess.mean, res.smoothed)
+    np.testing.assert_array_equal(guess.std, res.smoothed_std)
+    assert guess.result == RESULTS.successful
+
+
+def test_climatology_ensemble_draws_distinct_archived_states():
+    archive = jnp.arange(30.0).reshape(10, 3)
+    e = ens.climatology_ensemble(jax.random.key(3), archive, 6)
+    rows = {tuple(r) for r in np.asarray(e)}
+    assert e.shape == (6, 3) and len(rows) == 6
+    assert rows <= {tuple(r) for r in np.asarray(archive)}
+    with pytest.raises(ValueError, match="`n_members` must be <="):
+        ens.climatology_ensemble(jax.random.key(3), archive, 11)
+    with pytest.raises(ValueError, match="`states` must be an archive"):
+        ens.climatology_ensemble(jax.random.key(3), archive[0], 2)
 
 
 # ----------------------------------------------------------------------------------

@@ -33,6 +33,11 @@ from ._envar import (
     ObservationTerm as ObservationTerm,
     assimilate_envar as assimilate_envar,
 )
+from ._first_guess import (
+    SmootherFirstGuess as SmootherFirstGuess,
+    climatology_ensemble as climatology_ensemble,
+    smoother_first_guess as smoother_first_guess,
+)
 from ._hybrid import (
     EnsembleCovariance as EnsembleCovariance,
     HybridCovariance as HybridCovariance,
