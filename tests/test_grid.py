@@ -6,6 +6,8 @@ identities on those float64 matrices, and the order of accuracy of the centred
 operators on smooth fields.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +43,11 @@ def test_grid_coordinates_square_and_integral():
     o = G.Grid(2, 2, x0=-1.0, y0=10.0)
     np.testing.assert_allclose(o.x, [-1.0, 0.0])
     np.testing.assert_allclose(o.y, [10.0, 11.0])
+    # faces x_(i+1/2): midway between centres, the last one the east wall
+    np.testing.assert_allclose(g.x_faces, [0.5, 1.0, 1.5, 2.0])
+    np.testing.assert_allclose(g.y_faces, [2.0, 4.0, 6.0])
+    np.testing.assert_allclose(o.x_faces, [-0.5, 0.5])
+    assert float(s.x_faces[-1]) == s.extent[1] and float(s.y_faces[-1]) == 1000.0
     # hashable metadata: usable as a static argument
     assert hash(G.Grid(4, 4)) == hash(G.Grid(4, 4))
 
@@ -68,6 +75,17 @@ def test_grid_validation():
     with pytest.raises(ValueError, match="`q` must be finite"):
         g.check_field("q", jnp.full((3, 4), jnp.nan))
     g.check_field("q", jnp.zeros((2, 3, 4)), leading=1)
+    # leading=None: any number of leading axes
+    for shape in ((3, 4), (2, 3, 4), (5, 2, 3, 4)):
+        g.check_field("q", np.zeros(shape), leading=None)
+    with pytest.raises(ValueError, match=r"`q` must have shape \(\.\.\., 3, 4\)"):
+        g.check_field("q", np.zeros((2, 4, 3)), leading=None)
+    with pytest.raises(ValueError, match=r"`q` must have shape \(\.\.\., 3, 4\)"):
+        g.check_field("q", np.zeros(4), leading=None)
+    with pytest.raises(ValueError, match="`q` must be finite"):
+        g.check_field("q", np.full((2, 3, 4), np.inf), leading=None)
+    with pytest.raises(ValueError, match="`leading` must be >= 0"):
+        g.check_field("q", np.zeros((3, 4)), leading=-1)
 
 
 # ------------------------------------------------------------------------------
@@ -204,31 +222,36 @@ def _rate(errors):
     return np.log2(e[:-1] / e[1:])
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _operator_errors(n, L=2.0):
+    """Max errors of the centred gradient, Laplacians and forward difference on an
+    n x n grid against exact derivatives (one compiled program per size)."""
+    gp = G.Grid.square(n, L)
+    gc = G.Grid.square(n, L, boundary="closed")
+    Y, X = gp.meshgrid()
+    k = 2 * np.pi / L
+    f = jnp.sin(k * X) * jnp.cos(2 * k * Y)
+    fx = k * jnp.cos(k * X) * jnp.cos(2 * k * Y)
+    fy = -2 * k * jnp.sin(k * X) * jnp.sin(2 * k * Y)
+    grad = G.gradient(f, gp, "centred")
+    periodic = jnp.maximum(jnp.abs(grad[0] - fx).max(), jnp.abs(grad[1] - fy).max())
+    lap_p = jnp.abs(G.laplacian(f, gp) + 5 * k**2 * f).max()
+    # the forward difference is second order at the faces it lives on
+    fx_face = k * jnp.cos(k * (X + gp.dx / 2)) * jnp.cos(2 * k * Y)
+    fwd = jnp.abs(G.diff_forward(f, gp, "x") - fx_face).max()
+    # closed: a field that is not periodic nor zero-gradient at the walls
+    g_ = jnp.exp(0.3 * X) * jnp.sin(1.1 * Y + 0.4)
+    gx = 0.3 * g_
+    closed = jnp.abs(G.diff_centred(g_, gc, "x") - gx).max()
+    # closed Laplacian on a zero-normal-gradient (Neumann) field
+    c = jnp.cos(np.pi * X / L) * jnp.cos(2 * np.pi * Y / L)
+    lap_c = jnp.abs(G.laplacian(c, gc) + 5 * (np.pi / L) ** 2 * c).max()
+    return jnp.stack([periodic, closed, lap_p, lap_c, fwd])
+
+
 def test_centred_operators_converge_at_second_order():
-    L = 2.0
-    periodic_err, closed_err, lap_p, lap_c, fwd_err = [], [], [], [], []
-    for n in (32, 64, 128):
-        gp = G.Grid.square(n, L)
-        gc = G.Grid.square(n, L, boundary="closed")
-        Y, X = gp.meshgrid()
-        k = 2 * np.pi / L
-        f = jnp.sin(k * X) * jnp.cos(2 * k * Y)
-        fx = k * jnp.cos(k * X) * jnp.cos(2 * k * Y)
-        fy = -2 * k * jnp.sin(k * X) * jnp.sin(2 * k * Y)
-        grad = G.gradient(f, gp, "centred")
-        periodic_err.append(max(np.abs(grad[0] - fx).max(), np.abs(grad[1] - fy).max()))
-        lap_p.append(np.abs(G.laplacian(f, gp) + 5 * k**2 * f).max())
-        # the forward difference is second order at the faces it lives on
-        fx_face = k * jnp.cos(k * (X + gp.dx / 2)) * jnp.cos(2 * k * Y)
-        fwd_err.append(np.abs(G.diff_forward(f, gp, "x") - fx_face).max())
-        # closed: a field that is not periodic nor zero-gradient at the walls
-        g_ = jnp.exp(0.3 * X) * jnp.sin(1.1 * Y + 0.4)
-        gx = 0.3 * g_
-        closed_err.append(np.abs(G.diff_centred(g_, gc, "x") - gx).max())
-        # closed Laplacian on a zero-normal-gradient (Neumann) field
-        c = jnp.cos(np.pi * X / L) * jnp.cos(2 * np.pi * Y / L)
-        lap_c.append(np.abs(G.laplacian(c, gc) + 5 * (np.pi / L) ** 2 * c).max())
-    for errors in (periodic_err, closed_err, lap_p, lap_c, fwd_err):
+    all_errors = np.stack([_operator_errors(n) for n in (32, 64, 128)])
+    for errors in all_errors.T:
         rate = _rate(errors)
         assert np.all(rate > 1.9) and np.all(rate < 2.2), (errors, rate)
 
