@@ -93,7 +93,9 @@ class ShallowWater(AbstractDynamics):
 
     The physical parameters are array fields (learnable, differentiable). The state is
     `(3, ny, nx) = (eta, u, v)` on the C-grid (layout in the module docstring). Use
-    `flow_map(model, dt, "rk4")` with `dt <= max_stable_dt()`.
+    `flow_map(model, dt, "rk4")` with `dt <= max_stable_dt()` to step this
+    tendency, or `ForwardBackward(model, dt)` for [FBC23]'s forward-backward scheme
+    (momentum without advection, upwind continuity).
     """
 
     grid: Grid
@@ -503,7 +505,8 @@ def shallow_water_basin(
     1000); `dtype` of the states (default: JAX's default float).
 
     **Returns:** a `BasinPreset` (`model`, `grid`, `dt`, `initial_state`, `state`,
-    `spinup_steps`, `flow`).
+    `spinup_steps`, `flow`). For a data set of many samples, vmap `basin_bump` and
+    `spin_up(preset.flow, x0, 1000)` over keys, then `basin_observations`.
     """
     check_choice("scheme", scheme, SCHEMES)
     check_positive("courant", courant)
