@@ -187,6 +187,98 @@ def test_stochastic_enkf_converges_to_the_kalman_filter():
     assert np.all(np.abs(res.std**2 / kf_var - 1) <= 5 * np.sqrt(2 / n_members))
 
 
+def _enkf_reference(e, y, var, weight, eps):
+    """The textbook perturbed-observation update, dense and in physical units:
+    E^a_i = E_i + K (y - eps_i - H E_i), K = P H^T (H P H^T + R)^-1, P the ensemble
+    covariance, H the selection of the observed entries (weight > 0)."""
+    obs = np.flatnonzero(weight > 0)
+    h = np.eye(e.shape[1])[obs]
+    p = np.cov(e, rowvar=False)
+    gain = p @ h.T @ np.linalg.inv(h @ p @ h.T + np.diag(var[obs]))
+    return e + (y[obs] - eps[:, obs] - e @ h.T) @ gain.T
+
+
+@pytest.mark.parametrize("n_members, p", [(5, 8), (8, 5)])
+@pytest.mark.parametrize("perturbations", ["centred", "rescaled", "uncentred"])
+def test_enkf_analysis_is_the_perturbed_observation_update(n_members, p, perturbations):
+    # One analysis against the dense NumPy update with the same perturbations
+    # (N <= p: the N x N form; N > p: the observation-space form); two entries
+    # unobserved. The perturbations are z - mean(z) (times sqrt(N / N1) for
+    # "rescaled", DAPPER's), or z, with z the standard normal draws of the key.
+    rng = np.random.default_rng(11)
+    e = 2.0 * rng.standard_normal((n_members, p)) + 1.0
+    y = rng.standard_normal(p)
+    var = 0.5 + rng.uniform(size=p)
+    weight = 1.0 / var
+    weight[[1, 3]] = 0.0
+    key = jax.random.key(4)
+    enkf = ens.EnKF(perturbations=perturbations)
+    z = np.array(jax.random.normal(key, (n_members, p), jnp.float64))
+    if perturbations != "uncentred":
+        z = z - z.mean(axis=0)
+    if perturbations == "rescaled":
+        z = z * np.sqrt(n_members / (n_members - 1.0))
+    z[:, [1, 3]] = 0.0
+    zs = enkf.observation_perturbations(key, jnp.asarray(weight), n_members)
+    np.testing.assert_allclose(zs, z, rtol=0, atol=1e-14)
+    transform = jax.jit(lambda *a: enkf.transform(key, *a, state_shape=(p,)))(
+        jnp.asarray(e), jnp.asarray(y), jnp.asarray(weight)
+    )
+    expected = _enkf_reference(e, y, var, weight, np.sqrt(var) * z)
+    np.testing.assert_allclose(transform(jnp.asarray(e)), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("perturbations", ["centred", "rescaled", "uncentred"])
+def test_enkf_expected_analysis_covariance(perturbations):
+    # Given the forecast ensemble (N = 5, its covariance P, gain K), the analysis
+    # covariance averaged over 4000 perturbation draws: (I - K H) P for centred and
+    # uncentred perturbations (their sample covariance is R on average), plus
+    # K R K^T / N1 for the rescaled ones (sample covariance N / N1 R; an extra
+    # inflation of the observation-error part, 25% of K R K^T here). Tolerance: 5
+    # Monte Carlo standard errors of every entry, and the other formula must lie
+    # beyond 10 of them. Centred and rescaled: the mean is Kalman's in every draw.
+    rng = np.random.default_rng(12)
+    n_members, n, n_draws = 5, 3, 4000
+    e = rng.standard_normal((n_members, n)) @ np.array(
+        [[1.0, 0.3, 0.0], [0.0, 1.0, 0.5], [0.0, 0.0, 0.8]]
+    )
+    y = rng.standard_normal(n)
+    var = np.array([0.4, 0.7, 1.0])
+    weight = 1.0 / var
+    enkf = ens.EnKF(perturbations=perturbations)
+
+    @jax.jit
+    @jax.vmap
+    def analyse(key):
+        t = enkf.transform(
+            key, jnp.asarray(e), jnp.asarray(y), jnp.asarray(weight), state_shape=(n,)
+        )
+        return t(jnp.asarray(e))
+
+    ea = np.asarray(analyse(jax.random.split(jax.random.key(5), n_draws)))
+    p = np.cov(e, rowvar=False)
+    gain = p @ np.linalg.inv(p + np.diag(var))
+    kalman = (np.eye(n) - gain) @ p
+    extra = gain @ np.diag(var) @ gain.T / (n_members - 1.0)
+    covs = np.stack([np.cov(x, rowvar=False) for x in ea])
+    se = covs.std(axis=0, ddof=1) / np.sqrt(n_draws)
+    expected, other = (
+        (kalman + extra, kalman)
+        if perturbations == "rescaled"
+        else (kalman, kalman + extra)
+    )
+    assert np.all(np.abs(covs.mean(axis=0) - expected) <= 5 * se)
+    assert np.max(np.abs(covs.mean(axis=0) - other) / se) > 10
+    kalman_mean = e.mean(0) + gain @ (y - e.mean(0))
+    means = ea.mean(axis=1)
+    if perturbations == "uncentred":
+        assert np.abs(means - kalman_mean).max() > 0.1
+    else:
+        np.testing.assert_allclose(
+            means, np.broadcast_to(kalman_mean, means.shape), atol=1e-12
+        )
+
+
 def test_letkf_with_an_infinite_radius_is_the_etkf():
     model, _, m0, chol, var, obs = _problem(6, 3)
     e0 = _exact_ensemble(m0, chol, 4)
@@ -496,6 +588,10 @@ def test_bad_input_names_the_argument():
         ens.assimilate(ens.ETKF(), flow, obs[:, :2], e0, **kw)
     with pytest.raises(ValueError, match="`inflation` must be"):
         ens.ETKF(inflation=0.9)
+    with pytest.raises(ValueError, match="`perturbations` must be one of"):
+        ens.EnKF(perturbations="centered")
+    with pytest.raises(ValueError, match="`inflation` must be"):
+        ens.EnKF(inflation=0.9, perturbations="rescaled")
     with pytest.raises(ValueError, match="`radius` must be"):
         ens.LETKF(0.0)
     with pytest.raises(ValueError, match="`radius` must be"):
