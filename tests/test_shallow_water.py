@@ -254,9 +254,10 @@ def test_tangent_linear_step_and_adjoint(boundary):
 
 
 def _authors_step(eta, u, v, g, H, dt, dx, dy):
-    """One step of the authors' scheme transcribed in NumPy with THEIR layout: the
-    first array axis is x, `u[i]` between cells i and i + 1, last row / column the
-    wall (never updated)."""
+    """One step of the authors' scheme written in NumPy with THEIR layout (the first
+    array axis is x, `u[i]` between cells i and i + 1, the last row of u / column of
+    v the walls, never updated), with per-face upwind depth arrays east / west /
+    north / south of each cell as their step has them."""
     eta, u, v = eta.copy(), u.copy(), v.copy()
     u[:-1, :] -= g * dt / dx * (eta[1:, :] - eta[:-1, :])
     v[:, :-1] -= g * dt / dy * (eta[:, 1:] - eta[:, :-1])

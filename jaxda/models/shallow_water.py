@@ -296,9 +296,9 @@ class ForwardBackward(AbstractFlowMap):
     `x[2, j, i]` (transposes). Their `u[i, :]` lies between cells `i` and `i + 1`
     and their last row `u[-1, :]`, never updated and 0, is our east-wall face
     `x[1, :, -1]` (likewise `v[:, -1]` and `x[2, -1, :]`): the same C-grid layout.
-    Their upwind depths `h_e[i] = H + eta[i]` if `u[i] > 0` else `H + eta[i + 1]`
-    and `h_w[i] = h_e[i - 1]` make the flux differences `uhwe`, `vhns` our
-    $D^-_x U$, $D^-_y V$; the wall fluxes vanish.
+    Their upwind depth on face `i` is `H + eta[i]` if `u[i] > 0`, else
+    `H + eta[i + 1]`, and the difference of the face fluxes is our $D^-_x U$ (the
+    same along y); the wall fluxes vanish.
 
     **Properties.** Mass $\sum\eta\,\Delta x\Delta y$ is conserved exactly (flux
     form, closed or periodic grid); the wall faces keep their value (keep them 0).
