@@ -67,6 +67,8 @@ def var_solvers():
         ("Incremental4DVar", var.Incremental4DVar()),
         ("DenseGaussNewton", var.DenseGaussNewton()),
         ("DenseLevenbergMarquardt", var.DenseLevenbergMarquardt()),
+        ("GaussNewtonCG", var.GaussNewtonCG(cg_rtol=1e-12)),
+        ("LBFGS", var.LBFGS()),
         ("GradientDescent", var.GradientDescent(0.02)),
         ("OptaxSolver", var.OptaxSolver(optax.sgd(0.02, momentum=0.5))),
         ("JaxoptGaussNewton", var.JaxoptGaussNewton()),

@@ -38,12 +38,19 @@ IDS = [name for name, _ in SOLVERS]
 # on 2 CPU cores, compile time counted) keeps the result-code properties (start at
 # the minimiser, iteration cap, non-finite start) for every solver the library
 # implements itself, and the vmap / float32 / saved-iterates properties for one
-# solver of each family (block-tridiagonal GN, incremental, dense GN, first order).
+# solver of each family (block-tridiagonal GN, incremental, dense GN, matrix-free GN,
+# first order).
 # The jaxopt wrappers and the staged solvers, which compile slowly and wrap solvers
 # tested here, run with the slow tests (defect regressions for them stay in
 # test_var_regressions.py).
 HEAVY = ("Jaxopt", "QuasiStatic", "ModelErrorContinuation")
-FAMILIES = ("GaussNewton", "Incremental4DVar", "DenseGaussNewton", "GradientDescent")
+FAMILIES = (
+    "GaussNewton",
+    "Incremental4DVar",
+    "DenseGaussNewton",
+    "GaussNewtonCG",
+    "GradientDescent",
+)
 
 
 def _params(default):
