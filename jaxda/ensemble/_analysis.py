@@ -176,9 +176,11 @@ class EnKF(AbstractEnsembleAnalysis):
     With the same perturbations this analysis equals DAPPER's `EnKF_analysis`
     ("PertObs") to round-off, and with `inflation` applied after the analysis
     (`assimilate`) the cycle too. On the cycled Lorenz-63 benchmark (N = 10,
-    inflation 1.04, tuned for DAPPER's variant) `"rescaled"` has the larger spread
-    and the lower RMSE; the time-averaged RMSE of one run varies by about 0.1
-    from one random key to another (`benchmarks/bench_ensemble.py`).
+    inflation 1.04, DAPPER's tuning for its variant) `"rescaled"` has the larger
+    spread and, on average over random keys, the lower RMSE; the time-averaged RMSE
+    of one run varies by about 0.1 from one key to another, so single runs of the
+    two codes compare only through that distribution
+    (`benchmarks/bench_ensemble.py`).
 
     **Arguments:** `inflation` $\lambda \ge 1$ (default 1); `rotate` (default False);
     `perturbations` `"centred"`, `"rescaled"` or `"uncentred"` (default `"centred"`).
