@@ -192,3 +192,18 @@ def test_the_three_normal_solves_give_the_same_step(getkey, damping):
         assert bool(ok)
         np.testing.assert_allclose(g, grad, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(delta, ref, rtol=1e-7, atol=1e-9)
+
+
+def test_strong_constraint_checkpointed_gradient_equals_plain():
+    flow = flow_map(Lorenz63(), 0.01)
+    truth = rollout(flow, jnp.array([1.0, 2.0, 20.0]), 9)
+    obs = Observations(truth + 0.3, jnp.ones(truth.shape, bool))
+    plain = StrongConstraint4DVar(flow, obs, 0.5)
+    ckpt = StrongConstraint4DVar(flow, obs, 0.5, checkpoint=True)
+    x0 = truth[0] - 0.2
+    grad = eqx.filter_jit(lambda p, x: jax.grad(p.cost)(x))
+    np.testing.assert_allclose(grad(ckpt, x0), grad(plain, x0), rtol=1e-12, atol=1e-12)
+    jaxpr = str(jax.make_jaxpr(jax.grad(ckpt.cost))(x0))
+    assert "checkpoint" in jaxpr or "remat" in jaxpr
+    with pytest.raises(TypeError, match="`checkpoint` must be a bool"):
+        StrongConstraint4DVar(flow, obs, 0.5, checkpoint="yes")

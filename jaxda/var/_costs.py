@@ -299,7 +299,10 @@ class StrongConstraint4DVar(AbstractVarProblem):
     or `(T, *obs_shape)` with an operator), `obs_var` (scalar or broadcastable to
     the shape of `obs`), `background` (optional), `operator` (optional `jaxda.obs`
     observation operator, linear or not: the dense solvers differentiate
-    $h_t \circ \mathcal M_t$ with the rest of the residuals).
+    $h_t \circ \mathcal M_t$ with the rest of the residuals), `checkpoint` (keyword,
+    flow maps only: rematerialise each model step in reverse mode,
+    `rollout(..., checkpoint=True)`, so the gradient stores one state per step instead
+    of every stage of the scheme; same values and derivatives; default `False`).
     """
 
     flow: eqx.Module
@@ -307,8 +310,13 @@ class StrongConstraint4DVar(AbstractVarProblem):
     obs_var: Float[Array, "..."]
     background: Background | None = None
     operator: AbstractObservationOperator | None = None
+    checkpoint: bool = eqx.field(static=True, default=False, kw_only=True)
 
     def __check_init__(self):
+        if not isinstance(self.checkpoint, bool):
+            raise TypeError(
+                f"`checkpoint` must be a bool; got {type(self.checkpoint).__name__}."
+            )
         if not isinstance(self.flow, AbstractFlowMap | DiffraxTrajectory):
             raise TypeError(
                 "`flow` must be a jaxda.models flow map or a DiffraxTrajectory; got "
@@ -346,7 +354,7 @@ class StrongConstraint4DVar(AbstractVarProblem):
         """The model trajectory $\\Phi^t(x_0)$, $t = 0..T-1$."""
         n_steps = self.obs.values.shape[0] - 1
         if isinstance(self.flow, AbstractFlowMap):
-            return rollout(self.flow, x0, n_steps)
+            return rollout(self.flow, x0, n_steps, checkpoint=self.checkpoint)
         return self.flow(x0, n_steps)
 
     def residual_terms(self, x0):
