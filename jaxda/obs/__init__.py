@@ -29,8 +29,6 @@ from ._grid_patterns import (
     AbstractPointPattern as AbstractPointPattern,
     CloudPattern as CloudPattern,
     RandomPointsPattern as RandomPointsPattern,
-    Satellite as Satellite,
-    SatelliteTracks as SatelliteTracks,
 )
 from ._interpolation import (
     BilinearInterpolation as BilinearInterpolation,
@@ -59,6 +57,7 @@ from ._patterns import (
     RandomPhasePattern as RandomPhasePattern,
     RandomTimesPattern as RandomTimesPattern,
 )
+from ._satellites import Satellite as Satellite, SatelliteTracks as SatelliteTracks
 
 
 __all__ = [
