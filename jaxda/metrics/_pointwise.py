@@ -1,18 +1,5 @@
-r"""Reconstruction metrics: MSE / RMSE, split observed / unobserved, in any units.
-
-All metrics take ONE window (any shape, typically `(T, *state)`) and reduce over every
-axis; they are pure `jnp` code without Python branching on values, so `jax.vmap` gives
-per-window scores and `jax.jit` compiles them. Average per-window scores yourself, or
-pass the whole batch at once for the pooled score (for unmasked MSE the two agree).
-
-Units: pass `transform=stats.apply` to score data given in original units in normalised
-units, or `transform=stats.invert` to score normalised data in original units (`stats` a
-`jaxda.data.Normalisation`). [F21]'s "R-score" is `mse` in original units over the
-whole state.
-
-An empty selection (a mask with no `True` entry) has no mean: the result is NaN, on
-purpose.
-"""
+r"""Point scores: MSE / RMSE over every entry or split observed / unobserved, and
+[F21]'s scores (conventions in the package docstring, `jaxda.metrics`)."""
 
 from collections.abc import Callable
 from typing import NamedTuple

@@ -15,6 +15,7 @@ from .._custom_types import Array, ArrayLike, Bool, Float
 from .._validation import check_choice, check_positive, check_same_shape
 from ..grid._differences import diff_centred
 from ..grid._grid import Grid
+from ._pointwise import _masked_mean, _prep
 
 
 _WINDOWS = ("auto", "hann", None)
@@ -59,22 +60,7 @@ class SpectralScore(NamedTuple):
 
 
 def _check_pair(estimate, truth, mask):
-    estimate = jnp.asarray(estimate)
-    truth = jnp.asarray(truth)
-    check_same_shape("estimate", estimate, "truth", truth)
-    if mask is not None:
-        mask = jnp.asarray(mask)
-        if mask.dtype != jnp.bool_:
-            raise TypeError(f"`mask` must be a boolean array; got dtype {mask.dtype}.")
-        check_same_shape("mask", mask, "truth", truth)
-    return estimate, truth, mask
-
-
-def _mean(values, mask):
-    if mask is None:
-        return jnp.mean(values)
-    zero = jnp.zeros((), values.dtype)
-    return jnp.sum(jnp.where(mask, values, zero)) / jnp.sum(mask).astype(values.dtype)
+    return _prep(estimate, truth, mask, None)
 
 
 def rmse_score(
@@ -94,7 +80,9 @@ def rmse_score(
     **Returns:** a scalar (NaN when `mask` selects nothing).
     """
     estimate, truth, mask = _check_pair(estimate, truth, mask)
-    return 1 - jnp.sqrt(_mean((estimate - truth) ** 2, mask) / _mean(truth**2, mask))
+    return 1 - jnp.sqrt(
+        _masked_mean((estimate - truth) ** 2, mask) / _masked_mean(truth**2, mask)
+    )
 
 
 def gradient_rmse(
@@ -132,7 +120,7 @@ def gradient_rmse(
         sq = (jnp.hypot(gy_e, gx_e) - jnp.hypot(gy_t, gx_t)) ** 2
     else:
         sq = (gy_e - gy_t) ** 2 + (gx_e - gx_t) ** 2
-    return jnp.sqrt(_mean(sq, mask))
+    return jnp.sqrt(_masked_mean(sq, mask))
 
 
 # ----------------------------------------------------------------------------------
