@@ -27,27 +27,18 @@ from .._validation import check_choice, check_finite, check_int
 BOUNDARIES = ("periodic", "closed")
 
 
-def _positive_float(name: str, value) -> float:
+def _real_float(name: str, value, *, positive: bool = False) -> float:
+    """`value` as a Python float; `TypeError` unless a real number, `ValueError` unless
+    finite (and > 0 when `positive`)."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.number):
         raise TypeError(
             f"`{name}` must be a real number (a Python float); got "
             f"{type(value).__name__} ({value!r})."
         )
     value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be finite and > 0; got {value}.")
-    return value
-
-
-def _finite_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-        raise TypeError(
-            f"`{name}` must be a real number (a Python float); got "
-            f"{type(value).__name__} ({value!r})."
-        )
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be finite; got {value}.")
+    if not math.isfinite(value) or (positive and value <= 0):
+        want = "finite and > 0" if positive else "finite"
+        raise ValueError(f"`{name}` must be {want}; got {value}.")
     return value
 
 
@@ -79,11 +70,11 @@ class Grid(eqx.Module):
     def __post_init__(self):
         self.ny = check_int("ny", self.ny, minimum=2)
         self.nx = check_int("nx", self.nx, minimum=2)
-        self.dy = _positive_float("dy", self.dy)
-        self.dx = _positive_float("dx", self.dx)
+        self.dy = _real_float("dy", self.dy, positive=True)
+        self.dx = _real_float("dx", self.dx, positive=True)
         check_choice("boundary", self.boundary, BOUNDARIES)
-        self.y0 = self.dy / 2 if self.y0 is None else _finite_float("y0", self.y0)
-        self.x0 = self.dx / 2 if self.x0 is None else _finite_float("x0", self.x0)
+        self.y0 = self.dy / 2 if self.y0 is None else _real_float("y0", self.y0)
+        self.x0 = self.dx / 2 if self.x0 is None else _real_float("x0", self.x0)
         if not isinstance(self.units, str):
             raise TypeError(
                 f"`units` must be a string; got {type(self.units).__name__}."
@@ -95,7 +86,7 @@ class Grid(eqx.Module):
     ) -> "Grid":
         """An `n` x `n` grid covering a square of side `length`."""
         n = check_int("n", n, minimum=2)
-        length = _positive_float("length", length)
+        length = _real_float("length", length, positive=True)
         return cls(n, n, length / n, length / n, boundary, **kwargs)
 
     @property
