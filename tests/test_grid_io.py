@@ -4,7 +4,8 @@ the Grid, dtypes, times), CF attributes, files from elsewhere, bad input."""
 import numpy as np
 import pytest
 
-from jaxda.grid import Grid, from_dataset, load_fields, save_fields, to_dataset
+from jaxda.data import fields_from_xarray, fields_to_xarray, load_fields, save_fields
+from jaxda.grid import Grid
 from jaxda.obs import Observations
 
 
@@ -23,7 +24,7 @@ def trajectory():
 
 def test_dataset_layout_and_cf_attributes(trajectory):
     grid, fields, mask = trajectory
-    ds = to_dataset(
+    ds = fields_to_xarray(
         fields, grid, names=("ssh", "sst"), times=np.arange(4) * 0.5, mask=mask,
         units=("m", "K"), standard_names={"ssh": "sea_surface_height"},
         long_names="a field", time_units="days", attrs={"experiment": "osse"},
@@ -76,39 +77,43 @@ def test_dataset_from_elsewhere_gets_its_grid_from_the_coordinates():
         {"ssh": (("lon", "time", "lat"), ssh), "other": (("time",), np.zeros(3))},
         coords={"time": times, "lat": lat, "lon": lon},
     )
-    out = from_dataset(ds, time_dim="time", y_dim="lat", x_dim="lon")
+    out = fields_from_xarray(ds, time_dim="time", y_dim="lat", x_dim="lon")
     assert out.names == ("ssh",)
     assert out.grid == Grid(5, 7, 0.25, 0.5, "closed", 30.0, -60.0, units="m")
     np.testing.assert_array_equal(np.asarray(out.fields[:, 0]), np.nan_to_num(
         ssh.transpose(1, 2, 0)))  # fmt: skip
     assert int((~out.mask).sum()) == 1 and not bool(out.mask[1, 0, 2, 0])
     np.testing.assert_array_equal(out.times, times)
-    periodic = from_dataset(ds, "ssh", boundary="periodic", y_dim="lat", x_dim="lon")
+    periodic = fields_from_xarray(
+        ds, "ssh", boundary="periodic", y_dim="lat", x_dim="lon"
+    )
     assert periodic.grid.periodic
     # with datetimes, the file round trip keeps them
-    ds2 = to_dataset(out.fields, out.grid, names=("ssh",), times=times, mask=out.mask)
-    np.testing.assert_array_equal(from_dataset(ds2).times, times)
+    ds2 = fields_to_xarray(
+        out.fields, out.grid, names=("ssh",), times=times, mask=out.mask
+    )
+    np.testing.assert_array_equal(fields_from_xarray(ds2).times, times)
 
 
 def test_bad_input_is_refused_with_named_arguments(trajectory, tmp_path):
     grid, fields, mask = trajectory
     with pytest.raises(ValueError, match="`fields` must have shape"):
-        to_dataset(fields[:, :, :3], grid)
+        fields_to_xarray(fields[:, :, :3], grid)
     with pytest.raises(ValueError, match="`names` must give 2 distinct"):
-        to_dataset(fields, grid, names=("q",))
+        fields_to_xarray(fields, grid, names=("q",))
     with pytest.raises(ValueError, match="`names` must be non-empty strings"):
-        to_dataset(fields, grid, names=("q", "time"))
+        fields_to_xarray(fields, grid, names=("q", "time"))
     with pytest.raises(ValueError, match="`times` must have shape"):
-        to_dataset(fields, grid, names=("a", "b"), times=np.arange(3))
+        fields_to_xarray(fields, grid, names=("a", "b"), times=np.arange(3))
     with pytest.raises(ValueError, match="`units` must give one entry per name"):
-        to_dataset(fields, grid, names=("a", "b"), units=("m",))
+        fields_to_xarray(fields, grid, names=("a", "b"), units=("m",))
     with pytest.raises(TypeError, match="`mask` must be a boolean"):
-        to_dataset(fields, grid, names=("a", "b"), mask=mask.astype(int))
-    ds = to_dataset(fields, grid, names=("a", "b"))
+        fields_to_xarray(fields, grid, names=("a", "b"), mask=mask.astype(int))
+    ds = fields_to_xarray(fields, grid, names=("a", "b"))
     with pytest.raises(ValueError, match="no variable 'c'"):
-        from_dataset(ds, ("a", "c"))
+        fields_from_xarray(ds, ("a", "c"))
     irregular = ds.assign_coords(x=ds["x"].values ** 2).drop_attrs()
     with pytest.raises(ValueError, match="constant spacing"):
-        from_dataset(irregular)
+        fields_from_xarray(irregular)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_fields(tmp_path / "missing.nc")

@@ -11,6 +11,13 @@ from ._dataset import (
     UniformInitialState as UniformInitialState,
     make_dataset as make_dataset,
 )
+from ._fields_io import (
+    GriddedFields as GriddedFields,
+    fields_from_xarray as fields_from_xarray,
+    fields_to_xarray as fields_to_xarray,
+    load_fields as load_fields,
+    save_fields as save_fields,
+)
 from ._first_guess import (
     empirical_moments as empirical_moments,
     gaussian_first_guess as gaussian_first_guess,

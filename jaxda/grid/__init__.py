@@ -21,13 +21,6 @@ from ._differences import (
     weighted_laplacian as weighted_laplacian,
 )
 from ._grid import Grid as Grid
-from ._io import (
-    GriddedFields as GriddedFields,
-    from_dataset as from_dataset,
-    load_fields as load_fields,
-    save_fields as save_fields,
-    to_dataset as to_dataset,
-)
 from ._space_time import (
     SpaceTimeCovariance as SpaceTimeCovariance,
     SpaceTimeKernel as SpaceTimeKernel,
@@ -38,7 +31,6 @@ __all__ = [
     "AbstractCovariance",
     "DiffusionCovariance",
     "Grid",
-    "GriddedFields",
     "SpaceTimeCovariance",
     "SpaceTimeKernel",
     "SpectralCovariance",
@@ -48,11 +40,7 @@ __all__ = [
     "diff_forward",
     "divergence",
     "faces_to_centres",
-    "from_dataset",
     "gradient",
     "laplacian",
-    "load_fields",
-    "save_fields",
-    "to_dataset",
     "weighted_laplacian",
 ]

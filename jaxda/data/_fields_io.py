@@ -5,8 +5,8 @@ Layout: one data variable per channel (the names given), each with the dimension
 `(time, y, x)`; coordinates `time`, `y`, `x` (the `Grid`'s cell centres) with their CF
 attributes (`axis`, `units`, `standard_name`, `long_name`); NaN where a value is
 missing (unobserved). The grid's metadata not carried by the coordinates (the boundary,
-the units) are global attributes `jaxda_grid_*`, so that `from_dataset` rebuilds the
-same `Grid`; a file from elsewhere gets its `Grid` from its coordinates.
+the units) are global attributes `jaxda_grid_*`, so that `fields_from_xarray` rebuilds
+the same `Grid`; a file from elsewhere gets its `Grid` from its coordinates.
 
 Inside the library missing values are `(zero-filled values, mask)`
 (`jaxda.obs.Observations`); NaN appears only here, at the file boundary.
@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, ArrayLike, Bool, Float
-from ._grid import BOUNDARIES, Grid
+from ..grid._grid import BOUNDARIES, Grid
+from ..obs import Observations
 
 
 _AXES = ("time", "y", "x")
@@ -29,13 +30,13 @@ _GRID_ATTRS = ("dy", "dx", "y0", "x0")
 
 
 def _require_xarray():
-    from ..data._netcdf import _require_io
+    from ._netcdf import _require_io
 
     return _require_io()
 
 
 class GriddedFields(NamedTuple):
-    r"""Gridded trajectories read from a Dataset (`from_dataset`, `load_fields`).
+    r"""Gridded trajectories read from a Dataset (`fields_from_xarray`, `load_fields`).
 
     **Fields:**
 
@@ -56,8 +57,6 @@ class GriddedFields(NamedTuple):
     @property
     def observations(self):
         """The fields as `jaxda.obs.Observations(fields, mask)`."""
-        from ..obs import Observations
-
         return Observations(self.fields, self.mask)
 
 
@@ -87,8 +86,6 @@ def _per_name(arg: str, value, names: Sequence[str]) -> dict[str, str]:
 def _as_channels(fields, grid: Grid):
     """`fields`, an `Observations` or an array `(T, ny, nx)` / `(T, C, ny, nx)`, as a
     NumPy array `(T, C, ny, nx)` and a mask (or None)."""
-    from ..obs import Observations
-
     mask = None
     if isinstance(fields, Observations):
         values, mask = np.asarray(fields.values), np.asarray(fields.mask)
@@ -107,7 +104,7 @@ def _as_channels(fields, grid: Grid):
     return values, mask
 
 
-def to_dataset(
+def fields_to_xarray(
     fields,
     grid: Grid,
     *,
@@ -142,7 +139,7 @@ def to_dataset(
     `x` (the cell centres) with `axis`, `units`, `standard_name` and `long_name`;
     global attributes `Conventions = "CF-1.8"` and `jaxda_grid_boundary`,
     `jaxda_grid_units`, `jaxda_grid_dy`, `jaxda_grid_dx`, `jaxda_grid_y0`,
-    `jaxda_grid_x0`, from which `from_dataset` rebuilds the same `Grid`.
+    `jaxda_grid_x0`, from which `fields_from_xarray` rebuilds the same `Grid`.
     """
     xr = _require_xarray()
     if not isinstance(grid, Grid):
@@ -271,7 +268,7 @@ def _grid_of(ds, y_dim: str, x_dim: str, boundary: str | None) -> Grid:
     )
 
 
-def from_dataset(
+def fields_from_xarray(
     ds,
     names: Sequence[str] | None = None,
     *,
@@ -282,9 +279,9 @@ def from_dataset(
     dtype=None,
 ) -> GriddedFields:
     r"""Read gridded trajectories from an `xarray.Dataset` (the inverse of
-    `to_dataset`).
+    `fields_to_xarray`).
 
-    The `Grid` comes from the `jaxda_grid_*` attributes where `to_dataset` wrote
+    The `Grid` comes from the `jaxda_grid_*` attributes where `fields_to_xarray` wrote
     them, otherwise from the coordinates (which must be regular). NaN entries become
     `mask == False` and zeros in `fields`.
 
@@ -347,15 +344,15 @@ def from_dataset(
 def save_fields(path: str | os.PathLike, fields, grid: Grid, **kwargs) -> Path:
     """Write gridded trajectories to the netCDF file `path`, atomically.
 
-    `to_dataset(fields, grid, **kwargs)` written with the `h5netcdf` engine through
-    `jaxda.io.atomic_path` (an existing file is replaced only once the new one is
-    complete).
+    `fields_to_xarray(fields, grid, **kwargs)` written with the `h5netcdf` engine
+    through `jaxda.io.atomic_path` (an existing file is replaced only once the new one
+    is complete).
 
     **Returns:** the path written.
     """
     from ..io import atomic_path
 
-    ds = to_dataset(fields, grid, **kwargs)
+    ds = fields_to_xarray(fields, grid, **kwargs)
     path = Path(path)
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="h5netcdf")
@@ -365,9 +362,10 @@ def save_fields(path: str | os.PathLike, fields, grid: Grid, **kwargs) -> Path:
 def load_fields(
     path: str | os.PathLike, names: Sequence[str] | None = None, **kwargs
 ) -> GriddedFields:
-    """Read gridded trajectories from a netCDF file (`from_dataset` of its content).
+    """Read gridded trajectories from a netCDF file (`fields_from_xarray` of its
+    content).
 
-    **Arguments:** `path`; `names` and the keywords of `from_dataset`.
+    **Arguments:** `path`; `names` and the keywords of `fields_from_xarray`.
 
     **Returns:** a `GriddedFields`.
 
@@ -378,7 +376,13 @@ def load_fields(
     if not path.exists():
         raise FileNotFoundError(f"`path` does not exist: {str(path)!r}.")
     ds = xr.load_dataset(path, engine="h5netcdf")
-    return from_dataset(ds, names, **kwargs)
+    return fields_from_xarray(ds, names, **kwargs)
 
 
-__all__ = ["GriddedFields", "from_dataset", "load_fields", "save_fields", "to_dataset"]
+__all__ = [
+    "GriddedFields",
+    "fields_from_xarray",
+    "load_fields",
+    "save_fields",
+    "fields_to_xarray",
+]
