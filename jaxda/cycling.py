@@ -212,31 +212,20 @@ def assimilate(
     state_shape = tuple(flow.model.state_shape)
     n_rows = obs.values.shape[0]
     observed = jnp.any(obs.mask.reshape(n_rows, -1), axis=1)
-    if isinstance(method, AbstractEnsembleAnalysis | EnKS):
+    if isinstance(method, AbstractEnsembleAnalysis | EnKS | HybridEnVar):
         ensemble0 = _ensemble("first_guess", first_guess, state_shape)
         if key is None:
             raise TypeError("`key` must be a jax.random key for ensemble methods.")
-        res = _filter(
+        driver = _envar if isinstance(method, HybridEnVar) else _filter
+        res = driver(
             method, flow, obs, ensemble0, key=key, obs_var=obs_var,
             save_members=save_members, throw=throw, **options,
         )  # fmt: skip
-        steps = jnp.arange(n_rows)
+        e = res.ensemble if isinstance(method, HybridEnVar) else res
         return CycledAnalysis(
-            res.analysis, steps, res.analysed, res.std, res.members, res.result, res
-        )
-    if isinstance(method, HybridEnVar):
-        ensemble0 = _ensemble("first_guess", first_guess, state_shape)
-        if key is None:
-            raise TypeError("`key` must be a jax.random key for ensemble methods.")
-        res = _envar(
-            method, flow, obs, ensemble0, key=key, obs_var=obs_var,
-            save_members=save_members, throw=throw, **options,
+            e.analysis, jnp.arange(n_rows), e.analysed, e.std, e.members, res.result,
+            res,
         )  # fmt: skip
-        e = res.ensemble
-        steps = jnp.arange(n_rows)
-        return CycledAnalysis(
-            e.analysis, steps, e.analysed, e.std, e.members, e.result, res
-        )
     if isinstance(method, IEnKS):
         ensemble0 = _ensemble("first_guess", first_guess, state_shape)
         if steps_per_cycle is None:

@@ -78,6 +78,14 @@ class UniformInitialState(eqx.Module):
 # ------------------------------------------------------------------------------
 
 
+def window_index(index):
+    """An index over windows with an int made a slice of length 1 (the window axis
+    is kept)."""
+    if isinstance(index, int | np.integer):
+        return slice(int(index), int(index) + 1) if index != -1 else slice(-1, None)
+    return index
+
+
 class Dataset(eqx.Module):
     r"""N windows of a twin experiment: `truth (N, T, *state)` and batched `obs`.
 
@@ -149,10 +157,7 @@ class Dataset(eqx.Module):
 
     def __getitem__(self, index) -> "Dataset":
         """Select windows (an int keeps a window axis of length 1)."""
-        if isinstance(index, int | np.integer):
-            index = (
-                slice(int(index), int(index) + 1) if index != -1 else slice(-1, None)
-            )
+        index = window_index(index)
         return eqx.tree_at(
             lambda d: (d.truth, d.obs), self, (self.truth[index], self.obs[index])
         )

@@ -45,7 +45,7 @@ from ..obs import (
     Observations,
     observe,
 )
-from ._dataset import Dataset, _key_and_seed
+from ._dataset import Dataset, _key_and_seed, window_index
 
 
 class OSSE(eqx.Module):
@@ -87,10 +87,7 @@ class OSSE(eqx.Module):
 
     def __getitem__(self, index) -> "OSSE":
         """Select windows (an int keeps a window axis of length 1)."""
-        if isinstance(index, int | np.integer):
-            index = (
-                slice(int(index), int(index) + 1) if index != -1 else slice(-1, None)
-            )
+        index = window_index(index)
         points = (
             None
             if self.points is None
