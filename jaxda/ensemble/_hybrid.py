@@ -32,6 +32,7 @@ root; on 2-D grids use a unit-variance `jaxda.grid.SpectralCovariance` or
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -150,19 +151,14 @@ class EnsembleCovariance(AbstractCovariance):
     def sqrt(self, w):
         if self.localisation is None:
             return jnp.tensordot(w, self.anomalies, axes=1)
-        spread = [self.localisation.sqrt(w[k]) for k in range(self.n_members)]
-        return jnp.sum(self.anomalies * jnp.stack(spread), axis=0)
+        spread = jax.vmap(self.localisation.sqrt)(w)  # L w_k for every member
+        return jnp.sum(self.anomalies * spread, axis=0)
 
     def sqrt_transpose(self, v):
         axes = tuple(range(1, self.anomalies.ndim))
         if self.localisation is None:
             return jnp.sum(self.anomalies * v, axis=axes)
-        return jnp.stack(
-            [
-                self.localisation.sqrt_transpose(self.anomalies[k] * v)
-                for k in range(self.n_members)
-            ]
-        )
+        return jax.vmap(self.localisation.sqrt_transpose)(self.anomalies * v)
 
     @property
     def variance(self):
