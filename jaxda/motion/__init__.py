@@ -1,0 +1,21 @@
+r"""Motion fields: the velocity that moves an image sequence or a shallow-water height.
+
+The motion $\mathbf w = (u, v)$ is recovered from partial, noisy observations of what
+it transports, by the methods of [FBC23] and of the optical-flow literature:
+
+- **4DVar with the motion as control**: the strong-constraint cost of a model whose
+  state carries the velocity (`jaxda.models.Advection2D` with the velocity in the
+  state, `jaxda.models.ShallowWater`), unpenalised or with smoothness
+  $\|\nabla\mathbf w\|^2$ and divergence $\|\nabla\cdot\mathbf w\|^2$ penalties, and
+  its weak-constraint version;
+- **optical flow** baselines on the same images (Horn-Schunck, Lucas-Kanade);
+- **learning over 4DVar**: a network that maps the observations to the control,
+  trained with the 4DVar cost of its prediction as the loss, and the deep prior;
+- **uncertainty**: perturbed-observation ensembles and the spread of the linearised
+  posterior.
+
+Velocity fields are arrays `(2, ny, nx)` (`u` along x, `v` along y) on a
+`jaxda.grid.Grid`; the scores (end-point and angular errors) are in `jaxda.metrics`.
+"""
+
+__all__: list[str] = []
