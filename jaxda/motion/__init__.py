@@ -18,4 +18,29 @@ Velocity fields are arrays `(2, ny, nx)` (`u` along x, `v` along y) on a
 `jaxda.grid.Grid`; the scores (end-point and angular errors) are in `jaxda.metrics`.
 """
 
-__all__: list[str] = []
+from ._data import (
+    MotionSamples as MotionSamples,
+    advection_motion_samples as advection_motion_samples,
+    basin_motion_samples as basin_motion_samples,
+)
+from ._fourdvar import (
+    Motion4DVar as Motion4DVar,
+    first_guess as first_guess,
+    motion_4dvar as motion_4dvar,
+)
+from ._penalty import (
+    MotionPenalty as MotionPenalty,
+    fbc23_weights as fbc23_weights,
+)
+
+
+__all__: list[str] = [
+    "Motion4DVar",
+    "MotionPenalty",
+    "MotionSamples",
+    "advection_motion_samples",
+    "basin_motion_samples",
+    "fbc23_weights",
+    "first_guess",
+    "motion_4dvar",
+]
