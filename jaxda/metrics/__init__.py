@@ -64,6 +64,11 @@ from ._pointwise import (
     rmse as rmse,
     rmse_split as rmse_split,
 )
+from ._probabilistic import (
+    crps_ensemble as crps_ensemble,
+    interval_coverage as interval_coverage,
+    spread_skill_ratio as spread_skill_ratio,
+)
 from ._spectral import (
     SpectralScore as SpectralScore,
     Spectrum as Spectrum,
@@ -82,8 +87,10 @@ __all__ = [
     "SpectralScore",
     "Spectrum",
     "crossing_wavelength",
+    "crps_ensemble",
     "fourdvar_score",
     "gradient_rmse",
+    "interval_coverage",
     "isotropic_psd",
     "mse",
     "mse_split",
@@ -93,5 +100,6 @@ __all__ = [
     "rmse",
     "rmse_score",
     "rmse_split",
+    "spread_skill_ratio",
     "temporal_psd",
 ]
