@@ -55,6 +55,14 @@ An empty selection (a mask with no `True` entry) has no mean: the result is NaN,
 purpose.
 """
 
+from ._motion import (
+    angular_error as angular_error,
+    divergence_error as divergence_error,
+    endpoint_error as endpoint_error,
+    gradient_error as gradient_error,
+    velocity_divergence_norm as velocity_divergence_norm,
+    velocity_gradient_norm as velocity_gradient_norm,
+)
 from ._pointwise import (
     ErrorSplit as ErrorSplit,
     fourdvar_score as fourdvar_score,
@@ -86,9 +94,13 @@ __all__ = [
     "ErrorSplit",
     "SpectralScore",
     "Spectrum",
+    "angular_error",
     "crossing_wavelength",
     "crps_ensemble",
+    "divergence_error",
+    "endpoint_error",
     "fourdvar_score",
+    "gradient_error",
     "gradient_rmse",
     "interval_coverage",
     "isotropic_psd",
@@ -102,4 +114,6 @@ __all__ = [
     "rmse_split",
     "spread_skill_ratio",
     "temporal_psd",
+    "velocity_divergence_norm",
+    "velocity_gradient_norm",
 ]
