@@ -57,3 +57,10 @@ from ._solver import (
     AbstractSolverState as AbstractSolverState,
 )
 from ._strong import DiffraxTrajectory as DiffraxTrajectory
+from ._uncertainty import (
+    PerturbedProblem as PerturbedProblem,
+    PosteriorEnsemble as PosteriorEnsemble,
+    laplace_ensemble as laplace_ensemble,
+    residual_noise as residual_noise,
+    rml_ensemble as rml_ensemble,
+)
