@@ -28,6 +28,11 @@ from ._fourdvar import (
     first_guess as first_guess,
     motion_4dvar as motion_4dvar,
 )
+from ._optical_flow import (
+    OpticalFlow as OpticalFlow,
+    horn_schunck as horn_schunck,
+    lucas_kanade as lucas_kanade,
+)
 from ._penalty import (
     MotionPenalty as MotionPenalty,
     fbc23_weights as fbc23_weights,
@@ -43,4 +48,7 @@ __all__: list[str] = [
     "fbc23_weights",
     "first_guess",
     "motion_4dvar",
+    "OpticalFlow",
+    "horn_schunck",
+    "lucas_kanade",
 ]
