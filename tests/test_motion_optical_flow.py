@@ -144,6 +144,12 @@ def test_horn_schunck_recovers_a_uniform_translation():
     # the linearised, centred-difference constraint is biased by O(k^2 h^2): 2.5 % here
     assert _relative_epe(flow.velocity, shift) < 0.04
     assert flow.steps > 0
+    single = horn_schunck(
+        _translated(shift).astype(np.float32), smoothness=0.1, grid=GRID
+    )
+    assert single.velocity.dtype == jnp.float32
+    assert single.result == RESULTS.successful
+    np.testing.assert_allclose(single.velocity, flow.velocity, rtol=0, atol=1e-4)
 
 
 def test_warping_recovers_a_translation_of_more_than_a_pixel():

@@ -29,13 +29,18 @@ paper (which converges to the same minimiser, slowly).
 
 **Warping** (`warps > 1`): the linearisation holds for displacements of a fraction of
 a pixel per frame (for the pattern's shortest wavelengths). Each further pass warps
-the later frame of every pair back by the current estimate $\mathbf w^0$, $\tilde
-I_{k+1}(\mathbf x) = I_{k+1}(\mathbf x + \mathbf w^0 \Delta t_k)$ (bilinear
-interpolation, `jax.scipy.ndimage.map_coordinates`; periodic wrap, or unobserved
-beyond a closed wall), and solves the same energy for $\mathbf w$ with the
-constraint linearised around $\mathbf w^0$: $I_t = (\tilde I_{k+1} - I_k)/\Delta t_k -
-\nabla \bar I_k \cdot \mathbf w^0$, the derivatives taken on the mean of $I_k$ and
-$\tilde I_{k+1}$ (a Gauss-Newton step on the warped data term).
+both frames of every pair half-way by the current estimate $\mathbf w^0$,
+$\tilde I_k(\mathbf x) = I_k(\mathbf x - \tfrac12\mathbf w^0 \Delta t_k)$ and
+$\tilde I_{k+1}(\mathbf x) = I_{k+1}(\mathbf x + \tfrac12\mathbf w^0 \Delta t_k)$
+(bilinear interpolation, `jax.scipy.ndimage.map_coordinates`; periodic wrap, or
+unobserved beyond a closed wall), and solves the same energy for $\mathbf w$ with the
+constraint linearised around $\mathbf w^0$: $I_t = (\tilde I_{k+1} - \tilde
+I_k)/\Delta t_k - \nabla \bar I_k \cdot \mathbf w^0$, the derivatives taken on the
+mean of the two warped frames (a Gauss-Newton step on the warped data term). The two
+opposite half-displacements have the same fractional parts, so bilinear
+interpolation smooths both frames alike and its error cancels in $I_t$; warping the
+later frame alone leaves that smoothing in $I_t$, a bias larger than the one the
+warps remove for sub-pixel motions.
 
 **Lucas-Kanade** solves at every pixel the Gaussian-weighted least-squares problem of
 the same constraints, $\min_{\mathbf w} \sum_k \sum_q G_\sigma(p - q)\, m_{k,q}
@@ -279,11 +284,12 @@ def horn_schunck(
 
     **Arguments:**
 
-    - `images`: the frames `(T, ny, nx)`, $T \ge 2$ (zero-filled or anything finite
-      where unobserved).
-    - `smoothness`: $\alpha > 0$, the weight of $\|D^+u\|^2 + \|D^+v\|^2$ (in the
-      units of $I_t^2$ times length over velocity, squared: it scales with the image
-      contrast; there is no unique minimiser for $\alpha = 0$, the aperture problem).
+    - `images`: the frames `(T, ny, nx)`, $T \ge 2$ (anything, NaN included, where
+      `mask` is False: unobserved pixels are never read).
+    - `smoothness`: $\alpha > 0$, the weight of $\|D^+u\|^2 + \|D^+v\|^2$. It
+      scales with the squared image gradient (images multiplied by $c$ need
+      $c^2\alpha$ for the same velocity); there is no unique minimiser for
+      $\alpha = 0$ (the aperture problem).
     - `times`: `(T,)` strictly increasing times of the frames (default `0, 1, ...`).
     - `mask`: boolean `(T, ny, nx)`, `True` where a pixel is observed (default all).
     - `grid`: a `jaxda.grid.Grid` of the frames' shape (its spacing and boundary), or
