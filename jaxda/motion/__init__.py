@@ -23,11 +23,24 @@ from ._data import (
     advection_motion_samples as advection_motion_samples,
     basin_motion_samples as basin_motion_samples,
 )
+from ._deep_prior import (
+    DeepPriorSolution as DeepPriorSolution,
+    deep_prior_4dvar as deep_prior_4dvar,
+)
 from ._fourdvar import (
     Motion4DVar as Motion4DVar,
     first_guess as first_guess,
     motion_4dvar as motion_4dvar,
 )
+from ._learned import (
+    fourdvar_loss as fourdvar_loss,
+    hybrid_4dvar as hybrid_4dvar,
+    mean_loss as mean_loss,
+    predict as predict,
+    supervised_loss as supervised_loss,
+    train_motion_net as train_motion_net,
+)
+from ._networks import MotionGenerator as MotionGenerator, MotionNet as MotionNet
 from ._optical_flow import (
     OpticalFlow as OpticalFlow,
     horn_schunck as horn_schunck,
@@ -51,4 +64,14 @@ __all__: list[str] = [
     "OpticalFlow",
     "horn_schunck",
     "lucas_kanade",
+    "DeepPriorSolution",
+    "MotionGenerator",
+    "MotionNet",
+    "deep_prior_4dvar",
+    "fourdvar_loss",
+    "hybrid_4dvar",
+    "mean_loss",
+    "predict",
+    "supervised_loss",
+    "train_motion_net",
 ]
