@@ -262,7 +262,10 @@ def velocity_divergence_norm(
 
     The forward differences are `jaxda.grid.diff_forward` at the cells $1 \le j \le
     n_y - 2$, $1 \le i \le n_x - 2$ (see the module docstring), not the C-grid
-    `jaxda.grid.divergence` (backward differences of face velocities).
+    `jaxda.grid.divergence` (backward differences of face velocities). Each
+    difference is divided by its own axis's spacing (the authors' `norm_divw` passes
+    its two spacings in swapped order, which matters only when $\Delta x \ne \Delta
+    y$; they score in grid units, 1 and 1).
 
     **Arguments:** `velocity` `(*lead, 2, ny, nx)`; `grid`: None (grid units) or a
     `jaxda.grid.Grid` of the same shape (physical units).
