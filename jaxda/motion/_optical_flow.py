@@ -472,7 +472,7 @@ def _lucas_kanade(images, times, mask, grid, window_std, threshold):
         (~_input_ok(images, times, mask, grid), RESULTS.invalid_input),
         (~all_finite(w), RESULTS.nonfinite),
     )
-    return OpticalFlow(w, result, jnp.array(0), reliable)
+    return OpticalFlow(w, result, jnp.array(0, jnp.int32), reliable)
 
 
 __all__ = ["OpticalFlow", "horn_schunck", "lucas_kanade"]
