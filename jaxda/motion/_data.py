@@ -92,6 +92,24 @@ def _split(key, n_samples):
     return keys[:n_samples], keys[n_samples:]
 
 
+@eqx.filter_jit
+def _basin_windows(
+    flow, key, n_samples, spinup_steps, n_times, every, noise_std, dtype
+):
+    """The spun-up states and observed windows of `basin_motion_samples`, as one
+    compiled program (not one dispatch per operation)."""
+    grid = flow.model.grid
+    bump_keys, obs_keys = _split(key, n_samples)
+    bumps = jax.vmap(lambda k: basin_bump(k, grid).astype(dtype))(bump_keys)
+    initial = jax.vmap(lambda x: spin_up(flow, x, spinup_steps))(bumps)
+    _, obs = jax.vmap(
+        lambda k, x: basin_observations(
+            k, flow, x, n_times=n_times, every=every, noise_std=noise_std
+        )
+    )(obs_keys, initial)
+    return initial, obs
+
+
 def basin_motion_samples(
     key: Key,
     n_samples: int,
@@ -126,14 +144,9 @@ def basin_motion_samples(
     preset = shallow_water_basin(None, n, spinup_steps=0, dtype=dtype)
     flow, grid = preset.flow, preset.grid
     dtype = preset.state.dtype
-    bump_keys, obs_keys = _split(key, n_samples)
-    bumps = jax.vmap(lambda k: basin_bump(k, grid).astype(dtype))(bump_keys)
-    initial = jax.vmap(lambda x: spin_up(flow, x, spinup_steps))(bumps)
-    _, obs = jax.vmap(
-        lambda k, x: basin_observations(
-            k, flow, x, n_times=n_times, every=every, noise_std=noise_std
-        )
-    )(obs_keys, initial)
+    initial, obs = _basin_windows(
+        flow, key, n_samples, spinup_steps, n_times, every, float(noise_std), dtype
+    )
     return MotionSamples(initial, obs, flow, grid, float(noise_std))
 
 
@@ -234,5 +247,7 @@ def advection_motion_samples(
         mask = _observed_mask(k_mask, n_times, x0.shape, every, gap_fraction)
         return x0, observe(k_noise, truth, mask, noise_std=noise_std)
 
-    initial, obs = jax.vmap(one)(jax.random.split(key, n_samples))
+    initial, obs = eqx.filter_jit(eqx.filter_vmap(one))(
+        jax.random.split(key, n_samples)
+    )
     return MotionSamples(initial, obs, flow, grid, float(noise_std))
