@@ -50,7 +50,7 @@ import numpy as np
 import optax
 from _common import record
 
-from jaxda import motion, var
+from jaxda import metrics, motion, var
 from jaxda._results import RESULTS
 from jaxda.models import rollout
 from jaxda.var._solver import AbstractIterativeSolver, AbstractSolverState, tree_max_abs
@@ -66,44 +66,36 @@ ALPHA, BETA = 5e3, 5e2  # [FBC23]'s penalty weights (their cost's convention)
 TEST_KEY, VALIDATION_KEY = 20230, 777
 
 
-# --- scores ([FBC23]'s utils/metrics.py, per sample; until jaxda.metrics has them)
+# --- scores: [FBC23]'s per-window EPE / AE / norms (`jaxda.metrics`), per window
+
+
+def _per_window(score, *fields):
+    """`score` of each window of `fields` `(*lead, 2, ny, nx)`: `(*lead,)`."""
+    for _ in range(fields[0].ndim - 3):
+        score = jax.vmap(score)
+    return score(*fields)
 
 
 def endpoint_error(w, w_hat):
-    """Mean over pixels of $|\\mathbf w - \\hat{\\mathbf w}|$."""
-    return jnp.mean(jnp.sqrt(jnp.sum((w - w_hat) ** 2, axis=-3)), axis=(-2, -1))
+    """EPE of each window (truth `w`, estimate `w_hat`, broadcast together)."""
+    w, w_hat = jnp.broadcast_arrays(w, w_hat)
+    return _per_window(lambda a, b: metrics.endpoint_error(b, a), w, w_hat)
 
 
 def angular_error(w, w_hat):
-    """Mean angle (degrees) between $\\mathbf w$ and $\\hat{\\mathbf w}$ over the
-    pixels where it is defined (both non-zero)."""
-    dot = jnp.sum(w * w_hat, axis=-3)
-    norms = jnp.linalg.norm(w, axis=-3) * jnp.linalg.norm(w_hat, axis=-3)
-    ok = norms > 0
-    cos = jnp.clip(dot / jnp.where(ok, norms, 1.0), -1.0, 1.0)
-    angle = jnp.degrees(jnp.arccos(cos))
-    return jnp.sum(jnp.where(ok, angle, 0.0), axis=(-2, -1)) / jnp.sum(
-        ok, axis=(-2, -1)
-    )
-
-
-def _interior_forward(f, axis):
-    d = jnp.diff(f, axis=axis)
-    return d[..., 1:-1, 1:] if axis == -1 else d[..., 1:, 1:-1]
+    """AE (degrees) of each window, over the pixels where it is defined."""
+    w, w_hat = jnp.broadcast_arrays(w, w_hat)
+    return _per_window(lambda a, b: metrics.angular_error(b, a), w, w_hat)
 
 
 def gradient_norm(w):
-    """[FBC23]'s `norm_gradw` (grid units, interior forward differences)."""
-    sq = _interior_forward(w, -1) ** 2 + _interior_forward(w, -2) ** 2
-    return jnp.sqrt(jnp.sum(sq, axis=(-3, -2, -1)))
+    """[FBC23]'s `norm_gradw` of each window (grid units)."""
+    return _per_window(metrics.velocity_gradient_norm, w)
 
 
 def divergence_norm(w):
-    """[FBC23]'s `norm_divw` (grid units, interior forward differences)."""
-    div = _interior_forward(w[..., 0, :, :], -1) + _interior_forward(
-        w[..., 1, :, :], -2
-    )
-    return jnp.sqrt(jnp.sum(div**2, axis=(-2, -1)))
+    """[FBC23]'s `norm_divw` of each window (grid units)."""
+    return _per_window(metrics.velocity_divergence_norm, w)
 
 
 # --- [FBC23]'s optimiser
