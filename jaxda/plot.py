@@ -1,5 +1,5 @@
-"""Figures of reconstructions, solver pathways, gridded maps and PSD scores (needs
-matplotlib: the `plot` extra).
+"""Figures of reconstructions, solver pathways, gridded maps, motion fields and PSD
+scores (needs matplotlib: the `plot` extra).
 
 The functions build a `matplotlib.figure.Figure` with the object-oriented API (no
 `pyplot`, no global backend change) and return it; `save_figure` writes it atomically.
@@ -247,6 +247,104 @@ def plot_maps(
     return fig
 
 
+def _velocity(name: str, value, shape) -> np.ndarray:
+    w = np.asarray(value, dtype=float)
+    if w.shape != (2, *shape):
+        raise ValueError(
+            f"`{name}` must be a velocity field (2, ny, nx) = {(2, *shape)}; got "
+            f"{w.shape}."
+        )
+    return w
+
+
+def plot_motion(
+    truth,
+    estimates,
+    grid,
+    *,
+    arrows: int = 16,
+    cmap: str = "viridis",
+    error_cmap: str = "magma",
+    units: str = "",
+    panel_size: float = 3.2,
+):
+    r"""Maps of motion fields: the speed with arrows, and the end-point error.
+
+    Top row: the true velocity and each estimate, as the speed $|\mathbf w|$ in
+    colour with arrows of $\mathbf w$ on a regular subset of the cells (about
+    `arrows` per side), all on the truth's speed scale and arrow scale. Bottom row,
+    under each estimate: its end-point error $|\hat{\mathbf w} - \mathbf w|$ per cell
+    (one shared colour scale; its mean is `jaxda.metrics.endpoint_error`).
+
+    **Arguments:**
+
+    - `truth`: the velocity `(2, ny, nx)` (u along x, v along y).
+    - `estimates`: a velocity `(2, ny, nx)`, or a mapping from names (e.g.
+      `"4DVar"`, `"Horn-Schunck"`) to velocities.
+    - `grid`: the `jaxda.grid.Grid` (axis extents and units).
+    - `arrows`: arrows per side (the larger side); `cmap`, `error_cmap`: colour maps;
+      `units`: the velocity unit for the colour-bar labels (e.g. `"m/s"`);
+      `panel_size`: inches per panel.
+
+    **Returns:** a `matplotlib.figure.Figure`.
+    """
+    from .grid import Grid
+
+    if not isinstance(grid, Grid):
+        raise TypeError(f"`grid` must be a jaxda.grid.Grid; got {type(grid).__name__}.")
+    if not isinstance(arrows, int) or isinstance(arrows, bool) or arrows < 1:
+        raise ValueError(f"`arrows` must be an int >= 1; got {arrows!r}.")
+    truth = _velocity("truth", truth, grid.shape)
+    if not isinstance(estimates, Mapping):
+        estimates = {"estimate": estimates}
+    if not estimates:
+        raise ValueError("`estimates` must name at least one velocity field.")
+    ests = {
+        n: _velocity(f"estimates[{n!r}]", w, grid.shape) for n, w in estimates.items()
+    }
+    fields = {"truth": truth, **ests}
+    speed_max = max(float(np.max(np.hypot(*truth))), 1e-300)
+    errors = {n: np.hypot(*(w - truth)) for n, w in ests.items()}
+    error_max = max([float(np.max(e)) for e in errors.values()] + [1e-300])
+    (ly, lx), (y0, x0) = grid.extent, (grid.y0 - grid.dy / 2, grid.x0 - grid.dx / 2)
+    extent = (x0, x0 + lx, y0, y0 + ly)
+    X, Y = (np.asarray(a) for a in grid.meshgrid()[::-1])
+    step = max(1, -(-max(grid.shape) // arrows))
+    pick = (slice(step // 2, None, step), slice(step // 2, None, step))
+    # one arrow scale for all panels: the truth's largest speed spans ~1.5 arrow cells
+    scale = speed_max / (1.5 * step * min(grid.dx, grid.dy))
+    unit = f" ({units})" if units else ""
+    n = len(fields)
+    fig = _figure(figsize=(panel_size * n, panel_size * 2.3), layout="constrained")
+    axes = np.asarray(fig.subplots(2, n, sharex=True, sharey=True)).reshape(2, n)
+    for ax, (name, w) in zip(axes[0], fields.items()):
+        image = ax.imshow(
+            np.hypot(*w), origin="lower", extent=extent, cmap=cmap, vmin=0.0,
+            vmax=speed_max, interpolation="nearest",
+        )  # fmt: skip
+        ax.quiver(
+            X[pick], Y[pick], w[0][pick], w[1][pick], angles="xy",
+            scale_units="xy", scale=scale, color="w", width=0.006,
+        )  # fmt: skip
+        ax.set_title(name)
+        fig.colorbar(image, ax=ax, location="bottom", shrink=0.9, aspect=20).set_label(
+            f"speed{unit}"
+        )
+    axes[1, 0].set_axis_off()
+    for ax, (name, e) in zip(axes[1, 1:], errors.items()):
+        image = ax.imshow(
+            e, origin="lower", extent=extent, cmap=error_cmap, vmin=0.0,
+            vmax=error_max, interpolation="nearest",
+        )  # fmt: skip
+        ax.set_title(f"end-point error ({name}): mean {e.mean():.3g}")
+        ax.set_xlabel(f"x ({grid.units})")
+        fig.colorbar(image, ax=ax, location="bottom", shrink=0.9, aspect=20).set_label(
+            f"|error|{unit}"
+        )
+    axes[0, 0].set_ylabel(f"y ({grid.units})")
+    return fig
+
+
 def plot_psd_score(
     scores: Mapping[str, object],
     *,
@@ -316,6 +414,7 @@ def plot_psd_score(
 __all__ = [
     "energy_pathways",
     "plot_maps",
+    "plot_motion",
     "plot_psd_score",
     "save_figure",
     "trajectories",

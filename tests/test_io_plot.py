@@ -112,3 +112,27 @@ def test_killed_save_leaves_no_orphan_after_the_next_save(tmp_path):
             f.write(b"whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
     assert path.read_bytes() == b"whole"
+
+
+def test_motion_maps_show_speed_arrows_and_endpoint_errors(tmp_path):
+    pytest.importorskip("matplotlib")
+    from jaxda.grid import Grid
+
+    grid = Grid(12, 16, 2.0, 1.0, "closed")
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=(2, 12, 16))
+    estimate = truth + np.stack([np.full((12, 16), 0.3), np.full((12, 16), 0.4)])
+    fig = plot.plot_motion(truth, {"4DVar": estimate, "exact": truth}, grid, arrows=4)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    # truth, two estimates, two end-point-error maps
+    assert len(images) == 5
+    np.testing.assert_allclose(images[0].get_array(), np.hypot(*truth))
+    np.testing.assert_allclose(images[3].get_array(), 0.5)  # |(0.3, 0.4)|
+    np.testing.assert_allclose(images[4].get_array(), 0.0)
+    quiver = fig.axes[0].collections[0]
+    assert quiver.N == 3 * 4  # 16 // 4 = 4 columns, 12 // 4 = 3 rows of arrows
+    plot.save_figure(fig, tmp_path / "motion.png")
+    with pytest.raises(ValueError, match=r"`estimates\['bad'\]` must be a velocity"):
+        plot.plot_motion(truth, {"bad": truth[0]}, grid)
+    with pytest.raises(ValueError, match="`arrows` must be an int"):
+        plot.plot_motion(truth, estimate, grid, arrows=0)
