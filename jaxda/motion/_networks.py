@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Float, Key
-from .._validation import check_int, check_positive
+from .._validation import check_choice, check_int, check_positive
 from ..nn import Conv
-from ..nn._conv import Upsample2x
+from ..nn._conv import CONV_METHODS, Upsample2x
 from ..obs import Observations
 from ._fourdvar import first_guess
 
@@ -57,9 +57,12 @@ class _DoubleConv(eqx.Module):
     a: Conv
     b: Conv
 
-    def __init__(self, c_in, c_out, *, key, dtype):
+    def __init__(self, c_in, c_out, *, key, dtype, method):
         ka, kb = jax.random.split(key)
-        kw = dict(n_spatial=2, periodic=(False, False), use_bias=True, dtype=dtype)
+        kw = dict(
+            n_spatial=2, periodic=(False, False), use_bias=True, dtype=dtype,
+            method=method,
+        )  # fmt: skip
         self.a = Conv(c_in, c_out, 3, key=ka, **kw)
         self.b = Conv(c_out, c_out, 3, key=kb, **kw)
 
@@ -96,6 +99,9 @@ class MotionNet(eqx.Module):
     - `obs_scale`: $s_y$, the scale of the observed values (default 1).
     - `control_scale`: $s$, one positive scale per control channel (default
       `(1, 0.1, 0.1)` for $(\eta, u, v)$ or $(q, u, v)$).
+    - `conv_method`: the `jaxda.nn.Conv` implementation, `"xla"` (default: XLA's
+      convolution, several times faster than `"im2col"` for 64 x 64 images on the
+      2-core CPU, see `benchmarks/bench_motion_learned.py`) or `"im2col"`.
     - `dtype`: of the parameters (default: JAX's default float).
 
     **Call:** `net(obs)` with `obs` a `jaxda.obs.Observations` of shape `obs_shape`
@@ -122,6 +128,7 @@ class MotionNet(eqx.Module):
         depth: int = 2,
         obs_scale: float = 1.0,
         control_scale=DEFAULT_CONTROL_SCALE,
+        conv_method: str = "xla",
         dtype=None,
     ):
         obs_shape = tuple(int(s) for s in obs_shape)
@@ -139,6 +146,8 @@ class MotionNet(eqx.Module):
                 f"{2**depth}."
             )
         check_positive("obs_scale", obs_scale)
+        check_choice("conv_method", conv_method, CONV_METHODS)
+        conv = dict(dtype=dtype, method=conv_method)
         self.obs_shape = obs_shape
         self.observed_channels = _check_channels(observed_channels, n_channels)
         self.obs_scale = float(obs_scale)
@@ -148,10 +157,10 @@ class MotionNet(eqx.Module):
         widths = [width * 2**level for level in range(depth + 1)]
         enc, c = [], c_in
         for level in range(depth):
-            enc.append(_DoubleConv(c, widths[level], key=next(keys), dtype=dtype))
+            enc.append(_DoubleConv(c, widths[level], key=next(keys), **conv))
             c = widths[level]
         self.encoders = tuple(enc)
-        self.bottom = _DoubleConv(c, widths[depth], key=next(keys), dtype=dtype)
+        self.bottom = _DoubleConv(c, widths[depth], key=next(keys), **conv)
         ups, dec = [], []
         for level in reversed(range(depth)):
             ups.append(
@@ -160,14 +169,12 @@ class MotionNet(eqx.Module):
                 )
             )
             dec.append(
-                _DoubleConv(
-                    2 * widths[level], widths[level], key=next(keys), dtype=dtype
-                )
+                _DoubleConv(2 * widths[level], widths[level], key=next(keys), **conv)
             )
         self.ups, self.decoders = tuple(ups), tuple(dec)
         head = Conv(
             widths[0], n_channels, 1, key=next(keys), n_spatial=2, use_bias=True,
-            dtype=dtype,
+            **conv,
         )  # fmt: skip
         self.head = eqx.tree_at(
             lambda m: (m.weight, m.bias),
@@ -186,6 +193,7 @@ class MotionNet(eqx.Module):
             "depth": len(self.encoders),
             "obs_scale": self.obs_scale,
             "control_scale": list(self.control_scale),
+            "conv_method": self.head.method,
         }
 
     def check_obs(self, name: str, obs) -> None:
@@ -258,7 +266,8 @@ class MotionGenerator(eqx.Module):
     **Arguments:** `shape` the control `(C, ny, nx)` (`ny`, `nx` divisible by `2**L`);
     `key`; `latent_size` $n_z$ (default 100, theirs); `width` (default 64, theirs);
     `n_levels` $L$ (default 4, theirs for 64 x 64); `control_scale` (default
-    `(1, 0.1, 0.1)`); `dtype`.
+    `(1, 0.1, 0.1)`); `conv_method` (`"xla"`, default, or `"im2col"`, as
+    `MotionNet`); `dtype`.
     """
 
     dense: Float[Array, "out nz"]
@@ -278,6 +287,7 @@ class MotionGenerator(eqx.Module):
         width: int = 64,
         n_levels: int = 4,
         control_scale=DEFAULT_CONTROL_SCALE,
+        conv_method: str = "xla",
         dtype=None,
     ):
         shape = tuple(int(s) for s in shape)
@@ -292,6 +302,7 @@ class MotionGenerator(eqx.Module):
                 f"`shape` grid ({ny}, {nx}) must be divisible by 2**n_levels = "
                 f"{2**n_levels}."
             )
+        check_choice("conv_method", conv_method, CONV_METHODS)
         self.shape = shape
         self.control_scale = _check_scale("control_scale", control_scale, n_channels)
         dtype = jnp.zeros(()).dtype if dtype is None else dtype
@@ -306,7 +317,7 @@ class MotionGenerator(eqx.Module):
         for k in range(n_levels):
             conv = Conv(
                 channels[k], channels[k + 1], 3, key=keys[1 + k], n_spatial=2,
-                use_bias=True, dtype=dtype,
+                use_bias=True, dtype=dtype, method=conv_method,
             )  # fmt: skip
             w = 0.02 * jax.random.normal(
                 keys[1 + n_levels + k], conv.weight.shape, dtype
