@@ -1,6 +1,7 @@
 r"""Reconstruction metrics: MSE / RMSE (split observed / unobserved, in any units),
-[F21]'s scores, and the scores of gridded maps (RMSE score, gradient RMSE, PSD score
-and effective resolution).
+[F21]'s scores, the scores of gridded maps (RMSE score, gradient RMSE, PSD score
+and effective resolution), of motion fields (end-point and angular errors) and of
+ensembles (CRPS, spread-skill ratio, interval coverage).
 
 All metrics take ONE window (any shape, typically `(T, *state)`) and reduce over every
 axis; they are pure `jnp` code without Python branching on values, so `jax.vmap` gives
@@ -16,6 +17,16 @@ Gridded fields `(*lead, ny, nx)` on a `jaxda.grid.Grid`: `rmse_score` ($1 -
 \mathrm{RMSE}/\mathrm{RMS}$), `gradient_rmse`, the spectra `isotropic_psd` and
 `temporal_psd`, and the PSD scores `psd_score` / `psd_score_time` with the effective
 resolution (`crossing_wavelength`).
+
+Motion fields `(*lead, 2, ny, nx)`: `endpoint_error`, `angular_error` ([FBC23]'s
+planar angle, or [BFB94]'s space-time angle of `(u, v, 1)` in cells per frame),
+`velocity_gradient_norm` / `velocity_divergence_norm` ([FBC23]'s interior forward
+differences) and their error forms `gradient_error` / `divergence_error`.
+
+Ensembles `(N, *field)` (members first): `crps_ensemble` (the fair or energy-form CRPS
+[GR07; F14], computed by the `scoringrules` package's JAX backend),
+`spread_skill_ratio` (with the (N+1)/N finite-ensemble correction [F14b]) and
+`interval_coverage` (the fraction of the truth inside the central interval).
 
 **PSD score.** With $e = \hat x - x$ the error of a reconstruction $\hat x$ of the
 truth $x$, the score at wavenumber $k$ is
