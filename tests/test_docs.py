@@ -19,7 +19,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
-FAST_PAGES = ["index.md", "scaling.md", "tutorials/var_lorenz63.md"]
+FAST_PAGES = [
+    "index.md",
+    "scaling.md",
+    "tutorials/var_lorenz63.md",
+    "api/motion.md",
+]
 SLOW_PAGES = [
     "tutorials/gaussian_map.md",
     "tutorials/neural_incremental.md",
