@@ -162,7 +162,7 @@ def test_deep_prior_fits_and_reports_nonfinite_values(samples):
         problem = motion_4dvar(samples.flow, Observations(values, obs.mask), SIGMA)
         sol = deep_prior_4dvar(
             problem, jax.random.key(8), steps=40, background=background, width=4,
-            n_levels=2, latent_size=8, throw=False,
+            n_levels=1, latent_size=4, throw=False,
         )  # fmt: skip
         return sol, problem.cost(sol.x)
 
