@@ -24,7 +24,13 @@ def _load(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["lorenz63_incremental", "fourdvarnet_lorenz", "ssh_mapping"]
+    "name",
+    [
+        "lorenz63_incremental",
+        "fourdvarnet_lorenz",
+        "ssh_mapping",
+        "motion_shallow_water",
+    ],
 )
 def test_example_is_short(name):
     """Examples are readable scripts of the public API, not harnesses."""
@@ -100,3 +106,24 @@ def test_ssh_mapping_runs(tmp_path):
         assert row["resolved_km"] > 0 and row["time_s"] > 0
     assert (out / "maps.png").stat().st_size > 0
     assert (out / "psd_score.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_motion_shallow_water_runs(tmp_path):
+    example = _load("motion_shallow_water")
+    out = tmp_path / "out"
+    argv = [
+        "--train", "8", "--val", "2", "--test", "2", "--steps", "5",
+        "--iterations", "20", "--hybrid-iterations", "5", "--out", str(out),
+        "--no-progress",
+    ]  # fmt: skip
+    results = example.main(argv)
+    assert results["n_test"] == 2 and 1 <= results["unpenalised_iterations"] <= 50
+    assert len(results["rows"]) == 5
+    for row in results["rows"].values():
+        assert np.isfinite(row["epe"]) and row["epe"] > 0
+        assert 0 <= row["ae_deg"] <= 180 and row["time_per_window_s"] > 0
+    assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
+    if (out / "motion.png").exists():
+        assert (out / "motion.png").stat().st_size > 0
