@@ -5,10 +5,10 @@ generator (`MotionGenerator`) of a fixed latent vector $z \sim N(0, I)$ and $x_b
 background (default zero, as the authors' code; the first guess of the window is the
 natural choice). The generator's weights $\phi$ are fitted to the window by Adam on
 $$\phi^\star = \arg\min_\phi J\big(x_b + G_\phi(z)\big),$$
-$J$ the window's 4DVar cost; the architecture is the regulariser ("deep image prior").
-The authors fit 2000 (in their code, 3000) Adam steps at learning rate 0.002,
-$\beta_1 = 0.5$, keeping the control of the lowest cost seen; so does
-`deep_prior_4dvar`.
+$J$ the window's 4DVar cost; the architecture is the regulariser (the deep image
+prior of [UVL18]). The authors fit 2000 (in their code, 3000) Adam steps at
+learning rate 0.002, $\beta_1 = 0.5$, keeping the control of the lowest cost seen;
+so does `deep_prior_4dvar`.
 """
 
 from __future__ import annotations

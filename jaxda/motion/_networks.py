@@ -71,7 +71,8 @@ class _DoubleConv(eqx.Module):
 
 
 class MotionNet(eqx.Module):
-    r"""A UNet $f_\theta$ from the observations of one window to its 4DVar control.
+    r"""A UNet [RFB15] $f_\theta$ from the observations of one window to its 4DVar
+    control.
 
     The input is the observed channels of the window, values and mask, stacked as
     $2\,T\,C_o$ image channels ($C_o$ = `len(observed_channels)`, values divided by
@@ -250,7 +251,7 @@ def _upsample_bilinear(x: Array) -> Array:
 
 class MotionGenerator(eqx.Module):
     r"""The deep prior's generator $G_\phi$: a fixed latent vector $z$ to a control
-    `(C, ny, nx)`, after [FBC23]'s DCGAN-like generator.
+    `(C, ny, nx)`, after [FBC23]'s DCGAN-like [RMC16] generator.
 
     $z \in \mathbb R^{n_z}$ is mapped linearly to `width * 2**(L-1)` channels on a
     `(ny / 2**L, nx / 2**L)` grid (their first transposed 4x4 convolution of a 1x1
