@@ -336,12 +336,17 @@ def plot_motion(
             e, origin="lower", extent=extent, cmap=error_cmap, vmin=0.0,
             vmax=error_max, interpolation="nearest",
         )  # fmt: skip
-        ax.set_title(f"end-point error ({name}): mean {e.mean():.3g}")
+        ax.set_title(f"end-point error ({name})\nmean {e.mean():.3g}{unit}")
         ax.set_xlabel(f"x ({grid.units})")
         fig.colorbar(image, ax=ax, location="bottom", shrink=0.9, aspect=20).set_label(
             f"|error|{unit}"
         )
     axes[0, 0].set_ylabel(f"y ({grid.units})")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes.flat:  # long coordinates (metres) need few ticks
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(4))
     return fig
 
 
