@@ -506,8 +506,14 @@ def figure(recs, path) -> None:
         axes[1, j].set_xlabel("missing pixels (%)")
     axes[0, 0].set_ylabel("EPE")
     axes[1, 0].set_ylabel("angular error (deg)")
-    axes[0, -1].legend(fontsize=7)
-    fig.tight_layout()
+    legend = {}  # every method once, from whichever panel has it
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, h)
+    fig.legend(
+        list(legend.values()), list(legend), loc="lower center", ncol=4, fontsize=8
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     from jaxda.io import atomic_path
 
