@@ -177,7 +177,7 @@ def test_motion_cost_gradients_match_finite_differences(basin):
         u = u + 0.02 * jax.random.normal(k1, u.shape)
         v = jax.random.normal(k2, u.shape)
         # one compiled program for the gradient and the float64 central difference
-        value_and_grad = eqx.filter_jit(jax.value_and_grad(problem.cost))
+        value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(problem.cost))
         grad = value_and_grad(u)[1]
         eps = 1e-6
         fd = (value_and_grad(u + eps * v)[0] - value_and_grad(u - eps * v)[0]) / (
@@ -192,7 +192,7 @@ def test_uniform_translation_is_a_zero_cost_stationary_point():
     known-optimum test below)."""
     flow, truth0, obs, pen = _uniform_translation()
     problem = motion.motion_4dvar(flow, obs, 0.1, penalty=pen)
-    value_and_grad = eqx.filter_jit(jax.value_and_grad(problem.cost))
+    value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(problem.cost))
     cost, grad = value_and_grad(truth0)
     assert float(cost) < 1e-25 and float(jnp.max(jnp.abs(grad))) < 1e-10
     shifted = truth0.at[1].add(0.01)  # a slightly faster uniform motion
