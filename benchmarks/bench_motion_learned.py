@@ -65,8 +65,8 @@ SUITES = {
         deep_width=4,
     ),
     "full": dict(
-        n_train=256, n_val=8, n_test=100, steps=600, batch=8, width=8, depth=3,
-        lr=3e-3, hybrid=(10, 50), n_reference=8, n_deep=2, deep_steps=300,
+        n_train=512, n_val=8, n_test=100, steps=1500, batch=8, width=8, depth=3,
+        lr=3e-3, hybrid=(10, 50), n_reference=100, n_deep=2, deep_steps=2000,
         deep_width=8,
     ),
 }  # fmt: skip
