@@ -236,6 +236,23 @@ def advection_motion_samples(
         t = (Y - grid.y0 + grid.dy / 2) / (grid.ny * grid.dy)
         taper = jnp.sin(np.pi * s) * jnp.sin(np.pi * t)
 
+    initial, obs = _advection_windows(
+        jax.random.split(key, n_samples), flow, taper, n_times, every,
+        float(noise_std), float(gap_fraction), float(max_speed),
+        float(velocity_length_scale), float(tracer_length_scale), jnp.dtype(dtype),
+    )  # fmt: skip
+    return MotionSamples(initial, obs, flow, grid, float(noise_std))
+
+
+@eqx.filter_jit
+def _advection_windows(
+    keys, flow, taper, n_times, every, noise_std, gap_fraction, max_speed,
+    velocity_length_scale, tracer_length_scale, dtype,
+):  # fmt: skip
+    """The windows of `advection_motion_samples`, one compiled program per set of
+    options (module level, so that repeated calls reuse it)."""
+    grid = flow.model.grid
+
     def one(k):
         k_psi, k_q, k_mask, k_noise = jax.random.split(k, 4)
         psi = taper * _smooth_field(k_psi, grid, velocity_length_scale, ())
@@ -247,7 +264,4 @@ def advection_motion_samples(
         mask = _observed_mask(k_mask, n_times, x0.shape, every, gap_fraction)
         return x0, observe(k_noise, truth, mask, noise_std=noise_std)
 
-    initial, obs = eqx.filter_jit(eqx.filter_vmap(one))(
-        jax.random.split(key, n_samples)
-    )
-    return MotionSamples(initial, obs, flow, grid, float(noise_std))
+    return jax.vmap(one)(keys)
