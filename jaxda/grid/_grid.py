@@ -178,3 +178,21 @@ class Grid(eqx.Module):
                     f"{self.ny} x {self.nx} grid; got {shape}."
                 )
         check_finite(name, field)
+
+
+def grid_or_unit(grid: Grid | None, shape: tuple[int, int], what: str) -> Grid:
+    """`grid` checked against the field shape `(ny, nx)`, or, when `None`, the closed
+    grid of unit spacing of that shape (grid units). `what` names the field in the
+    error message (e.g. "`velocity`'s")."""
+    ny, nx = shape
+    if grid is None:
+        return Grid(ny, nx, boundary="closed")
+    if not isinstance(grid, Grid):
+        raise TypeError(
+            f"`grid` must be a jaxda.grid.Grid or None; got {type(grid).__name__}."
+        )
+    if grid.shape != (ny, nx):
+        raise ValueError(
+            f"`grid` ({grid.ny} x {grid.nx}) does not match {what} {ny} x {nx} cells."
+        )
+    return grid

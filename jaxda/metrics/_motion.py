@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from .._custom_types import Array, ArrayLike, Bool, Float
 from .._validation import check_choice, check_same_shape
 from ..grid._differences import diff_forward
-from ..grid._grid import Grid
+from ..grid._grid import Grid, grid_or_unit
 from ._pointwise import _masked_mean
 
 
@@ -203,17 +203,7 @@ def _checked_grid(velocity, grid: Grid | None, name: str):
             f"`{name}` needs at least 3 x 3 cells (the norms use the interior cells "
             f"only); got {ny} x {nx}."
         )
-    if grid is None:
-        grid = Grid(ny, nx, boundary="closed")
-    elif not isinstance(grid, Grid):
-        raise TypeError(
-            f"`grid` must be a jaxda.grid.Grid or None; got {type(grid).__name__}."
-        )
-    elif grid.shape != (ny, nx):
-        raise ValueError(
-            f"`grid` ({grid.ny} x {grid.nx}) does not match `{name}`'s {ny} x {nx} "
-            f"cells."
-        )
+    grid = grid_or_unit(grid, (ny, nx), f"`{name}`'s")
     return velocity, grid
 
 

@@ -62,7 +62,7 @@ from .._custom_types import Array, ArrayLike, Bool, Float, Int
 from .._results import RESULTS, all_finite, first_failure, raise_if_failed
 from .._validation import check_int, check_positive, check_real, is_concrete
 from ..grid._differences import diff_centred, laplacian
-from ..grid._grid import Grid
+from ..grid._grid import Grid, grid_or_unit
 
 
 class OpticalFlow(eqx.Module):
@@ -120,17 +120,7 @@ def _check_inputs(images, times, mask, grid):
             f"`images` must have at least 3 x 3 pixels (centred differences); got "
             f"{ny} x {nx}."
         )
-    if grid is None:
-        grid = Grid(ny, nx, boundary="closed")
-    elif not isinstance(grid, Grid):
-        raise TypeError(
-            f"`grid` must be a jaxda.grid.Grid or None; got {type(grid).__name__}."
-        )
-    elif grid.shape != (ny, nx):
-        raise ValueError(
-            f"`grid` ({grid.ny} x {grid.nx}) does not match the {ny} x {nx} frames "
-            "of `images`."
-        )
+    grid = grid_or_unit(grid, (ny, nx), "the frames of `images`:")
     dtype = images.dtype
     if times is None:
         times = jnp.arange(n_times, dtype=dtype)
