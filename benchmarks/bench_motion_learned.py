@@ -133,8 +133,20 @@ def _inference(net, samples) -> dict:
     }
 
 
-def records(suite: str) -> Iterator[dict]:
-    cfg = SUITES[suite]
+GRID_WEIGHTS = (3.6864e11, 1.2288e11)  # bench_motion's validation choice (grid)
+
+
+def records(
+    suite: str,
+    penalty_kind: str = "authors",
+    learned_only: bool = False,
+    **overrides,
+) -> Iterator[dict]:
+    """The records; `penalty_kind="grid"` trains the 4DVar-loss net on the
+    `jaxda.grid` penalty with `bench_motion`'s validation-chosen weights instead of
+    [FBC23]'s; `learned_only` runs only the 4DVar-loss net (and a 2-window
+    reference); `overrides` replace entries of the suite's configuration."""
+    cfg = dict(SUITES[suite], **overrides)
     t0 = time.perf_counter()
     test = motion.basin_motion_samples(jax.random.key(TEST_KEY), cfg["n_test"])
     train = motion.basin_motion_samples(jax.random.key(TRAIN_KEY), cfg["n_train"])
@@ -146,8 +158,10 @@ def records(suite: str) -> Iterator[dict]:
     smooth, div = motion.fbc23_weights(
         ALPHA, BETA, n_entries=n_entries, noise_std=sigma
     )
+    if penalty_kind == "grid":
+        smooth, div = GRID_WEIGHTS
     penalty = motion.MotionPenalty(
-        grid, smoothness=smooth, divergence=div, convention="authors"
+        grid, smoothness=smooth, divergence=div, convention=penalty_kind
     )
 
     def problem_fn(obs):
@@ -155,7 +169,8 @@ def records(suite: str) -> Iterator[dict]:
 
     common = dict(
         batch=1, n_train=cfg["n_train"], n_val=cfg["n_val"], n_test=cfg["n_test"],
-        data_s=data_s, penalty="fbc23-authors",
+        data_s=data_s,
+        penalty="fbc23-authors" if penalty_kind == "authors" else "validated-grid",
     )  # fmt: skip
 
     # Reference: penalised 4DVar, L-BFGS 250 iterations, from the first guess.
@@ -169,7 +184,7 @@ def records(suite: str) -> Iterator[dict]:
         )
         return sol.x[1:3]
 
-    n_ref = min(cfg["n_reference"], cfg["n_test"])
+    n_ref = min(cfg["n_reference"], cfg["n_test"], 2 if learned_only else 10**9)
     outs, ref_compile, ref_s = _per_window(reference, test, n_ref, "4dvar")
     yield record(
         PROBLEM, "4dvar-penalised-lbfgs-250", **common, **scores(test, jnp.stack(outs)),
@@ -182,7 +197,7 @@ def records(suite: str) -> Iterator[dict]:
     for method, loss_fn in (
         ("learned-4dvar-loss", motion.fourdvar_loss(problem_fn)),
         ("learned-supervised", motion.supervised_loss),
-    ):
+    )[: 1 if learned_only else 2]:
         net0 = motion.MotionNet(
             test.obs.values.shape[1:], key=jax.random.key(0), width=cfg["width"],
             depth=cfg["depth"],
@@ -212,6 +227,8 @@ def records(suite: str) -> Iterator[dict]:
             paper_epe=PAPER["penalised"][0], paper_ae_deg=PAPER["penalised"][1],
         )  # fmt: skip
 
+    if learned_only:
+        return
     # Hybrid: L-BFGS from the 4DVar-loss net's output.
     net = nets["learned-4dvar-loss"]
     for k in cfg["hybrid"]:
@@ -252,8 +269,15 @@ def records(suite: str) -> Iterator[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=tuple(SUITES), default="quick")
+    parser.add_argument("--penalty", choices=("authors", "grid"), default="authors")
+    parser.add_argument("--learned-only", action="store_true")
+    parser.add_argument("--n-train", type=int)
+    parser.add_argument("--steps", type=int)
     args = parser.parse_args(argv)
-    for rec in records(args.suite):
+    overrides = {
+        k: v for k, v in (("n_train", args.n_train), ("steps", args.steps)) if v
+    }
+    for rec in records(args.suite, args.penalty, args.learned_only, **overrides):
         print(json.dumps({k: v for k, v in rec.items() if k != "jax_version"}))
     return 0
 
