@@ -117,6 +117,9 @@ def test_fourdvar_loss_is_the_mean_4dvar_cost_and_its_gradient(samples, random_n
     np.testing.assert_allclose(auto[top], fd, rtol=1e-5)
 
 
+# A training run (60 steps): with the slow tests; the loss and its gradient are
+# checked by default.
+@pytest.mark.slow
 def test_training_lowers_the_heldout_4dvar_cost_below_the_first_guess(samples, net):
     loss_fn = _loss_fn(samples)
     heldout = _subset(samples, 16, 24)
