@@ -6,7 +6,8 @@ operators, noise), `data` (twin-experiment datasets, presets, first guesses), `g
 block-tridiagonal SPD algebra), `gaussian` (Gaussian MAP / optimal interpolation),
 `var` (4DVar costs and solvers), `ensemble` (EnKF, ETKF, LETKF, EnKS, iEnKS),
 `cycling` (one driver for every cycled method), `fourdvarnet` (4DVarNet, [F21]),
-`incremental` (neural incremental DA, [B24]), `nn` (reusable layers), `train`
+`incremental` (neural incremental DA, [B24]), `motion` (motion fields from image
+sequences and shallow-water heights, [FBC23]), `nn` (reusable layers), `train`
 (optax training loop), `sharding` (batches over devices), `io` (atomic files,
 checkpoints, model save/load), `plot` (figures; needs matplotlib).
 """
@@ -22,6 +23,7 @@ from . import (
     linalg as linalg,
     metrics as metrics,
     models as models,
+    motion as motion,
     nn as nn,
     obs as obs,
     plot as plot,
