@@ -56,6 +56,7 @@ import numpy as np
 
 from .._custom_types import Array, ArrayLike, Bool, Float
 from .._validation import check_choice
+from ._pointwise import _masked_mean
 
 
 def _prep(ensemble, truth, mask):
@@ -88,13 +89,6 @@ def _prep(ensemble, truth, mask):
             )
     dtype = jnp.result_type(ensemble, truth)
     return ensemble.astype(dtype), truth.astype(dtype), mask
-
-
-def _masked_mean(values, mask):
-    if mask is None:
-        return jnp.mean(values)
-    total = jnp.sum(jnp.where(mask, values, jnp.zeros((), values.dtype)))
-    return total / jnp.sum(mask).astype(values.dtype)
 
 
 _SCORINGRULES_ESTIMATOR = {"fair": "pwm", "pwm": "pwm", "nrg": "qd"}

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from .._custom_types import Array, Float, Int, Key, Scalar
-from .._results import RESULTS, raise_if_failed
+from .._results import RESULTS, all_finite, raise_if_failed
 from .._validation import check_int, check_key, check_positive
 from ..var import AbstractVarProblem
 from ._networks import DEFAULT_CONTROL_SCALE, MotionGenerator
@@ -159,7 +159,7 @@ def _fit(problem, generator, latent, background, hyper, steps):
         # The cost of `p`, its gradient, and the control it gives (the step's).
         c, g = value_and_grad(p)
         x = control(p)
-        ok = ~stopped & jnp.isfinite(c) & _tree_finite(g)
+        ok = ~stopped & jnp.isfinite(c) & all_finite(g)
         better = ok & (c < best_cost)
         best_x = jnp.where(better, x, best_x)
         best_cost = jnp.where(better, c, best_cost)
@@ -208,11 +208,6 @@ def _fit(problem, generator, latent, background, hyper, steps):
         n_steps=n,
         result=result,
     )
-
-
-def _tree_finite(tree) -> Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves]))
 
 
 def _tree_where(cond, a, b):

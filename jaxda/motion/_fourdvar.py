@@ -44,9 +44,10 @@ class Motion4DVar(AbstractVarProblem):
     **Fields:** `problem` (the `StrongConstraint4DVar` or `WeakConstraint4DVar`),
     `penalty` (a `MotionPenalty` or `None`).
 
-    `cost(u)` is $J$, `residuals(u)` its whitened residuals, `initial_state(u)` the
-    $x_0$ of a control, `trajectory(u)` the states $x_{0:T-1}$ (the model's for the
-    strong constraint, the control itself for the weak one).
+    `obs` is the window's observations, `cost(u)` is $J$, `residuals(u)` its whitened
+    residuals, `initial_state(u)` the $x_0$ of a control, `trajectory(u)` the states
+    $x_{0:T-1}$ (the model's for the strong constraint, the control itself for the
+    weak one).
     """
 
     problem: StrongConstraint4DVar | WeakConstraint4DVar
@@ -62,11 +63,16 @@ class Motion4DVar(AbstractVarProblem):
         """The control's shape: `(C, ny, nx)` (strong) or `(T, C, ny, nx)` (weak)."""
         return self.problem.shape
 
+    @property
+    def obs(self) -> Observations:
+        """The window's observations (those of the wrapped 4DVar problem)."""
+        return self.problem.obs
+
     def check_control(self, name, u):
         self.problem.check_control(name, u)
 
     def values_valid(self):
-        return self.problem.values_valid() & jnp.any(self.problem.obs.mask)
+        return self.problem.values_valid() & jnp.any(self.obs.mask)
 
     def initial_state(self, u) -> Float[Array, "C ny nx"]:
         """$x_0$ of the control `u`."""

@@ -260,8 +260,7 @@ def hybrid_4dvar(
     - `problem`: the window's strong-constraint 4DVar problem (control: the initial
       state, the net's output shape).
     - `solver`: a `jaxda.var` solver (default `jaxda.var.LBFGS()`).
-    - `obs`: the observations given to the net (default: the problem's, `problem.obs`
-      or `problem.problem.obs` of a `Motion4DVar`).
+    - `obs`: the observations given to the net (default: the problem's, `problem.obs`).
     - `max_steps`: the solver's iteration budget.
     - `throw`: as `jaxda.var.solve` (raise when the solve did not succeed).
 
@@ -279,9 +278,7 @@ def hybrid_4dvar(
             f"strong-constraint problem); got a control of shape {shape}."
         )
     if obs is None:
-        # A `Motion4DVar` holds its observations in the 4DVar problem it wraps.
-        inner = getattr(problem, "problem", problem)
-        obs = getattr(problem, "obs", getattr(inner, "obs", None))
+        obs = getattr(problem, "obs", None)
         if obs is None:
             raise ValueError("`obs` is needed: `problem` has no `obs` field.")
     net.check_obs("obs", obs)
