@@ -32,6 +32,13 @@ from ._fourdvar import (
     first_guess as first_guess,
     motion_4dvar as motion_4dvar,
 )
+from ._generative import (
+    GenerativeMotionNet as GenerativeMotionNet,
+    ensemble_crps_loss as ensemble_crps_loss,
+    mean_ensemble_loss as mean_ensemble_loss,
+    sample_ensembles as sample_ensembles,
+    train_generative_motion_net as train_generative_motion_net,
+)
 from ._learned import (
     fourdvar_loss as fourdvar_loss,
     hybrid_4dvar as hybrid_4dvar,
@@ -74,4 +81,9 @@ __all__: list[str] = [
     "predict",
     "supervised_loss",
     "train_motion_net",
+    "GenerativeMotionNet",
+    "ensemble_crps_loss",
+    "mean_ensemble_loss",
+    "sample_ensembles",
+    "train_generative_motion_net",
 ]
