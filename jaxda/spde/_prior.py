@@ -1,0 +1,486 @@
+r"""`SPDEPrior`: the Gaussian law of a window of states driven by the
+advection-diffusion SPDE, as a sparse precision that is never a matrix.
+
+**The process** ($\alpha = 2$, implicit Euler, time step $\Delta t$): with
+$\mathcal A_k$ the spatial operator of $\Theta_k$ (`jaxda.spde.SPDEParameters`) and
+$B_k = I + \Delta t\,\mathcal A_k$,
+
+$$K_0 x_0 = \tau_0 z_0, \qquad B_k x_k = x_{k-1} + \tau_k\sqrt{\Delta t}\, z_k
+\quad (k = 1, \dots, T-1),$$
+
+$z_k \sim \mathcal N(0, I)$ independent, $K_0 = \kappa_0^2 - \nabla\cdot(\mathbf
+H_0\nabla)$ (the $\alpha = 2$ Matérn field of [LRL11] for the initial state). So
+$x_k = M_k x_{k-1} + T_k z_k$ with $M_k = B_k^{-1}$ and $T_k = \tau_k\sqrt{\Delta t}\,
+M_k$, the discretisation of [BF24].
+
+**Whitening.** $G$ maps a window to its innovations, $(Gx)_0 = K_0 x_0 / \tau_0$,
+$(Gx)_k = (B_k x_k - x_{k-1}) / (\tau_k \sqrt{\Delta t})$: block lower-bidiagonal,
+9-point blocks. The precision is $Q = G^\top G$, whose blocks are those of [BF24],
+
+$$Q_{00} = P_0^{-1} + M_1^\top S_1^{-1} M_1,\quad Q_{kk} = S_k^{-1} + M_{k+1}^\top
+S_{k+1}^{-1} M_{k+1},\quad Q_{k,k+1} = -M_{k+1}^\top S_{k+1}^{-1},$$
+
+$S_k = T_k T_k^\top$, $S_k^{-1} = B_k^\top B_k / (\tau_k^2 \Delta t)$,
+$P_0^{-1} = K_0^\top K_0 / \tau_0^2$, $M_{k+1}^\top S_{k+1}^{-1} M_{k+1} = I /
+(\tau_{k+1}^2\Delta t)$ (for fields $\tau$, diagonal scalings in place of the
+divisions). $Qv = G^\top (G v)$ costs two stencil passes.
+
+**Log-determinant** (a Markov chain): $\log|Q| = 2\log|\det G| = \log|P_0^{-1}| +
+\sum_k \log|S_k^{-1}|$, each block's $\log|\det X| = \tfrac12\log\det X^\top X$:
+
+- `"banded"` (closed grids): a banded Cholesky of $X^\top X$ (half-bandwidth
+  $2(n_x + 1)$, `jaxda.linalg.SymmetricBandMatrix`, $O(n_y n_x^3)$ per block, up to
+  about 128 x 128), differentiable by its implicit rule;
+- `"fft"` (periodic grid, fields constant in space): $\sum \log|\hat c|$ of the
+  convolution's eigenvalues, exact;
+- `"dense"`: `slogdet` of the densified blocks (tests, small grids).
+
+**Sampling** runs the recursion: `"fft"` solves (periodic, constant fields), a
+banded Cholesky of $X^\top X$ ($X^{-1} r = (X^\top X)^{-1} X^\top r$, closed grids,
+factorised once for all members), or matrix-free BiCGStab (`lineax`), any grid.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jax import lax
+
+from .._custom_types import Array, ArrayLike, Float, Key
+from .._results import RESULTS, all_finite, first_failure, raise_if_failed
+from .._validation import check_choice, check_int, check_key, check_positive
+from ..grid._grid import Grid
+from ..linalg import SymmetricBandMatrix
+from ._operator import band_gram, fft_solve, spatial_operator, step_operator, symbol
+from ._parameters import SPDEParameters
+
+
+SOLVERS = ("auto", "fft", "banded", "iterative")
+LOGDETS = ("auto", "fft", "banded", "dense")
+
+
+class SPDEPrior(eqx.Module):
+    r"""The Gaussian prior $x \sim \mathcal N(\mu, Q^{-1})$ of a window of $T$ states
+    on a grid, $Q = G^\top G$ from the SPDE (see the module docstring).
+
+    **Arguments:**
+
+    - `params`: `jaxda.spde.SPDEParameters` (its `n_times` is $T$).
+    - `grid`: the `jaxda.grid.Grid` of the parameters.
+    - `dt` $> 0$: the time step between states.
+    - `mean`: $\mu$, a scalar or `(T, ny, nx)` (default 0).
+    - `solver`: how $K_0^{-1}$, $B_k^{-1}$ are applied when sampling: `"auto"`
+      (`"fft"` on a periodic grid with constant fields, else `"iterative"`),
+      `"fft"`, `"banded"` (closed grids) or `"iterative"` (BiCGStab).
+    - `rtol`, `max_steps`: BiCGStab's relative tolerance (default `1e-5` in
+      float32, `1e-10` in float64) and iteration cap.
+
+    Every method is a pure function of the prior's arrays (`jit`, `vmap` and
+    gradients with respect to the parameter fields apply).
+    """
+
+    params: SPDEParameters
+    mean: Float[Array, "T ny nx"]
+    grid: Grid = eqx.field(static=True)
+    dt: float = eqx.field(static=True)
+    solver: str = eqx.field(static=True)
+    rtol: float | None = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        params: SPDEParameters,
+        grid: Grid,
+        dt: float,
+        *,
+        mean: Float[ArrayLike, "T ny nx"] | float = 0.0,
+        solver: str = "auto",
+        rtol: float | None = None,
+        max_steps: int = 500,
+    ):
+        if not isinstance(params, SPDEParameters):
+            raise TypeError(
+                f"`params` must be a jaxda.spde.SPDEParameters; got "
+                f"{type(params).__name__}."
+            )
+        if not isinstance(grid, Grid):
+            raise TypeError(f"`grid` must be a jaxda.grid.Grid; got {type(grid)}.")
+        if params.grid_shape != grid.shape:
+            raise ValueError(
+                f"`params` are fields on a {params.grid_shape} grid but `grid` is "
+                f"{grid.shape}."
+            )
+        check_positive("dt", dt)
+        check_choice("solver", solver, SOLVERS)
+        if rtol is not None:
+            check_positive("rtol", rtol)
+        self.max_steps = check_int("max_steps", max_steps, minimum=1)
+        if solver == "fft" and not (grid.periodic and params.spatially_constant):
+            raise ValueError(
+                "`solver='fft'` needs a periodic grid and fields constant in space; "
+                f"got boundary {grid.boundary!r} and "
+                f"{'constant' if params.spatially_constant else 'varying'} fields."
+            )
+        if solver == "banded" and grid.periodic:
+            raise ValueError("`solver='banded'` needs a closed grid; got periodic.")
+        shape = (params.n_times, *grid.shape)
+        mean = jnp.asarray(mean, params.dtype)
+        if mean.ndim and mean.shape != shape:
+            raise ValueError(
+                f"`mean` must be a scalar or have shape {shape}; got {mean.shape}."
+            )
+        self.params = params
+        self.mean = jnp.broadcast_to(mean, shape)
+        self.grid = grid
+        self.dt = float(dt)
+        self.solver = solver
+        self.rtol = None if rtol is None else float(rtol)
+
+    # ----------------------------------------------------------------- shapes
+    @property
+    def n_times(self) -> int:
+        return self.params.n_times
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """`(T, ny, nx)`: the shape of one window."""
+        return (self.n_times, *self.grid.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def dtype(self):
+        return self.params.dtype
+
+    # ------------------------------------------------------- the blocks of G
+    def _initial(self, x):
+        k, a, h, _ = self.params.at(0)
+        return spatial_operator(x, self.grid, k, a, h, include_advection=False)
+
+    def _step(self, x, k, a, h):
+        return step_operator(x, self.grid, self.dt, k, a, h)
+
+    def _scales(self):
+        """`(tau_0, tau_k sqrt(dt) for k >= 1)` broadcast to `(T, ny, nx)`."""
+        _, _, _, tau = self.params.stacked()
+        scale = jnp.broadcast_to(tau * jnp.sqrt(self.dt), self.shape)
+        first = jnp.broadcast_to(self.params.initial_tau, self.grid.shape)
+        return scale.at[0].set(first)
+
+    def innovations(self, v: Float[Array, "T ny nx"]) -> Float[Array, "T ny nx"]:
+        r"""$G v$ (linear; no mean): $z$ that drives the anomaly $v$."""
+        scale = self._scales()
+        first = self._initial(v[0])
+        if self.n_times == 1:
+            return (first / scale[0])[None]
+        kap, adv, dif, _ = self.params.stacked()
+        bx = jax.vmap(self._step)(v[1:], kap[1:], adv[1:], dif[1:])
+        return jnp.concatenate([first[None], bx - v[:-1]]) / scale
+
+    def whiten(self, x: Float[ArrayLike, "T ny nx"]) -> Float[Array, "T ny nx"]:
+        r"""$G(x - \mu)$: standard normal innovations when $x$ is a prior sample."""
+        x = self._check_window("x", x)
+        return self.innovations(x - self.mean)
+
+    def innovations_transpose(self, z: Float[Array, "T ny nx"]):
+        """$G^\\top z$."""
+        zero = jnp.zeros(self.shape, self.dtype)
+        return jax.linear_transpose(self.innovations, zero)(z)[0]
+
+    def precision_matvec(
+        self, v: Float[ArrayLike, "T ny nx"]
+    ) -> Float[Array, "T ny nx"]:
+        r"""$Q v = G^\top G v$ (two stencil passes, no matrix)."""
+        v = self._check_window("v", v)
+        return self.innovations_transpose(self.innovations(v))
+
+    def energy(self, x: Float[ArrayLike, "T ny nx"]) -> Float[Array, ""]:
+        r"""$\tfrac12 (x - \mu)^\top Q (x - \mu) = \tfrac12\|G(x - \mu)\|^2$."""
+        return 0.5 * jnp.sum(self.whiten(x) ** 2)
+
+    def log_prob(self, x, *, logdet: str = "auto") -> Float[Array, ""]:
+        r"""$\log p(x) = -\tfrac12\|G(x-\mu)\|^2 + \tfrac12\log|Q|
+        - \tfrac d2\log 2\pi$."""
+        d = self.size
+        return (
+            -self.energy(x)
+            + 0.5 * self.logdet_precision(logdet)
+            - 0.5 * d * jnp.log(2 * jnp.pi).astype(self.dtype)
+        )
+
+    def to_dense_precision(self) -> Float[Array, "d d"]:
+        """The dense $Q$ over the C-order flattened window (tests, small grids)."""
+        d = self.size
+        eye = jnp.eye(d, dtype=self.dtype).reshape(d, *self.shape)
+        g = jax.vmap(self.innovations)(eye).reshape(d, d).T  # columns G e_i
+        return g.T @ g
+
+    def precision_diagonal(self) -> Float[Array, "T ny nx"]:
+        r"""$\mathrm{diag}(Q)$ without the matrix: $\mathrm{diag}(X_k^\top W_k X_k)$
+        per block by probing with 3 x 3 colourings (the Gram has a 5 x 5 stencil, so
+        same-coloured cells never share a row), plus $W_{k+1}$ from the next step's
+        identity term (the Jacobi preconditioner of `spde_map`)."""
+        combs = _colour_combs(self.grid, self.dtype)
+        w = 1.0 / self._scales() ** 2
+        kap, adv, dif, _ = self.params.stacked()
+        zero = jnp.zeros(self.grid.shape, self.dtype)
+
+        def gram_diag(apply, weight):
+            apply_t = jax.linear_transpose(apply, zero)
+            prods = jax.vmap(lambda p: apply_t(weight * apply(p))[0])(combs)
+            return jnp.sum(prods * combs, axis=0)
+
+        first = gram_diag(self._initial, w[0])
+        if self.n_times == 1:
+            return first[None]
+
+        def step_diag(k, a, h, wk):
+            return gram_diag(lambda p: self._step(p, k, a, h), wk)
+
+        rest = jax.vmap(step_diag)(kap[1:], adv[1:], dif[1:], w[1:])
+        diag = jnp.concatenate([first[None], rest])
+        return diag.at[:-1].add(w[1:])
+
+    # ---------------------------------------------------------- log-determinant
+    def _logdet_method(self, method: str) -> str:
+        check_choice("method", method, LOGDETS)
+        if method == "auto":
+            if self.grid.periodic and self.params.spatially_constant:
+                return "fft"
+            if not self.grid.periodic:
+                return "banded"
+            if self.grid.size <= 1024:
+                return "dense"
+            raise ValueError(
+                "no exact log-determinant for a periodic grid with fields varying in "
+                f"space beyond 32 x 32 cells (got {self.grid.shape}): use a closed "
+                "grid (banded Cholesky) or constant fields (FFT)."
+            )
+        if method == "fft" and not (
+            self.grid.periodic and self.params.spatially_constant
+        ):
+            raise ValueError(
+                "`method='fft'` needs a periodic grid and fields constant in space."
+            )
+        if method == "banded" and self.grid.periodic:
+            raise ValueError("`method='banded'` needs a closed grid; got periodic.")
+        return method
+
+    def _block_logabsdet(self, apply, method: str):
+        """$(\\log|\\det X|, \\text{ok})$ for one 9-point block."""
+        dtype = self.dtype
+        if method == "fft":
+            hat = symbol(apply, self.grid, dtype)
+            return jnp.sum(jnp.log(jnp.abs(hat))).astype(dtype), jnp.all(hat != 0)
+        if method == "banded":
+            chol = SymmetricBandMatrix(band_gram(apply, self.grid, dtype)).cholesky()
+            return 0.5 * chol.logdet_with_rule(), chol.result == RESULTS.successful
+        n = self.grid.size
+        eye = jnp.eye(n, dtype=dtype).reshape(n, *self.grid.shape)
+        x = jax.vmap(apply)(eye).reshape(n, n)
+        sign, value = jnp.linalg.slogdet(x)
+        return value, sign != 0
+
+    def logdet_precision(
+        self, method: str = "auto", *, throw: bool = True
+    ) -> Float[Array, ""]:
+        r"""$\log|Q| = \sum_k (2\log|\det X_k| - 2\sum \log s_k)$ ($X_0 = K_0$, $s_0 =
+        \tau_0$; $X_k = B_k$, $s_k = \tau_k\sqrt{\Delta t}$), differentiable with
+        respect to the parameter fields. `method`: `"auto"`, `"banded"`, `"fft"`,
+        `"dense"` (module docstring). A singular block raises with `throw`
+        (`RESULTS.not_positive_definite`), else gives a non-finite value.
+        """
+        method = self._logdet_method(method)
+        first, ok0 = self._block_logabsdet(self._initial, method)
+        total = 2 * first
+        ok = ok0
+        if self.n_times > 1:
+            kap, adv, dif, _ = self.params.stacked()
+            if self.params.stationary_in_time:
+                one, ok1 = self._block_logabsdet(
+                    lambda p: self._step(p, kap[0], adv[0], dif[0]), method
+                )
+                total = total + 2 * (self.n_times - 1) * one
+            else:
+
+                def block(args):
+                    k, a, h = args
+                    return self._block_logabsdet(
+                        lambda p: self._step(p, k, a, h), method
+                    )
+
+                values, oks = lax.map(block, (kap[1:], adv[1:], dif[1:]))
+                total = total + 2 * jnp.sum(values)
+                ok1 = jnp.all(oks)
+            ok = ok & ok1
+        total = total - 2 * jnp.sum(jnp.log(self._scales()))
+        result = first_failure(
+            (~self.params.values_valid(), RESULTS.invalid_input),
+            (~(ok & jnp.isfinite(total)), RESULTS.not_positive_definite),
+        )
+        return raise_if_failed(total, result, throw)
+
+    # ------------------------------------------------------------------ sampling
+    def _solve_method(self) -> str:
+        if self.solver != "auto":
+            return self.solver
+        if self.grid.periodic and self.params.spatially_constant:
+            return "fft"
+        return "iterative"
+
+    def _factors(self, method: str):
+        """What the solves need, computed once for all members: per block (the
+        initial one, then one per step, or one for all steps when stationary)."""
+        kap, adv, dif, _ = self.params.stacked()
+        n_steps = 1 if self.params.stationary_in_time else self.n_times - 1
+        steps = [
+            (lambda p, i=i: self._step(p, kap[1 + i], adv[1 + i], dif[1 + i]))
+            for i in range(min(n_steps, max(self.n_times - 1, 0)))
+        ]
+        applies = [self._initial, *steps]
+        if method == "fft":
+            return [symbol(a, self.grid, self.dtype) for a in applies]
+        if method == "banded":
+            return [
+                SymmetricBandMatrix(band_gram(a, self.grid, self.dtype)).cholesky()
+                for a in applies
+            ]
+        return None
+
+    def _solve(self, method, factors, index, apply, r):
+        """$X^{-1} r$ for block `index` (operator `apply`): `(x, result)`."""
+        if method == "fft":
+            return fft_solve(factors[index], r), RESULTS.successful
+        if method == "banded":
+            chol = factors[index]
+            zero = jnp.zeros(self.grid.shape, self.dtype)
+            rhs = jax.linear_transpose(apply, zero)(r)[0].reshape(-1)
+            x = chol.solve_factor(rhs).reshape(self.grid.shape)
+            return x, chol.result
+        rtol = self.rtol
+        if rtol is None:
+            rtol = 1e-5 if jnp.finfo(self.dtype).bits <= 32 else 1e-10
+        struct = jax.ShapeDtypeStruct(self.grid.shape, self.dtype)
+        operator = lx.FunctionLinearOperator(apply, struct)
+        atol = rtol * jnp.max(jnp.abs(r)) + jnp.finfo(self.dtype).tiny
+        solver = lx.BiCGStab(rtol=rtol, atol=atol, max_steps=self.max_steps)
+        sol = lx.linear_solve(operator, r, solver, throw=False)
+        return sol.value, RESULTS.promote(sol.result)
+
+    def color(self, z: Float[ArrayLike, "T ny nx"], *, throw: bool = True):
+        r"""$G^{-1} z$ by the recursion: the anomaly driven by innovations `z` (a
+        prior sample for standard normal `z`; add `mean` for the state)."""
+        z = self._check_window("z", z)
+        x, result = self._color(z, *self._prepared())
+        return raise_if_failed(x, result, throw)
+
+    def _prepared(self):
+        method = self._solve_method()
+        return method, self._factors(method)
+
+    def _color(self, z, method, factors):
+        scale = self._scales()
+        x0, res0 = self._solve(method, factors, 0, self._initial, scale[0] * z[0])
+        if self.n_times == 1:
+            return x0[None], res0
+        kap, adv, dif, _ = self.params.stacked()
+        stationary = self.params.stationary_in_time
+
+        def body(carry, inp):
+            x_prev, result = carry
+            i, k, a, h, zk, sk = inp
+            index = 1 if stationary else 1 + i
+
+            def apply(p):
+                return self._step(p, k, a, h)
+
+            if method == "iterative" or stationary:
+                x, res = self._solve(method, factors, index, apply, x_prev + sk * zk)
+            else:  # one factor per step: select it by the step index
+                x, res = lax.switch(
+                    i,
+                    [
+                        (lambda r, j=j: self._solve(method, factors, 1 + j, apply, r))
+                        for j in range(self.n_times - 1)
+                    ],
+                    x_prev + sk * zk,
+                )
+            result = RESULTS.where(result == RESULTS.successful, res, result)
+            return (x, result), x
+
+        inputs = (
+            jnp.arange(self.n_times - 1),
+            kap[1:],
+            adv[1:],
+            dif[1:],
+            z[1:],
+            scale[1:],
+        )
+        (_, result), rest = lax.scan(body, (x0, res0), inputs)
+        return jnp.concatenate([x0[None], rest]), result
+
+    def sample(
+        self, key: Key, n: int | None = None, *, throw: bool = True
+    ) -> Float[Array, "*n T ny nx"]:
+        r"""`n` independent samples $x = \mu + G^{-1} z$ (`(n, T, ny, nx)`; one
+        window `(T, ny, nx)` when `n` is None), by the recursion. A solve that does
+        not converge raises with `throw` (its `RESULTS` message); with
+        `throw=False` its members are returned as they are."""
+        check_key("key", key)
+        if n is not None:
+            n = check_int("n", n, minimum=1)
+        z = jax.random.normal(key, (() if n is None else (n,)) + self.shape, self.dtype)
+        x, result = _sample(self, z)
+        result = first_failure(
+            (~self.params.values_valid(), RESULTS.invalid_input),
+            (result != RESULTS.successful, result),
+            (~all_finite(x), RESULTS.nonfinite),
+        )
+        return raise_if_failed(x, result, throw)
+
+    # --------------------------------------------------------------- helpers
+    def _check_window(self, name: str, x) -> Array:
+        x = jnp.asarray(x)
+        if x.shape != self.shape:
+            raise ValueError(
+                f"`{name}` must be a window of shape {self.shape} (T, ny, nx); got "
+                f"{x.shape}."
+            )
+        return x.astype(jnp.result_type(x.dtype, self.dtype))
+
+
+@eqx.filter_jit
+def _sample(prior: SPDEPrior, z):
+    method, factors = prior._prepared()
+    if z.ndim == 3:
+        x, result = prior._color(z, method, factors)
+    else:
+        x, results = jax.vmap(lambda zi: prior._color(zi, method, factors))(z)
+        failed = results != RESULTS.successful
+        first = jax.tree.map(lambda v: v[jnp.argmax(failed)], results)
+        result = RESULTS.where(jnp.any(failed), first, RESULTS.successful)
+    return x + prior.mean, result
+
+
+def _axis_colours(n: int, periodic: bool) -> Array:
+    """Colours along one axis: cells of one colour are >= 3 apart (cyclically on a
+    periodic axis, where the last `n % 3` cells get colours of their own)."""
+    i = jnp.arange(n)
+    if not periodic or n % 3 == 0:
+        return i % 3
+    q = 3 * (n // 3)
+    return jnp.where(i < q, i % 3, 3 + i - q)
+
+
+def _colour_combs(grid: Grid, dtype) -> Array:
+    """`(C, ny, nx)` indicator fields of the 2-D colours."""
+    cy = _axis_colours(grid.ny, grid.periodic)
+    cx = _axis_colours(grid.nx, grid.periodic)
+    ncx = int(cx.max()) + 1
+    colour = cy[:, None] * ncx + cx[None, :]
+    n = (int(cy.max()) + 1) * ncx
+    return (colour[None] == jnp.arange(n)[:, None, None]).astype(dtype)
