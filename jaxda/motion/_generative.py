@@ -361,10 +361,17 @@ def train_generative_motion_net(
 
 
 def sample_ensembles(
-    net: GenerativeMotionNet, obs: Observations, key: Key, n_members: int
+    net: GenerativeMotionNet,
+    obs: Observations,
+    key: Key,
+    n_members: int,
+    *,
+    chunk_size: int | None = None,
 ) -> Float[Array, "B N C ny nx"]:
     """The ensembles of a batch of windows `obs` `(B, T, C, ny, nx)`: window `b`
-    gets `net.sample(obs_b, fold_in(key, b), n_members)` (vmapped and jitted).
+    gets `net.sample(obs_b, fold_in(key, b), n_members)` (jitted; vmapped over all
+    windows at once, or over `chunk_size` windows at a time with `jax.lax.map` to
+    bound the memory).
 
     **Returns:** `(B, n_members, C, ny, nx)`.
     """
@@ -381,14 +388,20 @@ def sample_ensembles(
         )
     check_key("key", key)
     n_members = check_int("n_members", n_members, minimum=2)
-    return _sample_ensembles(net, obs, key, n_members)
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    return _sample_ensembles(net, obs, key, n_members, chunk_size)
 
 
 @eqx.filter_jit
-def _sample_ensembles(net, obs, key, n_members):
+def _sample_ensembles(net, obs, key, n_members, chunk_size):
     n = obs.values.shape[0]
     keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(n))
-    return jax.vmap(lambda o, k: net.sample(o, k, n_members))(obs, keys)
+    if chunk_size is None:
+        return jax.vmap(lambda o, k: net.sample(o, k, n_members))(obs, keys)
+    return jax.lax.map(
+        lambda ok: net.sample(*ok, n_members), (obs, keys), batch_size=chunk_size
+    )
 
 
 __all__ = [
