@@ -11,6 +11,9 @@ r"""4DVarNet ([F21]): a learnable variational cost and its unrolled learned solv
   with a `result`.
 - Losses: `supervised_loss`, `unsupervised_loss`, `semisupervised_loss`,
   `make_fourdvarnet_loss`, `make_training_data`.
+- Tasks of a window (mapping, near real time, short forecast): `window_steps` (the
+  steps a loss scores: `supervised_loss(..., steps=...)`), `forecast_observations`
+  (the observations of the last steps removed).
 - Curriculum training: `fit_fourdvarnet`, `CurriculumStage`, `default_curriculum`,
   `FitResult`.
 
@@ -38,6 +41,10 @@ from ._solvers import (
     CNNSolver as CNNSolver,
     ConvLSTMSolver as ConvLSTMSolver,
     TrainableStepGradient as TrainableStepGradient,
+)
+from ._tasks import (
+    forecast_observations as forecast_observations,
+    window_steps as window_steps,
 )
 from ._train import (
     CurriculumStage as CurriculumStage,
@@ -67,9 +74,11 @@ __all__ = [
     "assimilate_batch",
     "default_curriculum",
     "fit_fourdvarnet",
+    "forecast_observations",
     "make_fourdvarnet_loss",
     "make_training_data",
     "semisupervised_loss",
     "supervised_loss",
     "unsupervised_loss",
+    "window_steps",
 ]

@@ -7,7 +7,7 @@ Each loss is for ONE window; `jaxda.train.fit` vmaps and averages them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +16,7 @@ from .._custom_types import Array, Float, Key, Scalar
 from .._validation import check_positive
 from ..obs import Observations
 from ._model import FourDVarNet
+from ._tasks import window_steps
 
 
 def supervised_loss(
@@ -25,13 +26,24 @@ def supervised_loss(
     x_init: Float[Array, "T *state"] | None = None,
     *,
     prior_weight: float = 0.0,
+    steps: int | Sequence[int] | None = None,
 ) -> Scalar:
     r"""$\frac{1}{|x|}\|\Psi(x^{(0)}, y, \Omega) - x^{true}\|^2$ (eq. 14), plus, with
     `prior_weight` $w > 0$, $\frac{w}{|x|}(\|\hat x - \Phi(\hat x)\|^2 +
     \|x^{true} - \Phi(x^{true})\|^2)$ (the regularisation of the authors' code; it
-    leaves a prior with `train_prior=False` unchanged)."""
+    leaves a prior with `train_prior=False` unchanged).
+
+    With `steps` $S$ (an int or a sequence of time steps, negative from the end;
+    `None`: the whole window) the first term is restricted to those steps,
+    $\frac{1}{|S|\,|x_t|}\sum_{t \in S}\|\hat x_t - x^{true}_t\|^2$: the loss of
+    one task of the window (seed 002 trains mapping on the centre step, near real
+    time and forecasts on the last one; see `jaxda.fourdvarnet.window_steps`). The
+    prior term stays on the whole window."""
     x = model(obs, x_init)
-    loss = jnp.mean((x - truth) ** 2)
+    sq = (x - truth) ** 2
+    if steps is not None:
+        sq = sq[jnp.asarray(window_steps(steps, x.shape[0]))]
+    loss = jnp.mean(sq)
     if prior_weight:
         prior = model.effective_cost().prior
         reg = jnp.mean((x - prior(x)) ** 2) + jnp.mean((truth - prior(truth)) ** 2)
@@ -80,12 +92,18 @@ MODES = ("supervised", "unsupervised", "semisupervised")
 
 
 def make_fourdvarnet_loss(
-    mode: str = "supervised", *, prior_weight: float = 0.0, holdout: float = 0.2
+    mode: str = "supervised",
+    *,
+    prior_weight: float = 0.0,
+    holdout: float = 0.2,
+    steps: int | Sequence[int] | None = None,
 ) -> Callable[[FourDVarNet, dict, Key], Scalar]:
     """A per-example loss `loss(model, example, key)` for `jaxda.train.fit`.
 
     `example` is a dict with `"obs"` (`Observations`), optionally `"x_init"` and, for
-    `mode="supervised"`, `"truth"` (see `make_training_data`).
+    `mode="supervised"`, `"truth"` (see `make_training_data`). `steps` restricts the
+    supervised loss to those time steps (see `supervised_loss`); it needs
+    `mode="supervised"`.
     """
     if mode not in MODES:
         raise ValueError(
@@ -94,12 +112,22 @@ def make_fourdvarnet_loss(
     check_positive("prior_weight", prior_weight, allow_zero=True)
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"`holdout` must be in (0, 1); got {holdout!r}.")
+    if steps is not None:
+        if mode != "supervised":
+            raise ValueError(
+                f"`steps` restricts the supervised loss; got mode={mode!r}."
+            )
 
     def loss(model, example, key):
         obs, x_init = example["obs"], example.get("x_init")
         if mode == "supervised":
             return supervised_loss(
-                model, obs, example["truth"], x_init, prior_weight=prior_weight
+                model,
+                obs,
+                example["truth"],
+                x_init,
+                prior_weight=prior_weight,
+                steps=steps,
             )
         if mode == "unsupervised":
             return unsupervised_loss(model, obs, x_init)

@@ -24,6 +24,7 @@ from .._validation import check_int, check_positive
 from ..train import TrainResult, fit
 from ._losses import make_fourdvarnet_loss
 from ._model import FourDVarNet
+from ._tasks import window_steps
 
 
 class CurriculumStage(NamedTuple):
@@ -90,6 +91,7 @@ def fit_fourdvarnet(
     mode: str = "supervised",
     prior_weight: float = 0.0,
     holdout: float = 0.2,
+    steps: int | Sequence[int] | None = None,
     clip_norm: float | None = None,
     loss_factory: Callable[[], Callable] | None = None,
     eval_fn: Callable[[FourDVarNet, int], dict] | None = None,
@@ -113,6 +115,9 @@ def fit_fourdvarnet(
     - `stages`: `CurriculumStage`s (e.g. `default_curriculum(n_steps)`).
     - `mode`: `"supervised"` (eq. 14), `"unsupervised"` (eq. 13) or `"semisupervised"`
       (held-out observations); `prior_weight`, `holdout`: see the losses.
+    - `steps`: the time steps of the window the supervised loss scores (e.g. the
+      centre step for mapping, `-1` for near real time; default the whole window;
+      see `supervised_loss` and `window_steps`).
     - `loss_factory`: optional `() -> loss(model, example, key)` replacing the built-in
       loss (called once per stage).
     - `eval_fn(model, step)`, `eval_every`, `progress`, `print_every`: passed to `fit`.
@@ -133,11 +138,17 @@ def fit_fourdvarnet(
         check_positive("clip_norm", clip_norm)
     batch = jax.tree_util.tree_map(lambda a: a[:1], data)
     model.check_inputs(batch["obs"], batch.get("x_init"), batched=True)
+    if steps is not None:
+        if loss_factory is not None:
+            raise ValueError(
+                "`steps` applies to the built-in loss, not `loss_factory`."
+            )
+        steps = window_steps(steps, data["obs"].values.shape[1])
     if loss_factory is None:
 
         def loss_factory():
             return make_fourdvarnet_loss(
-                mode, prior_weight=prior_weight, holdout=holdout
+                mode, prior_weight=prior_weight, holdout=holdout, steps=steps
             )
 
     results = []
