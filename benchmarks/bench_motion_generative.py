@@ -18,6 +18,9 @@ Methods (`method`):
   bottleneck) trained by `train_generative_motion_net` on the fair ensemble CRPS of
   `train_members` members per window against the true initial state (supervised);
   `N` members per test window (19, as `rml-19`);
+- `gaussian-crps-<N>`: `jaxda.motion.GaussianMotionNet` (the same UNet with a mean
+  and a standard-deviation head) trained on the closed-form Gaussian CRPS, `N` draws
+  per test window (`crps_closed_form`: the CRPS of the Gaussian itself);
 - `4dvar-penalised-lbfgs-250`: the reference of the time ratio, measured in the same
   run on the first test set: `LBFGS` 250 iterations from the first guess on the
   penalised cost with `bench_motion`'s validation-chosen weights (`bench_motion_uq`'s
@@ -48,6 +51,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scoringrules
 from _common import record, time_call
 
 from jaxda import metrics, motion, var
@@ -65,11 +69,12 @@ SUITES = {
     "quick": dict(
         n_train=16, n_val=4, test_sets=(2,), steps=30, batch=4, width=4, depth=2,
         lr=3e-3, train_members=4, members=19, input_noise=4, bottleneck_noise=4,
+        methods=("noise-inputs", "gaussian"),
     ),
     "full": dict(
         n_train=512, n_val=8, test_sets=(4, 100), steps=2000, batch=4, width=8,
         depth=3, lr=3e-3, train_members=8, members=19, input_noise=4,
-        bottleneck_noise=4,
+        bottleneck_noise=4, methods=("noise-inputs", "gaussian"),
     ),
 }  # fmt: skip
 
@@ -151,11 +156,29 @@ def records(suite: str, **overrides) -> Iterator[dict]:
     ref = _reference(tests[0], cfg["test_sets"][0])
     yield record(PROBLEM, "4dvar-penalised-lbfgs-250", data_s=data_s, **ref)
 
-    net0 = motion.GenerativeMotionNet(
-        train.obs.values.shape[1:], key=jax.random.key(0), width=cfg["width"],
-        depth=cfg["depth"], input_noise=cfg["input_noise"],
-        bottleneck_noise=cfg["bottleneck_noise"],
-    )  # fmt: skip
+    for design in cfg["methods"]:
+        yield from _design_records(design, cfg, train, val, tests, ref, data_s)
+
+
+def _design_records(design, cfg, train, val, tests, ref, data_s) -> Iterator[dict]:
+    """Train one design (`"noise-inputs"` or `"gaussian"`) and score it on every
+    test set."""
+    arch = dict(width=cfg["width"], depth=cfg["depth"])
+    if design == "noise-inputs":
+        arch.update(
+            input_noise=cfg["input_noise"], bottleneck_noise=cfg["bottleneck_noise"]
+        )
+        net0 = motion.GenerativeMotionNet(
+            train.obs.values.shape[1:], key=jax.random.key(0), **arch
+        )
+        name = "generative-crps"
+        loss = "fair CRPS of (eta, u, v) / control_scale, supervised"
+    else:
+        net0 = motion.GaussianMotionNet(
+            train.obs.values.shape[1:], key=jax.random.key(0), **arch
+        )
+        name = "gaussian-crps"
+        loss = "closed-form Gaussian CRPS of (eta, u, v) / control_scale, supervised"
     t0 = time.perf_counter()
     net, result = motion.train_generative_motion_net(
         net0, train, key=jax.random.key(1), n_steps=cfg["steps"],
@@ -166,29 +189,34 @@ def records(suite: str, **overrides) -> Iterator[dict]:
     train_s = time.perf_counter() - t0
     n = cfg["members"]
     one = eqx.filter_jit(lambda o, k: net.sample(o, k, n))
+    batched = eqx.Partial(motion.sample_ensembles, chunk_size=CHUNK)
     key = jax.random.key(ENSEMBLE_KEY)
     for test in tests:
         n_test = len(test)
         compile_s, run_s = time_call(one, test.sample(0)[1], key)
-        batched = eqx.Partial(motion.sample_ensembles, chunk_size=CHUNK)
         batch_compile_s, batch_s = time_call(batched, net, test.obs, key, n, repeats=3)
         ens = batched(net, test.obs, key, n)[:, :, 1:3]
+        extra = {}
+        if design == "gaussian":  # the score of the Gaussian itself, not of draws
+            mean, std = jax.vmap(net)(test.obs)
+            crps = scoringrules.crps_normal(
+                test.velocity, mean[:, 1:3], std[:, 1:3], backend="jax"
+            )
+            extra["crps_closed_form"] = float(jnp.mean(crps))
         yield record(
-            PROBLEM, f"generative-crps-{n}", batch=1, n_test=n_test, members=n,
-            **ensemble_scores(ens, test.velocity),
+            PROBLEM, f"{name}-{n}", batch=1, n_test=n_test, members=n,
+            **ensemble_scores(ens, test.velocity), **extra,
             time_per_sample_s=run_s, time_per_sample_batched_s=batch_s / n_test,
             compile_s=compile_s, compile_batched_s=batch_compile_s,
             speedup_vs_4dvar=ref["time_per_sample_s"] / run_s,
             train_s=train_s, data_s=data_s, n_train=cfg["n_train"],
             n_val=cfg["n_val"], steps=cfg["steps"], batch_size=cfg["batch"],
-            learning_rate=cfg["lr"], train_members=cfg["train_members"],
+            learning_rate=cfg["lr"],
+            train_members=cfg["train_members"] if design == "noise-inputs" else None,
             epochs=cfg["steps"] * cfg["batch"] / cfg["n_train"],
-            parameters=count_parameters(net), width=cfg["width"],
-            depth=cfg["depth"], input_noise=cfg["input_noise"],
-            bottleneck_noise=cfg["bottleneck_noise"],
+            parameters=count_parameters(net), **arch, design=design,
             final_train_loss=float(np.mean(result.losses[-10:])),
-            val_crps=[float(m["val_crps"]) for _, m in result.history],
-            loss="fair CRPS of (eta, u, v) / control_scale, supervised",
+            val_crps=[float(m["val_crps"]) for _, m in result.history], loss=loss,
         )  # fmt: skip
 
 
@@ -201,6 +229,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--n-test", type=int, nargs="+", help="test-set sizes (default the suite's)"
     )
+    parser.add_argument(
+        "--methods", nargs="+", choices=("noise-inputs", "gaussian"), default=None
+    )
     parser.add_argument("--out", help="also write the records to this JSON file")
     args = parser.parse_args(argv)
     overrides = {
@@ -210,6 +241,7 @@ def main(argv=None) -> int:
             ("steps", args.steps),
             ("batch", args.batch),
             ("test_sets", tuple(args.n_test) if args.n_test else None),
+            ("methods", tuple(args.methods) if args.methods else None),
         )
         if v
     }

@@ -33,8 +33,10 @@ from ._fourdvar import (
     motion_4dvar as motion_4dvar,
 )
 from ._generative import (
+    GaussianMotionNet as GaussianMotionNet,
     GenerativeMotionNet as GenerativeMotionNet,
     ensemble_crps_loss as ensemble_crps_loss,
+    gaussian_crps_loss as gaussian_crps_loss,
     mean_ensemble_loss as mean_ensemble_loss,
     sample_ensembles as sample_ensembles,
     train_generative_motion_net as train_generative_motion_net,
@@ -81,8 +83,10 @@ __all__: list[str] = [
     "predict",
     "supervised_loss",
     "train_motion_net",
+    "GaussianMotionNet",
     "GenerativeMotionNet",
     "ensemble_crps_loss",
+    "gaussian_crps_loss",
     "mean_ensemble_loss",
     "sample_ensembles",
     "train_generative_motion_net",

@@ -30,6 +30,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from .._custom_types import Array, Float, Key, Scalar
@@ -50,6 +51,25 @@ def _widened(conv: Conv, extra: int, key: Key) -> Conv:
         n_spatial=2, periodic=conv.periodic, use_bias=conv.bias is not None,
         dtype=conv.weight.dtype, method=conv.method,
     )  # fmt: skip
+
+
+def _unet_encode(net: MotionNet, z):
+    """`net`'s encoder on the input channels `z`: the bottom level's input and the
+    skip connections."""
+    skips = []
+    for enc in net.encoders:
+        z = enc(z)
+        skips.append(z)
+        z = _pool2(z)
+    return z, skips
+
+
+def _unet_decode(net: MotionNet, z, skips):
+    """`net`'s bottom level and decoder: the input of its output layer."""
+    z = net.bottom(z)
+    for up, dec, skip in zip(net.ups, net.decoders, reversed(skips)):
+        z = dec(jnp.concatenate([skip, up(z)], axis=0))
+    return z
 
 
 class GenerativeMotionNet(eqx.Module):
@@ -168,25 +188,14 @@ class GenerativeMotionNet(eqx.Module):
         )
 
     def _encode(self, obs, noise_in):
-        """The encoder: the bottom level's input (without its noise) and the skips."""
-        net = self.backbone
-        z = net.features(obs).astype(net.head.weight.dtype)
-        z = jnp.concatenate([z, noise_in], axis=0)
-        skips = []
-        for enc in net.encoders:
-            z = enc(z)
-            skips.append(z)
-            z = _pool2(z)
-        return z, skips
+        z = self.backbone.features(obs).astype(self.backbone.head.weight.dtype)
+        return _unet_encode(self.backbone, jnp.concatenate([z, noise_in], axis=0))
 
     def _decode(self, obs, z, skips, noise_bottom):
-        """The bottom level and the decoder: the control for one draw."""
         net = self.backbone
-        z = net.bottom(jnp.concatenate([z, noise_bottom], axis=0))
-        for up, dec, skip in zip(net.ups, net.decoders, reversed(skips)):
-            z = dec(jnp.concatenate([skip, up(z)], axis=0))
-        scale = jnp.asarray(net.control_scale, z.dtype)[:, None, None]
-        return (first_guess(obs) + scale * net.head(z)).astype(obs.values.dtype)
+        h = _unet_decode(net, jnp.concatenate([z, noise_bottom], axis=0), skips)
+        scale = jnp.asarray(net.control_scale, h.dtype)[:, None, None]
+        return (first_guess(obs) + scale * net.head(h)).astype(obs.values.dtype)
 
     def __call__(self, obs: Observations, key: Key) -> Float[Array, "C ny nx"]:
         self.check_obs("obs", obs)
@@ -220,11 +229,146 @@ class GenerativeMotionNet(eqx.Module):
         return jax.vmap(member)(noise_in, noise_bottom)
 
 
-def _check_generative(net) -> None:
-    if not isinstance(net, GenerativeMotionNet):
+class GaussianMotionNet(eqx.Module):
+    r"""`MotionNet` with a Gaussian head: a mean and a standard deviation per entry
+    of the control, $x_0 \sim \mathcal N\big(\mu_\theta(y), \mathrm{diag}\,
+    \sigma_\theta(y)^2\big)$, the second design of a probabilistic estimator
+    (independent entries, where the noise inputs of `GenerativeMotionNet` can
+    correlate them).
+
+    The UNet is `MotionNet`'s with a $2C$-channel output layer $(a, b)$:
+    $\mu = x^{fg}(y) + s \odot a$ and $\sigma = s \odot (\sigma_{\min} +
+    \mathrm{softplus}(b))$. The output layer starts at zero weights and the bias of
+    $b$ at $\mathrm{softplus}^{-1}(\sigma_0 - \sigma_{\min})$, so an untrained net
+    gives the first guess with $\sigma = s\,\sigma_0$. Trained on the closed-form
+    CRPS of the Gaussian (`gaussian_crps_loss`).
+
+    **Arguments:** `obs_shape`, `key`; `init_std` $\sigma_0$ (default 0.1) and
+    `min_std` $\sigma_{\min}$ (default 1e-3), in the normalised units $s$
+    (`control_scale`); `observed_channels`, `width`, `depth`, `obs_scale`,
+    `control_scale`, `conv_method`, `dtype`: as `MotionNet`.
+
+    **Call:** `net(obs)` gives `(mean, std)`, each `(C, ny, nx)`;
+    `net.sample(obs, key, n_members)` draws `(n_members, C, ny, nx)`.
+    """
+
+    backbone: MotionNet
+    min_std: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        obs_shape,
+        *,
+        key: Key,
+        init_std: float = 0.1,
+        min_std: float = 1e-3,
+        observed_channels=(0,),
+        width: int = 16,
+        depth: int = 2,
+        obs_scale: float = 1.0,
+        control_scale=DEFAULT_CONTROL_SCALE,
+        conv_method: str = "xla",
+        dtype=None,
+    ):
+        check_key("key", key)
+        check_positive("min_std", min_std)
+        check_positive("init_std", init_std)
+        if not init_std > min_std:
+            raise ValueError(
+                f"`init_std` must be > `min_std` = {min_std}; got {init_std}."
+            )
+        k_net, k_head = jax.random.split(key)
+        net = MotionNet(
+            obs_shape, key=k_net, observed_channels=observed_channels, width=width,
+            depth=depth, obs_scale=obs_scale, control_scale=control_scale,
+            conv_method=conv_method, dtype=dtype,
+        )  # fmt: skip
+        old = net.head
+        c = old.out_channels
+        head = Conv(
+            old.in_channels, 2 * c, 1, key=k_head, n_spatial=2, use_bias=True,
+            dtype=old.weight.dtype, method=old.method,
+        )  # fmt: skip
+        b0 = float(np.log(np.expm1(init_std - min_std)))
+        bias = jnp.concatenate([jnp.zeros(c), jnp.full(c, b0)]).astype(head.bias.dtype)
+        head = eqx.tree_at(
+            lambda m: (m.weight, m.bias), head, (jnp.zeros_like(head.weight), bias)
+        )
+        self.backbone = eqx.tree_at(lambda m: m.head, net, head)
+        self.min_std = float(min_std)
+
+    @property
+    def obs_shape(self) -> tuple[int, int, int, int]:
+        """`(T, C, ny, nx)` of one window's observations."""
+        return self.backbone.obs_shape
+
+    @property
+    def control_scale(self) -> tuple[float, ...]:
+        """The per-channel scale $s$ of the control."""
+        return self.backbone.control_scale
+
+    @property
+    def hyperparameters(self) -> dict:
+        """The architecture's arguments (JSON-serialisable; `init_std` is not kept)."""
+        return {**self.backbone.hyperparameters, "min_std": self.min_std}
+
+    def check_obs(self, name: str, obs) -> None:
+        """Raise unless `obs` is one window of `Observations` of shape `obs_shape`."""
+        self.backbone.check_obs(name, obs)
+
+    def __call__(self, obs: Observations) -> tuple[Array, Array]:
+        self.check_obs("obs", obs)
+        net = self.backbone
+        z = net.features(obs).astype(net.head.weight.dtype)
+        out = net.head(_unet_decode(net, *_unet_encode(net, z)))
+        c = out.shape[0] // 2
+        scale = jnp.asarray(net.control_scale, out.dtype)[:, None, None]
+        mean = first_guess(obs) + scale * out[:c]
+        std = scale * (self.min_std + jax.nn.softplus(out[c:]))
+        dtype = obs.values.dtype
+        return mean.astype(dtype), std.astype(dtype)
+
+    def sample(
+        self, obs: Observations, key: Key, n_members: int
+    ) -> Float[Array, "N C ny nx"]:
+        r"""`n_members` draws $\mu + \sigma \odot \varepsilon_i$,
+        $\varepsilon_i \sim \mathcal N(0, I)$ from `key`: `(n_members, C, ny,
+        nx)`."""
+        check_key("key", key)
+        n_members = check_int("n_members", n_members, minimum=2)
+        mean, std = self(obs)
+        eps = jax.random.normal(key, (n_members, *mean.shape), mean.dtype)
+        return mean + std * eps
+
+
+def gaussian_crps_loss(net, example, key=None) -> Scalar:
+    r"""The closed-form CRPS of the net's Gaussian at the true control [GR07],
+    $$\mathrm{CRPS}(\mathcal N(\mu, \sigma^2), x) = \sigma\Big(z\,(2\Phi(z) - 1)
+    + 2\varphi(z) - \tfrac{1}{\sqrt\pi}\Big),\qquad z = \frac{x - \mu}{\sigma},$$
+    averaged over the entries of the control in the normalised units $s$
+    (`control_scale`); computed by `scoringrules.crps_normal`. A loss for
+    `jaxda.train.fit`, examples `(initial, obs)` (`key` unused)."""
+    if not (isinstance(example, tuple) and len(example) == 2):
         raise TypeError(
-            "`net` must be a jaxda.motion.GenerativeMotionNet; got "
-            f"{type(net).__name__}."
+            "`gaussian_crps_loss` needs examples `(initial, obs)` (the true initial "
+            f"state); got {type(example).__name__}."
+        )
+    import scoringrules
+
+    initial, obs = example
+    mean, std = net(obs)
+    scale = jnp.asarray(net.control_scale, mean.dtype)[:, None, None]
+    crps = scoringrules.crps_normal(
+        jnp.asarray(initial) / scale, mean / scale, std / scale, backend="jax"
+    )
+    return jnp.mean(jnp.asarray(crps, mean.dtype))
+
+
+def _check_generative(net) -> None:
+    if not isinstance(net, GenerativeMotionNet | GaussianMotionNet):
+        raise TypeError(
+            "`net` must be a jaxda.motion.GenerativeMotionNet or GaussianMotionNet; "
+            f"got {type(net).__name__}."
         )
 
 
@@ -287,7 +431,7 @@ def _chunk_loss(loss_fn, net, batch):
 
 
 def train_generative_motion_net(
-    net: GenerativeMotionNet,
+    net: GenerativeMotionNet | GaussianMotionNet,
     samples,
     *,
     key: Key,
@@ -300,20 +444,22 @@ def train_generative_motion_net(
     checkpoint_path=None,
     progress: bool = True,
     throw: bool = False,
-) -> tuple[GenerativeMotionNet, TrainResult]:
+) -> tuple[GenerativeMotionNet | GaussianMotionNet, TrainResult]:
     r"""Train a `GenerativeMotionNet` on the fair ensemble CRPS
-    (`ensemble_crps_loss(n_members)`) with `jaxda.train.fit`, as
+    (`ensemble_crps_loss(n_members)`), or a `GaussianMotionNet` on the closed-form
+    Gaussian CRPS (`gaussian_crps_loss`), with `jaxda.train.fit`, as
     `train_motion_net` trains a `MotionNet`: Adam at `learning_rate` decayed by a
     cosine schedule to 1 % of it over `n_steps`, batches of `batch_size` windows,
     fresh noise draws at every step (from `fit`'s per-example keys).
 
     **Arguments:**
 
-    - `net`: the initial `GenerativeMotionNet`.
+    - `net`: the initial `GenerativeMotionNet` or `GaussianMotionNet`.
     - `samples`: a `jaxda.motion.MotionSamples` or a tuple `(initial, obs)` with a
       leading window axis (the truth is needed).
     - `key`: the run's key (batches and noise draws).
-    - `n_steps`, `n_members` ($m \ge 2$ members per window), `batch_size`,
+    - `n_steps`, `n_members` ($m \ge 2$ members per window; the
+      `GenerativeMotionNet` only), `batch_size`,
       `learning_rate`: the optimisation.
     - `validation`: optional windows: every `eval_every` steps and at the end their
       mean loss (`mean_ensemble_loss`, a fixed key) is recorded in
@@ -330,7 +476,10 @@ def train_generative_motion_net(
     check_key("key", key)
     n_steps = check_int("n_steps", n_steps, minimum=0)
     check_positive("learning_rate", learning_rate)
-    loss_fn = ensemble_crps_loss(n_members)
+    if isinstance(net, GenerativeMotionNet):
+        loss_fn = ensemble_crps_loss(n_members)
+    else:
+        loss_fn = gaussian_crps_loss
     data = _check_samples("samples", samples, net)
     eval_fn = None
     if validation is not None:
@@ -353,7 +502,7 @@ def train_generative_motion_net(
         eval_fn=eval_fn,
         eval_every=eval_every,
         checkpoint_path=checkpoint_path,
-        header={"GenerativeMotionNet": net.hyperparameters, "n_members": n_members},
+        header={type(net).__name__: net.hyperparameters, "n_members": n_members},
         progress=progress,
         throw=throw,
     )
@@ -361,7 +510,7 @@ def train_generative_motion_net(
 
 
 def sample_ensembles(
-    net: GenerativeMotionNet,
+    net: GenerativeMotionNet | GaussianMotionNet,
     obs: Observations,
     key: Key,
     n_members: int,
@@ -405,7 +554,9 @@ def _sample_ensembles(net, obs, key, n_members, chunk_size):
 
 
 __all__ = [
+    "GaussianMotionNet",
     "GenerativeMotionNet",
+    "gaussian_crps_loss",
     "ensemble_crps_loss",
     "mean_ensemble_loss",
     "sample_ensembles",
