@@ -65,6 +65,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from _common import record, time_call
 
 from jaxda import RESULTS, data, fourdvarnet as fdn, gaussian, metrics, models, obs
@@ -92,8 +93,7 @@ SUITES = {
     ),
     "full": dict(
         n=32, spinup_days=180, n_train=256, n_val=16, n_test=64, width=12,
-        hidden=4, stages=((5, 500, 2e-3), (10, 300, 1e-3), (10, 100, 2e-4)),
-        batch=8,
+        hidden=4, stages=((5, 900, ("cosine", 2e-3)),), batch=4,
     ),
 }  # fmt: skip
 
@@ -231,8 +231,17 @@ def _training_set(split, mean, std, leads):
     return fdn.make_training_data(o, jnp.concatenate(truths))
 
 
+def _learning_rate(lr, n_steps):
+    """A float, or `("cosine", peak)`: cosine decay from `peak` to 5 % of it."""
+    if isinstance(lr, tuple):
+        return optax.cosine_decay_schedule(lr[1], n_steps, alpha=0.05)
+    return lr
+
+
 def train(cfg, split, mean, std, leads, steps=None, seed=0):
-    stages = [fdn.CurriculumStage(k, s, lr) for k, s, lr in cfg["stages"]]
+    stages = [
+        fdn.CurriculumStage(k, s, _learning_rate(lr, s)) for k, s, lr in cfg["stages"]
+    ]
     model = make_model(cfg, jax.random.key(seed), stages[0].n_iter)
     train_data = _training_set(split, mean, std, leads)
     t0 = time.perf_counter()
@@ -249,6 +258,7 @@ def train(cfg, split, mean, std, leads, steps=None, seed=0):
             "truth"].shape[0],
         parameters=count_parameters(fit.model), n_iter=fit.model.n_iter,
         final_train_loss=float(np.mean(fit.losses[-20:])),
+        stages=[[k, s, str(lr)] for k, s, lr in cfg["stages"]],
         train_successful=bool(fit.result == RESULTS.successful),
     )  # fmt: skip
     return fit.model, info
