@@ -14,11 +14,13 @@ from scipy.stats import norm
 
 import jaxda
 from jaxda.motion import (
+    GaussianMotionNet,
     GenerativeMotionNet,
     MotionNet,
     basin_motion_samples,
     ensemble_crps_loss,
     first_guess,
+    gaussian_crps_loss,
     mean_ensemble_loss,
     sample_ensembles,
     train_generative_motion_net,
@@ -213,6 +215,89 @@ def test_bad_input_is_reported(samples, net):
         mean_ensemble_loss(
             ensemble_crps_loss(), net, (samples.initial[0], obs), key=jax.random.key(0)
         )
+
+
+@pytest.fixture(scope="module")
+def gaussian_net():
+    net = GaussianMotionNet(
+        (T, 3, N, N), key=jax.random.key(4), width=4, depth=1, init_std=0.2,
+        dtype=jnp.float64,
+    )  # fmt: skip
+    w = 0.3 * jax.random.normal(jax.random.key(6), net.backbone.head.weight.shape)
+    return eqx.tree_at(lambda m: m.backbone.head.weight, net, w)
+
+
+@eqx.filter_jit
+def _gaussian(net, example, key):
+    mean, std = net(example[1])
+    return mean, std, gaussian_crps_loss(net, example), net.sample(example[1], key, 200)
+
+
+def test_untrained_gaussian_net_is_the_first_guess_at_init_std(samples):
+    net = GaussianMotionNet(
+        (T, 3, N, N), key=jax.random.key(4), width=4, depth=1, init_std=0.2,
+        dtype=jnp.float64,
+    )  # fmt: skip
+    x0, obs = samples.sample(0)
+    mean, std, _, _ = _gaussian(net, (x0, obs), jax.random.key(0))
+    np.testing.assert_array_equal(mean, first_guess(obs))
+    scale = np.asarray(net.control_scale)[:, None, None]
+    np.testing.assert_allclose(std, np.broadcast_to(0.2 * scale, std.shape), rtol=1e-12)
+
+
+def test_gaussian_loss_and_draws(samples, gaussian_net):
+    """The loss is the closed-form Gaussian CRPS (scipy transcription) in normalised
+    units; the draws, standardised by the net's mean and std, are N(0, 1) (pooled
+    mean and variance within 4 standard errors) and fixed by the key."""
+    x0, obs = samples.sample(1)
+    mean, std, loss, draws = _gaussian(gaussian_net, (x0, obs), jax.random.key(3))
+    scale = np.asarray(gaussian_net.control_scale)[:, None, None]
+    mu, sd, y = (
+        np.asarray(mean) / scale,
+        np.asarray(std) / scale,
+        np.asarray(x0) / scale,
+    )
+    z = (y - mu) / sd
+    exact = np.mean(sd * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - np.pi**-0.5))
+    np.testing.assert_allclose(float(loss), exact, rtol=1e-12)
+    assert np.ptp(sd) > 1e-2 * np.mean(sd)  # the std varies (the head acts)
+    e = ((np.asarray(draws) - np.asarray(mean)) / np.asarray(std)).ravel()
+    assert abs(e.mean()) < 4 / np.sqrt(e.size)
+    assert abs(e.var() - 1) < 4 * np.sqrt(2 / e.size)
+    again = _gaussian(gaussian_net, (x0, obs), jax.random.key(3))[3]
+    np.testing.assert_array_equal(draws, again)
+
+
+def test_gaussian_loss_gradient_matches_finite_differences(samples, gaussian_net):
+    x0, obs = samples.sample(2)
+
+    def loss(t):
+        m = eqx.tree_at(
+            lambda n: (n.backbone.head.weight, n.backbone.bottom.a.weight),
+            gaussian_net,
+            (
+                (1 + t[0]) * gaussian_net.backbone.head.weight,
+                (1 + t[1]) * gaussian_net.backbone.bottom.a.weight,
+            ),
+        )
+        return gaussian_crps_loss(m, (x0, obs))
+
+    t = jnp.zeros(2, jnp.float64)
+    grad = eqx.filter_jit(jax.grad(loss))(t)
+    fd = finite_difference_grad(loss, t, eps=1e-6)
+    assert np.all(np.abs(fd) > 1e-6)
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-9)
+
+
+def test_gaussian_bad_input(samples, gaussian_net):
+    with pytest.raises(ValueError, match="init_std"):
+        GaussianMotionNet((T, 3, N, N), key=jax.random.key(0), init_std=1e-3)
+    with pytest.raises(ValueError, match="min_std"):
+        GaussianMotionNet((T, 3, N, N), key=jax.random.key(0), min_std=0.0)
+    with pytest.raises(ValueError, match="n_members"):
+        gaussian_net.sample(samples.sample(0)[1], jax.random.key(0), 1)
+    with pytest.raises(TypeError, match="initial"):
+        gaussian_crps_loss(gaussian_net, samples.sample(0)[1])
 
 
 @pytest.mark.slow
