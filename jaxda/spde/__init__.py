@@ -20,6 +20,11 @@ and in space by a 9-point stencil on a `jaxda.grid.Grid`.
   perturbation-optimisation.
 """
 
+from ._oi import (
+    ConditionalEnsemble as ConditionalEnsemble,
+    conditional_ensemble as conditional_ensemble,
+    spde_map as spde_map,
+)
 from ._operator import spatial_operator as spatial_operator
 from ._parameters import (
     SPDEParameters as SPDEParameters,
@@ -29,8 +34,11 @@ from ._prior import SPDEPrior as SPDEPrior
 
 
 __all__ = [
+    "ConditionalEnsemble",
     "SPDEParameters",
     "SPDEPrior",
+    "conditional_ensemble",
     "diffusion_from_anisotropy",
     "spatial_operator",
+    "spde_map",
 ]

@@ -7,9 +7,10 @@ $$\mathcal A x = \kappa^2 x + \mathbf m\cdot\nabla x - \nabla\cdot(\mathbf H \na
 
 is discretised with a 9-point stencil:
 
-- $-\partial_x(H_{xx}\partial_x x) - \partial_y(H_{yy}\partial_y x)$ in flux form,
-  `jaxda.grid.weighted_laplacian` with $H_{xx}$, $H_{yy}$ averaged to the faces
-  (symmetric negative semi-definite, zero flux through closed walls);
+- $-\partial_x(H_{xx}\partial_x x) - \partial_y(H_{yy}\partial_y x)$ in flux form
+  with $H_{xx}$, $H_{yy}$ averaged to the faces (the stencil of
+  `jaxda.grid.weighted_laplacian`: symmetric positive semi-definite, zero flux through
+  closed walls);
 - the cross terms $-\partial_x(H_{xy}\partial_y x) - \partial_y(H_{xy}\partial_x x)$
   and the advection $m_x \partial_x x + m_y \partial_y x$ with centred differences
   $(f_{i+1} - f_{i-1})/(2h)$, a wall's ghost cell equal to the edge cell (zero normal
@@ -27,28 +28,29 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Float
-from ..grid._differences import centres_to_faces, weighted_laplacian
 from ..grid._grid import Grid
 
 
-def _neighbour(f, ax: int, step: int, periodic: bool):
-    """`f` at index + `step` along `ax` (a wall's ghost cell = the edge cell)."""
-    if periodic:
-        return jnp.roll(f, -step, axis=ax)
-    n = f.shape[ax]
-    return jnp.take(f, jnp.clip(jnp.arange(n) + step, 0, n - 1), axis=ax)
+def _pad(f, grid: Grid):
+    """`f` with one ghost cell on each side of its last two axes: wrapped on a
+    periodic grid, equal to the edge cell on a closed one (zero normal derivative)."""
+    mode = "wrap" if grid.periodic else "edge"
+    width = [(0, 0)] * (f.ndim - 2) + [(1, 1), (1, 1)]
+    return jnp.pad(f, width, mode=mode)
+
+
+def _centred(fp, grid: Grid):
+    """Centred differences `(d/dx, d/dy)` at the centres from a padded field."""
+    ddx = (fp[..., 1:-1, 2:] - fp[..., 1:-1, :-2]) / (2 * grid.dx)
+    ddy = (fp[..., 2:, 1:-1] - fp[..., :-2, 1:-1]) / (2 * grid.dy)
+    return ddx, ddy
 
 
 def centred_difference(f, grid: Grid, axis: str):
     r"""$(f_{i+1} - f_{i-1}) / (2h)$ along `axis`, edge cells with a ghost equal to
     themselves on a closed grid (one cell of stencil, first order at the wall)."""
-    ax, h = (-1, grid.dx) if axis == "x" else (-2, grid.dy)
-    p = grid.periodic
-    return (_neighbour(f, ax, 1, p) - _neighbour(f, ax, -1, p)) / (2 * h)
-
-
-def _on_grid(a, grid: Grid):
-    return jnp.broadcast_to(a, (*a.shape[:-2], *grid.shape))
+    ddx, ddy = _centred(_pad(f, grid), grid)
+    return ddx if axis == "x" else ddy
 
 
 def spatial_operator(
@@ -68,20 +70,23 @@ def spatial_operator(
     `include_advection=False` drops $\mathbf m\cdot\nabla$ (the initial state's
     spatial operator).
     """
-    hxx = _on_grid(diffusion[0], grid)
-    hyy = _on_grid(diffusion[2], grid)
-    faces = jnp.stack(
-        [centres_to_faces(hxx, grid, "x"), centres_to_faces(hyy, grid, "y")]
-    )
-    out = kappa**2 * x - weighted_laplacian(x, grid, faces)
+    xp = _pad(x, grid)
+    centre = xp[..., 1:-1, 1:-1]
+    hxx = _pad(jnp.broadcast_to(diffusion[0], grid.shape), grid)
+    hyy = _pad(jnp.broadcast_to(diffusion[2], grid.shape), grid)
+    # flux form with face-averaged H: a wall's ghost difference is 0 (no flux)
+    east = (hxx[1:-1, 1:-1] + hxx[1:-1, 2:]) / 2 * (xp[..., 1:-1, 2:] - centre)
+    west = (hxx[1:-1, 1:-1] + hxx[1:-1, :-2]) / 2 * (centre - xp[..., 1:-1, :-2])
+    north = (hyy[1:-1, 1:-1] + hyy[2:, 1:-1]) / 2 * (xp[..., 2:, 1:-1] - centre)
+    south = (hyy[1:-1, 1:-1] + hyy[:-2, 1:-1]) / 2 * (centre - xp[..., :-2, 1:-1])
+    out = kappa**2 * x - (east - west) / grid.dx**2 - (north - south) / grid.dy**2
+    ddx, ddy = _centred(xp, grid)
     hxy = diffusion[1]
-    cross = centred_difference(
-        hxy * centred_difference(x, grid, "y"), grid, "x"
-    ) + centred_difference(hxy * centred_difference(x, grid, "x"), grid, "y")
-    out = out - cross
+    cross_x, _ = _centred(_pad(hxy * ddy, grid), grid)
+    _, cross_y = _centred(_pad(hxy * ddx, grid), grid)
+    out = out - cross_x - cross_y
     if include_advection:
-        out = out + advection[0] * centred_difference(x, grid, "x")
-        out = out + advection[1] * centred_difference(x, grid, "y")
+        out = out + advection[0] * ddx + advection[1] * ddy
     return out
 
 
@@ -89,6 +94,80 @@ def step_operator(x, grid: Grid, dt, kappa, advection, diffusion):
     r"""$B x = (I + \Delta t\,\mathcal A)\,x$, the implicit-Euler step matrix
     ($x_k = B^{-1}(x_{k-1} + \tau\sqrt{\Delta t}\, z_k)$)."""
     return x + dt * spatial_operator(x, grid, kappa, advection, diffusion)
+
+
+OFFSETS = tuple((dj, di) for dj in (-1, 0, 1) for di in (-1, 0, 1))
+"""The 9 stencil offsets `(dy, dx)` in cells, in the order of `stencil`'s axis 0."""
+
+
+def stencil(
+    grid: Grid, kappa, advection, diffusion, *, dt=None, include_advection=True
+) -> Float[Array, "9 ny nx"]:
+    r"""The coefficients of $\mathcal A$ (or of $B = I + \Delta t\,\mathcal A$ when
+    `dt` is given) on the 9 neighbours of each cell (`OFFSETS`), acting on the field
+    padded with ghost cells (`apply_stencil`): the same operator as
+    `spatial_operator`, in a form that compiles to 9 products.
+
+    With $h_e = (H_{xx,C} + H_{xx,E})/2$ etc. on the faces and $s = 4\Delta x
+    \Delta y$: $c_C = \kappa^2 + (h_e + h_w)/\Delta x^2 + (h_n + h_s)/\Delta y^2$,
+    $c_{E,W} = -h_{e,w}/\Delta x^2 \pm m_x/(2\Delta x)$,
+    $c_{N,S} = -h_{n,s}/\Delta y^2 \pm m_y/(2\Delta y)$,
+    $c_{NE} = -(H_{xy,E} + H_{xy,N})/s$, $c_{SE} = (H_{xy,E} + H_{xy,S})/s$,
+    $c_{NW} = (H_{xy,W} + H_{xy,N})/s$, $c_{SW} = -(H_{xy,W} + H_{xy,S})/s$. A closed
+    wall's ghost equals the edge cell, so the flux through it vanishes.
+    """
+    ny, nx = grid.shape
+    dx, dy = grid.dx, grid.dy
+
+    def padded(a):
+        return _pad(jnp.broadcast_to(a, grid.shape), grid)
+
+    def at(a, dj, di):
+        return a[1 + dj : 1 + dj + ny, 1 + di : 1 + di + nx]
+
+    hxx, hxy, hyy = padded(diffusion[0]), padded(diffusion[1]), padded(diffusion[2])
+    he = (at(hxx, 0, 0) + at(hxx, 0, 1)) / 2
+    hw = (at(hxx, 0, 0) + at(hxx, 0, -1)) / 2
+    hn = (at(hyy, 0, 0) + at(hyy, 1, 0)) / 2
+    hs = (at(hyy, 0, 0) + at(hyy, -1, 0)) / 2
+    if include_advection:
+        mx = jnp.broadcast_to(advection[0], grid.shape) / (2 * dx)
+        my = jnp.broadcast_to(advection[1], grid.shape) / (2 * dy)
+    else:
+        mx = my = jnp.zeros(grid.shape, hxx.dtype)
+    s = 4 * dx * dy
+    c = {
+        (0, 0): jnp.broadcast_to(kappa**2, grid.shape)
+        + (he + hw) / dx**2
+        + (hn + hs) / dy**2,
+        (0, 1): -he / dx**2 + mx,
+        (0, -1): -hw / dx**2 - mx,
+        (1, 0): -hn / dy**2 + my,
+        (-1, 0): -hs / dy**2 - my,
+        (1, 1): -(at(hxy, 0, 1) + at(hxy, 1, 0)) / s,
+        (-1, 1): (at(hxy, 0, 1) + at(hxy, -1, 0)) / s,
+        (1, -1): (at(hxy, 0, -1) + at(hxy, 1, 0)) / s,
+        (-1, -1): -(at(hxy, 0, -1) + at(hxy, -1, 0)) / s,
+    }
+    coefficients = jnp.stack([c[o] for o in OFFSETS])
+    if dt is not None:
+        coefficients = dt * coefficients
+        coefficients = coefficients.at[OFFSETS.index((0, 0))].add(1.0)
+    return coefficients
+
+
+def apply_stencil(
+    coefficients: Float[Array, "9 ny nx"], x: Float[Array, "*lead ny nx"], grid: Grid
+) -> Float[Array, "*lead ny nx"]:
+    """$X x$ for the 9-point operator of `coefficients` (see `stencil`)."""
+    ny, nx = grid.shape
+    xp = _pad(x, grid)
+    out = 0.0
+    for o, (dj, di) in enumerate(OFFSETS):
+        out = (
+            out + coefficients[o] * xp[..., 1 + dj : 1 + dj + ny, 1 + di : 1 + di + nx]
+        )
+    return out
 
 
 def bandwidth(grid: Grid) -> int:

@@ -52,9 +52,10 @@ from .._custom_types import Array, ArrayLike, Float, Key
 from .._results import RESULTS, all_finite, first_failure, raise_if_failed
 from .._validation import check_choice, check_int, check_key, check_positive
 from ..grid._grid import Grid
-from ..linalg import SymmetricBandMatrix
-from ._operator import band_gram, fft_solve, spatial_operator, step_operator, symbol
+from ..linalg import SymmetricBandMatrix, _band_kernels as K
+from ._operator import band_gram, fft_solve, symbol
 from ._parameters import SPDEParameters
+from ._whitening import Whitening
 
 
 SOLVERS = ("auto", "fft", "banded", "iterative")
@@ -157,29 +158,14 @@ class SPDEPrior(eqx.Module):
         return self.params.dtype
 
     # ------------------------------------------------------- the blocks of G
-    def _initial(self, x):
-        k, a, h, _ = self.params.at(0)
-        return spatial_operator(x, self.grid, k, a, h, include_advection=False)
-
-    def _step(self, x, k, a, h):
-        return step_operator(x, self.grid, self.dt, k, a, h)
-
-    def _scales(self):
-        """`(tau_0, tau_k sqrt(dt) for k >= 1)` broadcast to `(T, ny, nx)`."""
-        _, _, _, tau = self.params.stacked()
-        scale = jnp.broadcast_to(tau * jnp.sqrt(self.dt), self.shape)
-        first = jnp.broadcast_to(self.params.initial_tau, self.grid.shape)
-        return scale.at[0].set(first)
+    def whitening(self) -> Whitening:
+        """$G$ with its stencils computed (build it once outside a loop of
+        products)."""
+        return Whitening.build(self.params, self.grid, self.dt)
 
     def innovations(self, v: Float[Array, "T ny nx"]) -> Float[Array, "T ny nx"]:
         r"""$G v$ (linear; no mean): $z$ that drives the anomaly $v$."""
-        scale = self._scales()
-        first = self._initial(v[0])
-        if self.n_times == 1:
-            return (first / scale[0])[None]
-        kap, adv, dif, _ = self.params.stacked()
-        bx = jax.vmap(self._step)(v[1:], kap[1:], adv[1:], dif[1:])
-        return jnp.concatenate([first[None], bx - v[:-1]]) / scale
+        return self.whitening().apply(v)
 
     def whiten(self, x: Float[ArrayLike, "T ny nx"]) -> Float[Array, "T ny nx"]:
         r"""$G(x - \mu)$: standard normal innovations when $x$ is a prior sample."""
@@ -188,15 +174,14 @@ class SPDEPrior(eqx.Module):
 
     def innovations_transpose(self, z: Float[Array, "T ny nx"]):
         """$G^\\top z$."""
-        zero = jnp.zeros(self.shape, self.dtype)
-        return jax.linear_transpose(self.innovations, zero)(z)[0]
+        return self.whitening().transpose(z)
 
     def precision_matvec(
         self, v: Float[ArrayLike, "T ny nx"]
     ) -> Float[Array, "T ny nx"]:
         r"""$Q v = G^\top G v$ (two stencil passes, no matrix)."""
         v = self._check_window("v", v)
-        return self.innovations_transpose(self.innovations(v))
+        return self.whitening().gram(v)
 
     def energy(self, x: Float[ArrayLike, "T ny nx"]) -> Float[Array, ""]:
         r"""$\tfrac12 (x - \mu)^\top Q (x - \mu) = \tfrac12\|G(x - \mu)\|^2$."""
@@ -216,34 +201,13 @@ class SPDEPrior(eqx.Module):
         """The dense $Q$ over the C-order flattened window (tests, small grids)."""
         d = self.size
         eye = jnp.eye(d, dtype=self.dtype).reshape(d, *self.shape)
-        g = jax.vmap(self.innovations)(eye).reshape(d, d).T  # columns G e_i
+        g = jax.vmap(self.whitening().apply)(eye).reshape(d, d).T  # columns G e_i
         return g.T @ g
 
     def precision_diagonal(self) -> Float[Array, "T ny nx"]:
-        r"""$\mathrm{diag}(Q)$ without the matrix: $\mathrm{diag}(X_k^\top W_k X_k)$
-        per block by probing with 3 x 3 colourings (the Gram has a 5 x 5 stencil, so
-        same-coloured cells never share a row), plus $W_{k+1}$ from the next step's
-        identity term (the Jacobi preconditioner of `spde_map`)."""
-        combs = _colour_combs(self.grid, self.dtype)
-        w = 1.0 / self._scales() ** 2
-        kap, adv, dif, _ = self.params.stacked()
-        zero = jnp.zeros(self.grid.shape, self.dtype)
-
-        def gram_diag(apply, weight):
-            apply_t = jax.linear_transpose(apply, zero)
-            prods = jax.vmap(lambda p: apply_t(weight * apply(p))[0])(combs)
-            return jnp.sum(prods * combs, axis=0)
-
-        first = gram_diag(self._initial, w[0])
-        if self.n_times == 1:
-            return first[None]
-
-        def step_diag(k, a, h, wk):
-            return gram_diag(lambda p: self._step(p, k, a, h), wk)
-
-        rest = jax.vmap(step_diag)(kap[1:], adv[1:], dif[1:], w[1:])
-        diag = jnp.concatenate([first[None], rest])
-        return diag.at[:-1].add(w[1:])
+        r"""$\mathrm{diag}(Q)$ without the matrix (probing; the Jacobi
+        preconditioner of `spde_map`)."""
+        return self.whitening().gram_diagonal()
 
     # ---------------------------------------------------------- log-determinant
     def _logdet_method(self, method: str) -> str:
@@ -295,29 +259,19 @@ class SPDEPrior(eqx.Module):
         (`RESULTS.not_positive_definite`), else gives a non-finite value.
         """
         method = self._logdet_method(method)
-        first, ok0 = self._block_logabsdet(self._initial, method)
-        total = 2 * first
-        ok = ok0
+        g = self.whitening()
+        total, ok = self._block_logabsdet(g.block(g.initial), method)
+        total = 2 * total
         if self.n_times > 1:
-            kap, adv, dif, _ = self.params.stacked()
-            if self.params.stationary_in_time:
-                one, ok1 = self._block_logabsdet(
-                    lambda p: self._step(p, kap[0], adv[0], dif[0]), method
-                )
-                total = total + 2 * (self.n_times - 1) * one
-            else:
 
-                def block(args):
-                    k, a, h = args
-                    return self._block_logabsdet(
-                        lambda p: self._step(p, k, a, h), method
-                    )
+            def block(c):
+                return self._block_logabsdet(g.block(c), method)
 
-                values, oks = lax.map(block, (kap[1:], adv[1:], dif[1:]))
-                total = total + 2 * jnp.sum(values)
-                ok1 = jnp.all(oks)
-            ok = ok & ok1
-        total = total - 2 * jnp.sum(jnp.log(self._scales()))
+            values, oks = lax.map(block, g.steps)
+            repeat = self.n_times - 1 if g.steps.shape[0] == 1 else 1
+            total = total + 2 * repeat * jnp.sum(values)
+            ok = ok & jnp.all(oks)
+        total = total - 2 * jnp.sum(jnp.log(g.scales))
         result = first_failure(
             (~self.params.values_valid(), RESULTS.invalid_input),
             (~(ok & jnp.isfinite(total)), RESULTS.not_positive_definite),
@@ -332,35 +286,36 @@ class SPDEPrior(eqx.Module):
             return "fft"
         return "iterative"
 
-    def _factors(self, method: str):
-        """What the solves need, computed once for all members: per block (the
-        initial one, then one per step, or one for all steps when stationary)."""
-        kap, adv, dif, _ = self.params.stacked()
-        n_steps = 1 if self.params.stationary_in_time else self.n_times - 1
-        steps = [
-            (lambda p, i=i: self._step(p, kap[1 + i], adv[1 + i], dif[1 + i]))
-            for i in range(min(n_steps, max(self.n_times - 1, 0)))
-        ]
-        applies = [self._initial, *steps]
+    def _factors(self, g: Whitening, method: str):
+        """What the solves need, computed once for all members: for the initial
+        block and each step's (one for all steps when stationary)."""
         if method == "fft":
-            return [symbol(a, self.grid, self.dtype) for a in applies]
+            hat = symbol(g.block(g.initial), self.grid, self.dtype)
+            steps = jax.vmap(lambda c: symbol(g.block(c), self.grid, self.dtype))(
+                g.steps
+            )
+            return hat, steps
         if method == "banded":
-            return [
-                SymmetricBandMatrix(band_gram(a, self.grid, self.dtype)).cholesky()
-                for a in applies
-            ]
+
+            def factor(c):
+                band = band_gram(g.block(c), self.grid, self.dtype)
+                chol = K.band_cholesky(band)[0]
+                return chol
+
+            return factor(g.initial), jax.vmap(factor)(g.steps)
         return None
 
-    def _solve(self, method, factors, index, apply, r):
-        """$X^{-1} r$ for block `index` (operator `apply`): `(x, result)`."""
+    def _solve(self, method, factor, coefficients, g: Whitening, r):
+        """$X^{-1} r$ for one block: `(x, result)`."""
+        apply = g.block(coefficients)
         if method == "fft":
-            return fft_solve(factors[index], r), RESULTS.successful
+            return fft_solve(factor, r), RESULTS.successful
         if method == "banded":
-            chol = factors[index]
             zero = jnp.zeros(self.grid.shape, self.dtype)
-            rhs = jax.linear_transpose(apply, zero)(r)[0].reshape(-1)
-            x = chol.solve_factor(rhs).reshape(self.grid.shape)
-            return x, chol.result
+            rhs = jax.linear_transpose(apply, zero)(r)[0].reshape(-1, 1)
+            x = K.cholesky_solve(factor, rhs).reshape(self.grid.shape)
+            ok = jnp.all(jnp.isfinite(factor)) & jnp.all(factor[0] > 0)
+            return x, RESULTS.where(ok, RESULTS.successful, RESULTS.singular)
         rtol = self.rtol
         if rtol is None:
             rtol = 1e-5 if jnp.finfo(self.dtype).bits <= 32 else 1e-10
@@ -375,51 +330,32 @@ class SPDEPrior(eqx.Module):
         r"""$G^{-1} z$ by the recursion: the anomaly driven by innovations `z` (a
         prior sample for standard normal `z`; add `mean` for the state)."""
         z = self._check_window("z", z)
-        x, result = self._color(z, *self._prepared())
+        x, result = _color(self, z)
         return raise_if_failed(x, result, throw)
 
     def _prepared(self):
         method = self._solve_method()
-        return method, self._factors(method)
+        g = self.whitening()
+        return method, g, self._factors(g, method)
 
-    def _color(self, z, method, factors):
-        scale = self._scales()
-        x0, res0 = self._solve(method, factors, 0, self._initial, scale[0] * z[0])
+    def _color(self, z, method, g: Whitening, factors):
+        first_factor, step_factors = (None, None) if factors is None else factors
+        x0, res0 = self._solve(method, first_factor, g.initial, g, g.scales[0] * z[0])
         if self.n_times == 1:
             return x0[None], res0
-        kap, adv, dif, _ = self.params.stacked()
-        stationary = self.params.stationary_in_time
+        n = self.n_times - 1
+        coefficients = g.all_steps()
+        if step_factors is not None:
+            step_factors = jnp.broadcast_to(step_factors, (n, *step_factors.shape[1:]))
 
         def body(carry, inp):
             x_prev, result = carry
-            i, k, a, h, zk, sk = inp
-            index = 1 if stationary else 1 + i
-
-            def apply(p):
-                return self._step(p, k, a, h)
-
-            if method == "iterative" or stationary:
-                x, res = self._solve(method, factors, index, apply, x_prev + sk * zk)
-            else:  # one factor per step: select it by the step index
-                x, res = lax.switch(
-                    i,
-                    [
-                        (lambda r, j=j: self._solve(method, factors, 1 + j, apply, r))
-                        for j in range(self.n_times - 1)
-                    ],
-                    x_prev + sk * zk,
-                )
+            c, f, zk, sk = inp
+            x, res = self._solve(method, f, c, g, x_prev + sk * zk)
             result = RESULTS.where(result == RESULTS.successful, res, result)
             return (x, result), x
 
-        inputs = (
-            jnp.arange(self.n_times - 1),
-            kap[1:],
-            adv[1:],
-            dif[1:],
-            z[1:],
-            scale[1:],
-        )
+        inputs = (coefficients, step_factors, z[1:], g.scales[1:])
         (_, result), rest = lax.scan(body, (x0, res0), inputs)
         return jnp.concatenate([x0[None], rest]), result
 
@@ -454,33 +390,20 @@ class SPDEPrior(eqx.Module):
 
 
 @eqx.filter_jit
+def _color(prior: SPDEPrior, z):
+    return prior._color(z, *prior._prepared())
+
+
+@eqx.filter_jit
 def _sample(prior: SPDEPrior, z):
-    method, factors = prior._prepared()
+    """Samples for innovations `z` `(T, ny, nx)` or `(n, T, ny, nx)`: the factors
+    once, the recursion per member."""
+    method, g, factors = prior._prepared()
     if z.ndim == 3:
-        x, result = prior._color(z, method, factors)
+        x, result = prior._color(z, method, g, factors)
     else:
-        x, results = jax.vmap(lambda zi: prior._color(zi, method, factors))(z)
+        x, results = jax.vmap(lambda zi: prior._color(zi, method, g, factors))(z)
         failed = results != RESULTS.successful
         first = jax.tree.map(lambda v: v[jnp.argmax(failed)], results)
         result = RESULTS.where(jnp.any(failed), first, RESULTS.successful)
     return x + prior.mean, result
-
-
-def _axis_colours(n: int, periodic: bool) -> Array:
-    """Colours along one axis: cells of one colour are >= 3 apart (cyclically on a
-    periodic axis, where the last `n % 3` cells get colours of their own)."""
-    i = jnp.arange(n)
-    if not periodic or n % 3 == 0:
-        return i % 3
-    q = 3 * (n // 3)
-    return jnp.where(i < q, i % 3, 3 + i - q)
-
-
-def _colour_combs(grid: Grid, dtype) -> Array:
-    """`(C, ny, nx)` indicator fields of the 2-D colours."""
-    cy = _axis_colours(grid.ny, grid.periodic)
-    cx = _axis_colours(grid.nx, grid.periodic)
-    ncx = int(cx.max()) + 1
-    colour = cy[:, None] * ncx + cx[None, :]
-    n = (int(cy.max()) + 1) * ncx
-    return (colour[None] == jnp.arange(n)[:, None, None]).astype(dtype)
