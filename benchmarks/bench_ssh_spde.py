@@ -1,0 +1,376 @@
+r"""SPDE priors against covariance OI on gridded SSH-like fields: maps, conditional
+ensembles and their scores, and the cost of prior sampling ([BF24]).
+
+    python benchmarks/run.py --suite full --only ssh_spde \
+        --out benchmarks/results/cpu-2core-x86_64.full-ssh-spde.json
+    python benchmarks/bench_ssh_spde.py --suite quick           # a quick look
+
+Two problems, 9 daily states per window, the nadir-track masks of
+`bench_ssh_fourdvarnet`'s QG OSSE (three altimeters binned to the grid, about 9 % of
+the cells per day at 32 x 32), noise 1 cm; train / validation / test windows from
+independent keys:
+
+- `ssh-qg<n>-nadir`: `bench_ssh_fourdvarnet.make_ssh_osse`'s QG SSH (stationary
+  statistics on a doubly periodic square of 1000 km);
+- `gmrf-nonstationary<n>-nadir`: a non-stationary Gaussian truth on a closed square
+  of 1000 km, drawn from an SPDE prior with a damping $\kappa(s)$ that changes
+  across the domain (correlation lengths about 3x shorter in the east), an amplitude
+  $\tau(s)$ and a rotating advection $\mathbf m(s)$; scaled to about 6 cm RMS.
+
+Methods (`method`):
+
+- `oi-kernel`: `jaxda.gaussian.map_kernel` with a Gaussian `SpaceTimeKernel` of the
+  training variance, length and time scales chosen on the validation windows by
+  the RMSE of the centre step (`bench_ssh_fourdvarnet.make_oi`);
+- `spde-oi-stationary`: `jaxda.spde.spde_map` with an `SPDEPrior` of constant
+  fields ($\kappa$, $\tau$, isotropic $\mathbf H = h\mathbf I$, and on the closed
+  problem a constant $\mathbf m$), fitted by maximum likelihood on the training
+  truths (Adam on the log-parameters, the exact log-determinant: FFT on the
+  periodic grid, banded Cholesky on the closed one);
+- `spde-oi-fields` (closed problem): $\log\kappa(s)$, $\log\tau(s)$ and
+  $\mathbf m(s)$ as fields on the grid, fitted the same way (banded log-det);
+- `spde-oi-true` (closed problem): the SPDE that drew the truth (the optimum).
+
+SPDE rows also score `conditional_ensemble` (perturbation-optimisation, `members`
+members per window): `crps` (fair), `spread_skill`, `coverage_90`, all on the
+centre step pooled over test windows, in metres. Fields: `rmse` (centre step),
+`rmse_window` (all steps), `time_s` (one window's MAP, median, compile excluded),
+`ensemble_time_s` (one window's ensemble), `fit_s`, `fit_steps`, `nll` (per value,
+normalised units, on the test truths).
+
+`prior-sampling` records (`problem="spde-sampling-128x128x9"`): 200 prior samples of
+a 128 x 128 x 9 window (`SPDEPrior.sample`), `time_s` (median, compile excluded),
+for constant fields on a periodic grid (`solver="fft"`) and fields varying in space
+on a closed grid (`"banded"`, stationary in time: one factorisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Iterator
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from _common import record, time_call
+from bench_ssh_fourdvarnet import (
+    N_TIMES,
+    NOISE_STD,
+    OI_LENGTHS_KM,
+    OI_TIMES_DAYS,
+    make_oi,
+    make_ssh_osse,
+)
+
+from jaxda import RESULTS, metrics, spde
+from jaxda.grid import Grid
+from jaxda.obs import Observations
+
+
+CENTRE = N_TIMES // 2
+SUITES = {
+    "quick": dict(
+        n=16, spinup_days=30, n_train=8, n_val=2, n_test=2, members=16,
+        fit_steps=30, sampling=(32, 8),
+    ),
+    "full": dict(
+        n=32, spinup_days=180, n_train=64, n_val=16, n_test=32, members=100,
+        fit_steps=400, sampling=(128, 200),
+    ),
+}  # fmt: skip
+
+
+def _km_grid(grid: Grid) -> Grid:
+    """The same cells in kilometres (SPDE parameters in km and days)."""
+    return Grid(grid.ny, grid.nx, grid.dy / 1e3, grid.dx / 1e3, grid.boundary)
+
+
+# ------------------------------------------------------------------ the priors
+def _stationary(theta, grid, mean):
+    """Constant fields from unconstrained `theta` (log kappa, log tau, log h, m)."""
+    kappa, tau, h = jnp.exp(theta[0]), jnp.exp(theta[1]), jnp.exp(theta[2])
+    advection = theta[3:5] if not grid.periodic else jnp.zeros(2, theta.dtype)
+    params = spde.SPDEParameters(
+        grid, N_TIMES, kappa=kappa, tau=tau, diffusion=h, advection=advection, dt=1.0
+    )
+    return spde.SPDEPrior(params, grid, 1.0, mean=mean)
+
+
+def _fields(theta, grid, mean):
+    """Fields `theta = (log kappa, log tau, m_x, m_y)` `(4, ny, nx)` and log h."""
+    fields, log_h = theta
+    params = spde.SPDEParameters(
+        grid, N_TIMES, kappa=jnp.exp(fields[0]), tau=jnp.exp(fields[1]),
+        advection=fields[2:4], diffusion=jnp.exp(log_h), dt=1.0,
+    )  # fmt: skip
+    return spde.SPDEPrior(params, grid, 1.0, mean=mean)
+
+
+def _initial_theta(grid):
+    """A prior of about 100 km and 10 days with unit stationary variance: for
+    constant fields the variance is the mean over wavenumbers of
+    $\tau^2\Delta t / (|1 + \Delta t\,a(k)|^2 - 1)$, $a$ the operator's symbol."""
+    kappa2, h = 0.1, 0.1 * 100.0**2
+    k = 2 * np.pi * np.fft.fftfreq(grid.nx)
+    lap = (2 - 2 * np.cos(k))[:, None] / grid.dx**2 + (2 - 2 * np.cos(k))[
+        None
+    ] / grid.dy**2
+    a = kappa2 + h * lap
+    tau = 1 / math.sqrt(np.mean(1.0 / ((1 + a) ** 2 - 1)))
+    return jnp.array([0.5 * math.log(kappa2), math.log(tau), math.log(h), 0.0, 0.0])
+
+
+def fit(build, theta, truths, steps, lr=0.05, logdet="auto"):
+    """Maximum likelihood (Adam on `theta`): mean negative log-density per value of
+    the training windows `(N, T, ny, nx)`."""
+    d = math.prod(truths.shape[1:])
+
+    def nll(theta):
+        prior = build(theta)
+        energy = jnp.mean(jax.vmap(prior.energy)(truths))
+        return (energy - 0.5 * prior.logdet_precision(logdet, throw=False)) / d
+
+    opt = optax.adam(lr)
+    state = opt.init(theta)
+
+    @eqx.filter_jit
+    def step(theta, state):
+        value, grad = jax.value_and_grad(nll)(theta)
+        updates, state = opt.update(grad, state)
+        return optax.apply_updates(theta, updates), state, value
+
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        theta, state, value = step(theta, state)
+    jax.block_until_ready(theta)
+    return theta, float(value), time.perf_counter() - t0, eqx.filter_jit(nll)
+
+
+# ---------------------------------------------------------------- the scores
+def _map_fn():
+    @eqx.filter_jit
+    def run(prior, y, mask, var):
+        return spde.spde_map(prior, y, mask, var, throw=False).mean
+
+    return run
+
+
+def spde_rows(problem, method, prior, test, std, members, extra):
+    """MAP and ensemble scores of an SPDE prior on the test windows (normalised
+    units in, metres out)."""
+    var = (NOISE_STD / std) ** 2
+    y, mask, truth = test["y"], test["mask"], test["truth"]
+    run = _map_fn()
+    compile_s, time_s = time_call(run, prior, y[0], mask[0], var, repeats=3)
+    maps = jnp.stack([run(prior, y[i], mask[i], var) for i in range(len(y))])
+
+    @eqx.filter_jit
+    def ensemble(prior, key, y, mask):
+        out = spde.conditional_ensemble(key, prior, y, mask, var, members, throw=False)
+        return out.members, out.result
+
+    _, ens_s = time_call(ensemble, prior, jax.random.key(0), y[0], mask[0], repeats=1)
+    members_c, ok = [], True
+    for i in range(len(y)):
+        m, result = ensemble(prior, jax.random.key(100 + i), y[i], mask[i])
+        ok &= bool(result == RESULTS.successful)
+        members_c.append(m[:, CENTRE])
+    ens = jnp.stack(members_c, 1) * std  # (N, windows, ny, nx), metres
+    centre = truth[:, CENTRE] * std
+    return record(
+        problem, method,
+        rmse=float(jnp.sqrt(jnp.mean((maps[:, CENTRE] * std - centre) ** 2))),
+        rmse_window=float(jnp.sqrt(jnp.mean((maps - truth) ** 2)) * std),
+        crps=float(metrics.crps_ensemble(ens, centre)),
+        spread_skill=float(metrics.spread_skill_ratio(ens, centre)),
+        coverage_90=float(metrics.interval_coverage(ens, centre, 0.9)),
+        members=members, ensemble_successful=ok, time_s=time_s, compile_s=compile_s,
+        ensemble_time_s=ens_s, n_test=len(y), **extra,
+    )  # fmt: skip
+
+
+def oi_row(problem, grid, data, cfg):
+    """Kernel OI, scales chosen on validation by the centre-step RMSE."""
+    variance = float(jnp.var(data["train"]["truth"]))
+    oi = make_oi(grid, variance)
+
+    def scored(split, length, days):
+        s = data[split]
+        est = oi(s["obs"], s["obs"].mask, length * 1e3, days)
+        return est, float(
+            jnp.sqrt(jnp.mean((est[:, CENTRE] - s["truth"][:, CENTRE]) ** 2))
+        )
+
+    best = min(
+        (scored("validation", L, t)[1], L, t)
+        for L in OI_LENGTHS_KM
+        for t in OI_TIMES_DAYS
+    )
+    _, length, days = best
+    est, rmse = scored("test", length, days)
+    truth = data["test"]["truth"]
+    return record(
+        problem, "oi-kernel", rmse=rmse,
+        rmse_window=float(jnp.sqrt(jnp.mean((est - truth) ** 2))),
+        oi_length_km=length, oi_time_days=days, n_test=int(truth.shape[0]),
+    )  # fmt: skip
+
+
+def _normalised(split, mean, std):
+    o = split["obs"]
+    return {
+        "truth": (split["truth"] - mean) / std,
+        "y": jnp.where(o.mask, (o.values - mean) / std, 0.0),
+        "mask": o.mask,
+    }
+
+
+# ------------------------------------------------------------------- problems
+def qg_records(cfg) -> Iterator[dict]:
+    grid, data = make_ssh_osse(cfg)
+    problem = f"ssh-qg{cfg['n']}-nadir"
+    yield oi_row(problem, grid, data, cfg)
+    mean = float(jnp.mean(data["train"]["truth"]))
+    std = float(jnp.std(data["train"]["truth"]))
+    train = (data["train"]["truth"] - mean) / std
+    test = _normalised(data["test"], mean, std)
+    kgrid = _km_grid(grid)
+    theta, value, fit_s, nll = fit(
+        lambda th: _stationary(th, kgrid, 0.0), _initial_theta(kgrid)[:3],
+        train, cfg["fit_steps"],
+    )  # fmt: skip
+    prior = _stationary(theta, kgrid, 0.0)
+    yield spde_rows(
+        problem, "spde-oi-stationary", prior, test, std, cfg["members"],
+        dict(fit_s=fit_s, fit_steps=cfg["fit_steps"], nll=float(nll(theta)),
+             kappa=float(jnp.exp(theta[0])), tau=float(jnp.exp(theta[1])),
+             h_km2_per_day=float(jnp.exp(theta[2]))),
+    )  # fmt: skip
+    # the masks of the QG OSSE serve the non-stationary problem
+    yield from nonstationary_records(cfg, grid, data)
+
+
+def _true_prior(grid):
+    """The non-stationary SPDE of `gmrf-nonstationary`: km and days."""
+    ny, nx = grid.shape
+    yy, xx = np.meshgrid(np.arange(ny) + 0.5, np.arange(nx) + 0.5, indexing="ij")
+    kappa = 0.25 + 0.55 * (1 + np.tanh((xx - nx / 2) / (nx / 10))) / 2
+    tau = 1.0 + 0.5 * np.cos(2 * np.pi * yy / ny)
+    speed = 25.0  # km / day
+    u = -speed * np.sin(np.pi * yy / ny) * np.cos(np.pi * xx / nx)
+    v = speed * np.cos(np.pi * yy / ny) * np.sin(np.pi * xx / nx)
+    params = spde.SPDEParameters(
+        grid, N_TIMES, kappa=jnp.asarray(kappa, jnp.float32),
+        tau=jnp.asarray(tau, jnp.float32),
+        advection=jnp.asarray(np.stack([u, v]), jnp.float32), diffusion=600.0, dt=1.0,
+    )  # fmt: skip
+    return spde.SPDEPrior(params, grid, 1.0, solver="banded")
+
+
+def nonstationary_records(cfg, qg_grid, qg_data) -> Iterator[dict]:
+    n = cfg["n"]
+    grid = Grid(n, n, qg_grid.dy, qg_grid.dx, "closed")
+    kgrid = _km_grid(grid)
+    problem = f"gmrf-nonstationary{n}-nadir"
+    truth_prior = _true_prior(kgrid)
+    data = {}
+    raw = {}
+    for i, split in enumerate(("train", "validation", "test")):
+        n_w = qg_data[split]["truth"].shape[0]
+        raw[split] = truth_prior.sample(jax.random.fold_in(jax.random.key(7), i), n_w)
+    scale = 0.06 / float(jnp.std(raw["train"]))  # metres: about 6 cm RMS
+    for i, split in enumerate(("train", "validation", "test")):
+        truth = raw[split] * scale
+        mask = qg_data[split]["obs"].mask
+        noise = NOISE_STD * jax.random.normal(
+            jax.random.fold_in(jax.random.key(8), i), truth.shape, truth.dtype
+        )
+        data[split] = {
+            "truth": truth,
+            "obs": Observations(jnp.where(mask, truth + noise, 0.0), mask),
+        }
+    yield oi_row(problem, grid, data, cfg)
+    mean, std = 0.0, scale  # the truth's law is known to be centred
+    train = data["train"]["truth"] / std
+    test = _normalised(data["test"], mean, std)
+    test["truth"] = data["test"]["truth"] / std
+    t0 = _initial_theta(kgrid)
+    theta, value, fit_s, nll = fit(
+        lambda th: _stationary(th, kgrid, 0.0), t0, train, cfg["fit_steps"]
+    )
+    yield spde_rows(
+        problem, "spde-oi-stationary", _stationary(theta, kgrid, 0.0), test, std,
+        cfg["members"],
+        dict(fit_s=fit_s, fit_steps=cfg["fit_steps"], nll=float(nll(theta))),
+    )  # fmt: skip
+    fields0 = jnp.stack(
+        [jnp.full(kgrid.shape, theta[0]), jnp.full(kgrid.shape, theta[1]),
+         jnp.full(kgrid.shape, theta[3]), jnp.full(kgrid.shape, theta[4])]
+    )  # fmt: skip
+    theta_f, value_f, fit_f, nll_f = fit(
+        lambda th: _fields(th, kgrid, 0.0), (fields0, theta[2]), train,
+        cfg["fit_steps"],
+    )  # fmt: skip
+    yield spde_rows(
+        problem, "spde-oi-fields", _fields(theta_f, kgrid, 0.0), test, std,
+        cfg["members"],
+        dict(fit_s=fit_f, fit_steps=cfg["fit_steps"], nll=float(nll_f(theta_f))),
+    )  # fmt: skip
+    true = spde.SPDEPrior(truth_prior.params, kgrid, 1.0)
+    yield spde_rows(problem, "spde-oi-true", true, test, std, cfg["members"], {})
+
+
+def sampling_records(cfg) -> Iterator[dict]:
+    n, n_samples = cfg["sampling"]
+    problem = f"spde-sampling-{n}x{n}x{N_TIMES}"
+    for boundary, solver in (("periodic", "fft"), ("closed", "banded")):
+        grid = Grid(n, n, 1.0, 1.0, boundary)
+        if solver == "fft":
+            params = spde.SPDEParameters(
+                grid, N_TIMES, kappa=0.3, tau=1.0, advection=jnp.array([0.5, 0.2]),
+                diffusion=jnp.array([1.5, 0.3, 1.0]), dt=1.0,
+            )  # fmt: skip
+        else:
+            yy, xx = jnp.meshgrid(jnp.arange(n), jnp.arange(n), indexing="ij")
+            params = spde.SPDEParameters(
+                grid, N_TIMES, kappa=0.3 + 0.2 * jnp.sin(2 * jnp.pi * xx / n),
+                tau=1.0,
+                advection=jnp.stack([0.5 * jnp.cos(2 * jnp.pi * yy / n),
+                                     0.3 * jnp.sin(2 * jnp.pi * xx / n)]),
+                diffusion=spde.diffusion_from_anisotropy(
+                    1.0 + 0 * xx, jnp.stack([0.8 * jnp.cos(2 * jnp.pi * yy / n),
+                                             0.5 + 0 * xx])),
+                dt=1.0,
+            )  # fmt: skip
+        prior = spde.SPDEPrior(params, grid, 1.0, solver=solver)
+        sample = eqx.filter_jit(lambda p, k: p.sample(k, n_samples, throw=False))
+        compile_s, time_s = time_call(sample, prior, jax.random.key(0), repeats=3)
+        yield record(
+            problem, f"prior-sampling-{solver}", batch=n_samples, time_s=time_s,
+            compile_s=compile_s, boundary=boundary,
+            fields="constant" if solver == "fft" else "varying in space",
+        )  # fmt: skip
+
+
+def records(suite: str = "quick") -> Iterator[dict]:
+    cfg = SUITES[suite]
+    yield from sampling_records(cfg)
+    yield from qg_records(cfg)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=tuple(SUITES), default="quick")
+    args = parser.parse_args(argv)
+    for rec in records(args.suite):
+        print(json.dumps(rec), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
