@@ -518,9 +518,11 @@ def sample_ensembles(
     chunk_size: int | None = None,
 ) -> Float[Array, "B N C ny nx"]:
     """The ensembles of a batch of windows `obs` `(B, T, C, ny, nx)`: window `b`
-    gets `net.sample(obs_b, fold_in(key, b), n_members)` (jitted; vmapped over all
-    windows at once, or over `chunk_size` windows at a time with `jax.lax.map` to
-    bound the memory).
+    gets `net.sample(obs_b, fold_in(key, b), n_members)` (jitted and vmapped over
+    all windows at once, or over `chunk_size` windows per call to bound the memory:
+    one compiled program, the last chunk padded). On the CPU, a `jax.lax.map` over
+    the chunks was about 10 times slower per window than these calls (convolutions
+    inside a compiled loop; `benchmarks/bench_motion_generative.py`).
 
     **Returns:** `(B, n_members, C, ny, nx)`.
     """
@@ -537,20 +539,22 @@ def sample_ensembles(
         )
     check_key("key", key)
     n_members = check_int("n_members", n_members, minimum=2)
-    if chunk_size is not None:
-        chunk_size = check_int("chunk_size", chunk_size, minimum=1)
-    return _sample_ensembles(net, obs, key, n_members, chunk_size)
+    n = obs.values.shape[0]
+    keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(n))
+    if chunk_size is None or chunk_size >= n:
+        return _sample_windows(net, obs, keys, n_members)
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    parts = []
+    for start in range(0, n, chunk_size):
+        idx = jnp.minimum(jnp.arange(start, start + chunk_size), n - 1)  # padded
+        part = jax.tree_util.tree_map(lambda a: a[idx], (obs, keys))
+        parts.append(_sample_windows(net, *part, n_members)[: n - start])
+    return jnp.concatenate(parts, axis=0)
 
 
 @eqx.filter_jit
-def _sample_ensembles(net, obs, key, n_members, chunk_size):
-    n = obs.values.shape[0]
-    keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(n))
-    if chunk_size is None:
-        return jax.vmap(lambda o, k: net.sample(o, k, n_members))(obs, keys)
-    return jax.lax.map(
-        lambda ok: net.sample(*ok, n_members), (obs, keys), batch_size=chunk_size
-    )
+def _sample_windows(net, obs, keys, n_members):
+    return jax.vmap(lambda o, k: net.sample(o, k, n_members))(obs, keys)
 
 
 __all__ = [
