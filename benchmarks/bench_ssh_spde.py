@@ -22,11 +22,13 @@ Methods (`method`):
 - `oi-kernel`: `jaxda.gaussian.map_kernel` with a Gaussian `SpaceTimeKernel` of the
   training variance, length and time scales chosen on the validation windows by
   the RMSE of the centre step (`bench_ssh_fourdvarnet.make_oi`);
-- `spde-oi-stationary`: `jaxda.spde.spde_map` with an `SPDEPrior` of constant
-  fields ($\kappa$, $\tau$, isotropic $\mathbf H = h\mathbf I$, and on the closed
-  problem a constant $\mathbf m$), fitted by maximum likelihood on the training
-  truths (Adam on the log-parameters, the exact log-determinant: FFT on the
-  periodic grid, banded Cholesky on the closed one);
+- `spde-oi-stationary` (`-alpha4`, `-alpha2` on the QG problem):
+  `jaxda.spde.spde_map` with an `SPDEPrior` of constant fields ($\kappa$, $\tau$,
+  isotropic $\mathbf H = h\mathbf I$, and on the closed problem a constant
+  $\mathbf m$), fitted by maximum likelihood on the training truths (Adam on the
+  log-parameters, the exact log-determinant: FFT on the periodic grid, banded
+  Cholesky on the closed one); $\alpha = 4$ for the smooth QG SSH, and [BF24]'s
+  $\alpha = 2$ for comparison (its white-in-space innovations make rough fields);
 - `spde-oi-fields` (closed problem): $\log\kappa(s)$, $\log\tau(s)$ and
   $\mathbf m(s)$ as fields on the grid, fitted the same way (banded log-det);
 - `spde-oi-true` (closed problem): the SPDE that drew the truth (the optimum).
@@ -91,14 +93,14 @@ def _km_grid(grid: Grid) -> Grid:
 
 
 # ------------------------------------------------------------------ the priors
-def _stationary(theta, grid, mean):
+def _stationary(theta, grid, mean, alpha=2):
     """Constant fields from unconstrained `theta` (log kappa, log tau, log h, m)."""
     kappa, tau, h = jnp.exp(theta[0]), jnp.exp(theta[1]), jnp.exp(theta[2])
     advection = theta[3:5] if not grid.periodic else jnp.zeros(2, theta.dtype)
     params = spde.SPDEParameters(
         grid, N_TIMES, kappa=kappa, tau=tau, diffusion=h, advection=advection, dt=1.0
     )
-    return spde.SPDEPrior(params, grid, 1.0, mean=mean)
+    return spde.SPDEPrior(params, grid, 1.0, mean=mean, alpha=alpha)
 
 
 def _fields(theta, grid, mean):
@@ -240,17 +242,19 @@ def qg_records(cfg) -> Iterator[dict]:
     train = (data["train"]["truth"] - mean) / std
     test = _normalised(data["test"], mean, std)
     kgrid = _km_grid(grid)
-    theta, value, fit_s, nll = fit(
-        lambda th: _stationary(th, kgrid, 0.0), _initial_theta(kgrid)[:3],
-        train, cfg["fit_steps"],
-    )  # fmt: skip
-    prior = _stationary(theta, kgrid, 0.0)
-    yield spde_rows(
-        problem, "spde-oi-stationary", prior, test, std, cfg["members"],
-        dict(fit_s=fit_s, fit_steps=cfg["fit_steps"], nll=float(nll(theta)),
-             kappa=float(jnp.exp(theta[0])), tau=float(jnp.exp(theta[1])),
-             h_km2_per_day=float(jnp.exp(theta[2]))),
-    )  # fmt: skip
+    for alpha in (4, 2):
+        theta, value, fit_s, nll = fit(
+            lambda th: _stationary(th, kgrid, 0.0, alpha), _initial_theta(kgrid)[:3],
+            train, cfg["fit_steps"],
+        )  # fmt: skip
+        prior = _stationary(theta, kgrid, 0.0, alpha)
+        yield spde_rows(
+            problem, f"spde-oi-stationary-alpha{alpha}", prior, test, std,
+            cfg["members"],
+            dict(fit_s=fit_s, fit_steps=cfg["fit_steps"], nll=float(nll(theta)),
+                 kappa=float(jnp.exp(theta[0])), tau=float(jnp.exp(theta[1])),
+                 h_km2_per_day=float(jnp.exp(theta[2])), alpha=alpha),
+        )  # fmt: skip
     # the masks of the QG OSSE serve the non-stationary problem
     yield from nonstationary_records(cfg, grid, data)
 

@@ -43,6 +43,7 @@ from ._whitening import Whitening
 
 
 ENSEMBLE_METHODS = ("perturbation", "kriging")
+FORMS = ("auto", "control", "precision")
 PRECONDITIONERS = ("jacobi", None)
 
 
@@ -102,7 +103,7 @@ def _problem(prior, y, mask, obs_var, operator):
 
 
 class _System(eqx.Module):
-    """$A = Q + H^\\top W H$ and its pieces, for one problem."""
+    """The normal equations of one problem, in precision or control form."""
 
     prior: SPDEPrior
     whitening: Whitening
@@ -110,6 +111,9 @@ class _System(eqx.Module):
     weight: Array  # (T, m): mask / r
     var: Array  # (T, m): r, 1 where unobserved
     mask: Array  # (T, m)
+    factors: object
+    method: str = eqx.field(static=True)
+    form: str = eqx.field(static=True)
 
     def h(self, x):
         t = x.shape[0]
@@ -118,7 +122,33 @@ class _System(eqx.Module):
     def h_t(self, v):
         return jnp.reshape(op.transpose_all(self.operator, v), self.prior.shape)
 
+    def inverse(self, w):
+        """$G^{-1} w$ (the recursion)."""
+        x, _ = self.prior._color(w[None], self.method, self.whitening, self.factors)
+        return x[0]
+
+    def inverse_transpose(self, x):
+        """$G^{-\\top} x$."""
+        zero = jnp.zeros(self.prior.shape, x.dtype)
+        return jax.linear_transpose(self.inverse, zero)(x)[0]
+
+    def to_state(self, u):
+        """The anomaly $x - \\mu$ of the unknown `u` ($G^{-1} u$ in control form)."""
+        return self.inverse(u) if self.form == "control" else u
+
+    def rhs(self, d):
+        """$H^\\top W d$, or $G^{-\\top} H^\\top W d$ in control form."""
+        b = self.h_t(self.weight * d)
+        return self.inverse_transpose(b) if self.form == "control" else b
+
+    def prior_perturbation(self, z):
+        """A right-hand side of covariance the prior's term: $G^\\top z$, or $z$."""
+        return z if self.form == "control" else self.whitening.transpose(z)
+
     def matvec(self, v):
+        if self.form == "control":
+            x = self.inverse(v)
+            return v + self.inverse_transpose(self.h_t(self.weight * self.h(x)))
         return self.whitening.gram(v) + self.h_t(self.weight * self.h(v))
 
     def diagonal(self):
@@ -138,7 +168,7 @@ class _System(eqx.Module):
         tag = lx.positive_semidefinite_tag
         system = lx.FunctionLinearOperator(self.matvec, struct, tag)
         options = {}
-        if preconditioner == "jacobi":
+        if preconditioner == "jacobi" and self.form == "precision":
             diag = jax.lax.stop_gradient(self.diagonal())
             options["preconditioner"] = lx.FunctionLinearOperator(
                 lambda r: r / diag, struct, tag
@@ -154,11 +184,21 @@ class _System(eqx.Module):
         return sol.value, result, sol.stats["num_steps"]
 
 
-def _system(prior, y, mask, obs_var, operator, lead):
+def _form(prior, form: str) -> str:
+    check_choice("form", form, FORMS)
+    if form == "auto":
+        return "control" if prior._solve_method() in ("fft", "banded") else "precision"
+    return form
+
+
+def _system(prior, y, mask, obs_var, operator, lead, form):
     _, mk, var, innov, weight, input_result = op.prepare(
         prior.mean, y, mask, obs_var, operator, lead
     )
-    system = _System(prior, prior.whitening(), operator, weight, var, mk)
+    method, g, factors = prior._prepared()
+    if form == "precision":
+        factors = None
+    system = _System(prior, g, operator, weight, var, mk, factors, method, form)
     return system, innov, input_result
 
 
@@ -173,6 +213,7 @@ def spde_map(
     atol: float | None = None,
     max_steps: int = 2000,
     preconditioner: str | None = "jacobi",
+    form: str = "auto",
     throw: bool = True,
 ) -> IterativeGaussianMAP:
     r"""The posterior mean (MAP) of a window with an SPDE prior, precision form by
@@ -189,7 +230,14 @@ def spde_map(
       the identity: gridded observations under `mask`).
     - `rtol`, `atol`: CG tolerances (lineax's max-norm test; `rtol` defaults to
       `1e-5` in float32, `1e-10` in float64; `atol` to `rtol * max|b|`).
-    - `max_steps`: the CG iteration cap; `preconditioner`: `"jacobi"` or None.
+    - `max_steps`: the CG iteration cap; `preconditioner`: `"jacobi"` or None
+      (precision form).
+    - `form`: `"precision"` (CG on $A$, Jacobi-preconditioned), `"control"` (CG on
+      $I + G^{-\top} H^\top R^{-1} H G^{-1}$ for $w = G(x - \mu)$, the
+      control-variable transform: eigenvalues $\ge 1$, two runs of the recursion
+      per iteration) or `"auto"` (control when the prior's solves are direct, FFT or
+      banded; precision otherwise). Persistent, smooth priors make $A$ too
+      ill-conditioned for float32 CG in precision form.
     - `throw`: raise when `result` is not successful.
 
     **Returns:** a `jaxda.gaussian.IterativeGaussianMAP` (`mean`, `result`,
@@ -199,21 +247,30 @@ def spde_map(
     """
     prior = _check_prior(prior)
     _check_options(rtol, max_steps, preconditioner)
+    form = _form(prior, form)
     operator, y, mask, obs_var, lead = _problem(prior, y, mask, obs_var, operator)
     out = _spde_map(
-        prior, y, mask, obs_var, operator, lead, rtol, atol, max_steps, preconditioner
+        prior,
+        y,
+        mask,
+        obs_var,
+        operator,
+        lead,
+        rtol,
+        atol,
+        max_steps,
+        preconditioner,
+        form,
     )
     return raise_if_failed(out, out.result, throw)
 
 
 @eqx.filter_jit
-def _spde_map(prior, y, mask, obs_var, operator, lead, rtol, atol, max_steps, pc):
-    system, innov, input_result = _system(prior, y, mask, obs_var, operator, lead)
-    delta, result, steps = system.solve(
-        system.h_t(system.weight * innov), rtol, atol, max_steps, pc
-    )
+def _spde_map(prior, y, mask, obs_var, operator, lead, rtol, atol, max_steps, pc, form):
+    system, innov, input_result = _system(prior, y, mask, obs_var, operator, lead, form)
+    u, result, steps = system.solve(system.rhs(innov), rtol, atol, max_steps, pc)
     result = _combine(input_result, prior, result)
-    return IterativeGaussianMAP(prior.mean + delta, result, steps)
+    return IterativeGaussianMAP(prior.mean + system.to_state(u), result, steps)
 
 
 def _combine(input_result, prior, result):
@@ -235,14 +292,15 @@ def conditional_ensemble(
     atol: float | None = None,
     max_steps: int = 2000,
     preconditioner: str | None = "jacobi",
+    form: str = "auto",
     throw: bool = True,
 ) -> ConditionalEnsemble:
     r"""`n_members` samples of the posterior of a window with an SPDE prior, and its
     mean (module docstring: `method` `"perturbation"` or `"kriging"`).
 
-    Arguments as `spde_map`, plus `key` (a `jax.random` key), `n_members` $\ge 2$
-    and `method`. The members' solves run batched (`vmap`); `member_steps` gives
-    each one's iterations.
+    Arguments as `spde_map` (`form` included), plus `key` (a `jax.random` key),
+    `n_members` $\ge 2$ and `method`. The members' solves run batched (`vmap`);
+    `member_steps` gives each one's iterations.
 
     **Returns:** a `ConditionalEnsemble`.
     """
@@ -251,6 +309,7 @@ def conditional_ensemble(
     n_members = check_int("n_members", n_members, minimum=2)
     check_choice("method", method, ENSEMBLE_METHODS)
     _check_options(rtol, max_steps, preconditioner)
+    form = _form(prior, form)
     operator, y, mask, obs_var, lead = _problem(prior, y, mask, obs_var, operator)
     out = _ensemble(
         key,
@@ -266,15 +325,29 @@ def conditional_ensemble(
         atol,
         max_steps,
         preconditioner,
+        form,
     )
     return raise_if_failed(out, out.result, throw)
 
 
 @eqx.filter_jit
 def _ensemble(
-    key, prior, y, mask, obs_var, operator, lead, n, method, rtol, atol, max_steps, pc
+    key,
+    prior,
+    y,
+    mask,
+    obs_var,
+    operator,
+    lead,
+    n,
+    method,
+    rtol,
+    atol,
+    max_steps,
+    pc,
+    form,
 ):
-    system, innov, input_result = _system(prior, y, mask, obs_var, operator, lead)
+    system, innov, input_result = _system(prior, y, mask, obs_var, operator, lead, form)
     dtype = innov.dtype
     k_obs, k_prior = jax.random.split(key)
     noise = jnp.sqrt(system.var) * jax.random.normal(
@@ -282,27 +355,25 @@ def _ensemble(
     )
     noise = jnp.where(system.mask, noise, 0.0)
     z = jax.random.normal(k_prior, (n, *prior.shape), dtype)
-    map_rhs = system.h_t(system.weight * innov)
+    map_rhs = system.rhs(innov)
     if method == "perturbation":
         rhs = jax.vmap(
-            lambda eta, zi: (
-                system.h_t(system.weight * (innov + eta))
-                + system.whitening.transpose(zi)
-            )
+            lambda eta, zi: system.rhs(innov + eta) + system.prior_perturbation(zi)
         )(noise, z)
         sample_result = RESULTS.successful
     else:  # kriging: the MAPs of each simulation's synthetic observations
         sims, sample_result = _sample(prior, z)
         h_mean = system.h(prior.mean)
         rhs = jax.vmap(
-            lambda sim, eta: system.h_t(
-                system.weight * jnp.where(system.mask, system.h(sim) + eta - h_mean, 0)
+            lambda sim, eta: system.rhs(
+                jnp.where(system.mask, system.h(sim) + eta - h_mean, 0)
             )
         )(sims, noise)
     # one batched solve: the MAP first, then the members
-    deltas, results, steps = jax.vmap(
-        lambda b: system.solve(b, rtol, atol, max_steps, pc)
-    )(jnp.concatenate([map_rhs[None], rhs]))
+    us, results, steps = jax.vmap(lambda b: system.solve(b, rtol, atol, max_steps, pc))(
+        jnp.concatenate([map_rhs[None], rhs])
+    )
+    deltas = jax.vmap(system.to_state)(us)
     mean = prior.mean + deltas[0]
     if method == "perturbation":
         members = prior.mean + deltas[1:]

@@ -170,15 +170,19 @@ def apply_stencil(
     return out
 
 
-def bandwidth(grid: Grid) -> int:
-    """The half-bandwidth $2(n_x + 1)$ of $X^\\top X$, $X$ 9-point (closed grid)."""
-    return 2 * (grid.nx + 1)
+def bandwidth(grid: Grid, radius: int = 1) -> int:
+    """The half-bandwidth $2r(n_x + 1)$ of $X^\\top X$ for an operator $X$ of stencil
+    radius $r$ cells (closed grid)."""
+    return 2 * radius * (grid.nx + 1)
 
 
-def band_gram(apply, grid: Grid, dtype, weight=None) -> Float[Array, "b1 d"]:
+def band_gram(
+    apply, grid: Grid, dtype, radius: int = 1, weight=None
+) -> Float[Array, "b1 d"]:
     r"""The lower band (LAPACK storage, `band[k, i]` $= N_{i+k, i}$) of $N = X^\top W
-    X$ for a 9-point stencil operator $X$ (`apply`, fields `(ny, nx)` to fields) on a
-    closed grid, $W = \mathrm{diag}(w)$ (`weight` `(ny, nx)`, default 1).
+    X$ for an operator $X$ of stencil radius `radius` (`apply`, fields `(ny, nx)` to
+    fields) on a closed grid, $W = \mathrm{diag}(w)$ (`weight` `(ny, nx)`, default
+    1).
 
     Probing: with $w_b = 2b + 1$ colours ($b$ = `bandwidth(grid)`), the comb
     $p_c = \sum_{j \equiv c\ (w_b)} e_j$ gives $(N p_c)_i = N_{i, j}$ for the one $j
@@ -190,7 +194,7 @@ def band_gram(apply, grid: Grid, dtype, weight=None) -> Float[Array, "b1 d"]:
             "a periodic grid's operator is not banded (wrap-around entries); use "
             "the 'fft' (constant fields) or 'dense' / 'slq' log-determinants."
         )
-    b = bandwidth(grid)
+    b = bandwidth(grid, radius)
     d = grid.size
     w = min(2 * b + 1, d)
     idx = jnp.arange(d)

@@ -1,9 +1,10 @@
 r"""`SPDEPrior`: the Gaussian law of a window of states driven by the
 advection-diffusion SPDE, as a sparse precision that is never a matrix.
 
-**The process** ($\alpha = 2$, implicit Euler, time step $\Delta t$): with
-$\mathcal A_k$ the spatial operator of $\Theta_k$ (`jaxda.spde.SPDEParameters`) and
-$B_k = I + \Delta t\,\mathcal A_k$,
+**The process** (implicit Euler, time step $\Delta t$): with $\mathcal A_k$ the
+spatial operator of $\Theta_k$ (`jaxda.spde.SPDEParameters`) and $B_k = I + \Delta
+t\,\mathcal A_k$ ($\alpha = 2$; $I + \Delta t\,\mathcal A_k^2$ and $K_0^2$ below
+for `alpha=4`),
 
 $$K_0 x_0 = \tau_0 z_0, \qquad B_k x_k = x_{k-1} + \tau_k\sqrt{\Delta t}\, z_k
 \quad (k = 1, \dots, T-1),$$
@@ -37,7 +38,7 @@ divisions). $Qv = G^\top (G v)$ costs two stencil passes.
 
 **Sampling** runs the recursion: `"fft"` solves (periodic, constant fields), a
 banded Cholesky of $X^\top X$ ($X^{-1} r = (X^\top X)^{-1} X^\top r$, closed grids,
-factorised once for all members), or matrix-free BiCGStab (`lineax`), any grid.
+factorised once for all members), or matrix-free restarted GMRES (`lineax`), any grid.
 """
 
 import math
@@ -74,9 +75,16 @@ class SPDEPrior(eqx.Module):
     - `mean`: $\mu$, a scalar or `(T, ny, nx)` (default 0).
     - `solver`: how $K_0^{-1}$, $B_k^{-1}$ are applied when sampling: `"auto"`
       (`"fft"` on a periodic grid with constant fields, else `"iterative"`),
-      `"fft"`, `"banded"` (closed grids) or `"iterative"` (BiCGStab).
-    - `rtol`, `max_steps`: BiCGStab's relative tolerance (default `1e-5` in
-      float32, `1e-10` in float64) and iteration cap.
+      `"fft"`, `"banded"` (closed grids) or `"iterative"` (GMRES, restart 20).
+    - `rtol`, `max_steps`: GMRES's relative tolerance (default `1e-5` in
+      float32, `1e-10` in float64) and cap on its restarts.
+    - `alpha`: 2 (default, [BF24]) or 4: the power $\alpha/2$ of the operator,
+      $B_k = I + \Delta t\,\mathcal A_k^{\alpha/2}$ and $K_0^{\alpha/2}$ for the
+      initial state. With white noise in space, $\alpha = 2$ gives fields as rough
+      as a Matérn field of smoothness 0 at equilibrium (spectrum $\propto
+      1/(2a + \Delta t\,a^2)$, $a = \kappa^2 + h k^2$); $\alpha = 4$ one of
+      smoothness 1 ($\propto 1/(2a^2 + \Delta t\,a^4)$), for smooth fields such as
+      SSH. Stencils of radius $\alpha/2$ cells.
 
     Every method is a pure function of the prior's arrays (`jit`, `vmap` and
     gradients with respect to the parameter fields apply).
@@ -89,6 +97,7 @@ class SPDEPrior(eqx.Module):
     solver: str = eqx.field(static=True)
     rtol: float | None = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
+    alpha: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -100,6 +109,7 @@ class SPDEPrior(eqx.Module):
         solver: str = "auto",
         rtol: float | None = None,
         max_steps: int = 500,
+        alpha: int = 2,
     ):
         if not isinstance(params, SPDEParameters):
             raise TypeError(
@@ -115,6 +125,8 @@ class SPDEPrior(eqx.Module):
             )
         check_positive("dt", dt)
         check_choice("solver", solver, SOLVERS)
+        check_choice("alpha", alpha, (2, 4))
+        self.alpha = int(alpha)
         if rtol is not None:
             check_positive("rtol", rtol)
         self.max_steps = check_int("max_steps", max_steps, minimum=1)
@@ -161,7 +173,7 @@ class SPDEPrior(eqx.Module):
     def whitening(self) -> Whitening:
         """$G$ with its stencils computed (build it once outside a loop of
         products)."""
-        return Whitening.build(self.params, self.grid, self.dt)
+        return Whitening.build(self.params, self.grid, self.dt, self.alpha)
 
     def innovations(self, v: Float[Array, "T ny nx"]) -> Float[Array, "T ny nx"]:
         r"""$G v$ (linear; no mean): $z$ that drives the anomaly $v$."""
@@ -241,7 +253,8 @@ class SPDEPrior(eqx.Module):
             hat = symbol(apply, self.grid, dtype)
             return jnp.sum(jnp.log(jnp.abs(hat))).astype(dtype), jnp.all(hat != 0)
         if method == "banded":
-            chol = SymmetricBandMatrix(band_gram(apply, self.grid, dtype)).cholesky()
+            band = band_gram(apply, self.grid, dtype, self.alpha // 2)
+            chol = SymmetricBandMatrix(band).cholesky()
             return 0.5 * chol.logdet_with_rule(), chol.result == RESULTS.successful
         n = self.grid.size
         eye = jnp.eye(n, dtype=dtype).reshape(n, *self.grid.shape)
@@ -260,12 +273,12 @@ class SPDEPrior(eqx.Module):
         """
         method = self._logdet_method(method)
         g = self.whitening()
-        total, ok = self._block_logabsdet(g.block(g.initial), method)
+        total, ok = self._block_logabsdet(g.initial_block(), method)
         total = 2 * total
         if self.n_times > 1:
 
             def block(c):
-                return self._block_logabsdet(g.block(c), method)
+                return self._block_logabsdet(g.step_block(c), method)
 
             values, oks = lax.map(block, g.steps)
             repeat = self.n_times - 1 if g.steps.shape[0] == 1 else 1
@@ -290,48 +303,56 @@ class SPDEPrior(eqx.Module):
         """What the solves need, computed once for all members: for the initial
         block and each step's (one for all steps when stationary)."""
         if method == "fft":
-            hat = symbol(g.block(g.initial), self.grid, self.dtype)
-            steps = jax.vmap(lambda c: symbol(g.block(c), self.grid, self.dtype))(
+            hat = symbol(g.initial_block(), self.grid, self.dtype)
+            steps = jax.vmap(lambda c: symbol(g.step_block(c), self.grid, self.dtype))(
                 g.steps
             )
             return hat, steps
         if method == "banded":
 
-            def factor(c):
-                band = band_gram(g.block(c), self.grid, self.dtype)
-                chol = K.band_cholesky(band)[0]
-                return chol
+            def factor(apply):
+                band = band_gram(apply, self.grid, self.dtype, g.radius)
+                return K.band_cholesky(band)[0]
 
-            return factor(g.initial), jax.vmap(factor)(g.steps)
+            steps = jax.vmap(lambda c: factor(g.step_block(c)))(g.steps)
+            return factor(g.initial_block()), steps
         return None
 
-    def _solve(self, method, factor, coefficients, g: Whitening, r):
-        """$X^{-1} r$ for one block: `(x, result)`."""
-        apply = g.block(coefficients)
+    def _solve(self, method, factor, apply, r):
+        """$X^{-1} r$ for one block (operator `apply`) and a batch `r` `(n, ny,
+        nx)`: `(x, result)`."""
         if method == "fft":
             return fft_solve(factor, r), RESULTS.successful
         if method == "banded":
             zero = jnp.zeros(self.grid.shape, self.dtype)
-            rhs = jax.linear_transpose(apply, zero)(r)[0].reshape(-1, 1)
-            x = K.cholesky_solve(factor, rhs).reshape(self.grid.shape)
+            apply_t = jax.linear_transpose(apply, zero)
+            rhs = jax.vmap(lambda ri: apply_t(ri)[0])(r).reshape(r.shape[0], -1)
+            x = K.cholesky_solve(factor, rhs.T).T.reshape(r.shape)
             ok = jnp.all(jnp.isfinite(factor)) & jnp.all(factor[0] > 0)
             return x, RESULTS.where(ok, RESULTS.successful, RESULTS.singular)
+        # restarted GMRES: X is not symmetric; BiCGStab breaks down in float32 on
+        # these operators and CG on the normal equations squares their condition
         rtol = self.rtol
         if rtol is None:
             rtol = 1e-5 if jnp.finfo(self.dtype).bits <= 32 else 1e-10
         struct = jax.ShapeDtypeStruct(self.grid.shape, self.dtype)
         operator = lx.FunctionLinearOperator(apply, struct)
-        atol = rtol * jnp.max(jnp.abs(r)) + jnp.finfo(self.dtype).tiny
-        solver = lx.BiCGStab(rtol=rtol, atol=atol, max_steps=self.max_steps)
-        sol = lx.linear_solve(operator, r, solver, throw=False)
-        return sol.value, RESULTS.promote(sol.result)
+
+        def one(ri):
+            atol = rtol * jnp.max(jnp.abs(ri)) + jnp.finfo(self.dtype).tiny
+            gmres = lx.GMRES(rtol=rtol, atol=atol, max_steps=self.max_steps, restart=20)
+            sol = lx.linear_solve(operator, ri, gmres, throw=False)
+            return sol.value, sol.result
+
+        x, results = jax.vmap(one)(r)
+        return x, _first_failure(RESULTS.promote(results))
 
     def color(self, z: Float[ArrayLike, "T ny nx"], *, throw: bool = True):
         r"""$G^{-1} z$ by the recursion: the anomaly driven by innovations `z` (a
         prior sample for standard normal `z`; add `mean` for the state)."""
         z = self._check_window("z", z)
-        x, result = _color(self, z)
-        return raise_if_failed(x, result, throw)
+        x, result = _color(self, z[None])
+        return raise_if_failed(x[0], result, throw)
 
     def _prepared(self):
         method = self._solve_method()
@@ -339,25 +360,28 @@ class SPDEPrior(eqx.Module):
         return method, g, self._factors(g, method)
 
     def _color(self, z, method, g: Whitening, factors):
+        """$G^{-1} z$ for a batch `z` `(n, T, ny, nx)`, every member at once."""
         first_factor, step_factors = (None, None) if factors is None else factors
-        x0, res0 = self._solve(method, first_factor, g.initial, g, g.scales[0] * z[0])
+        scales = g.scales
+        x0, res0 = self._solve(
+            method, first_factor, g.initial_block(), scales[0] * z[:, 0]
+        )
         if self.n_times == 1:
-            return x0[None], res0
-        n = self.n_times - 1
-        coefficients = g.all_steps()
-        if step_factors is not None:
-            step_factors = jnp.broadcast_to(step_factors, (n, *step_factors.shape[1:]))
+            return x0[:, None], res0
+        stationary = g.steps.shape[0] == 1
 
-        def body(carry, inp):
+        def body(carry, k):
             x_prev, result = carry
-            c, f, zk, sk = inp
-            x, res = self._solve(method, f, c, g, x_prev + sk * zk)
+            i = 0 if stationary else k - 1
+            f = None if step_factors is None else step_factors[i]
+            r = x_prev + scales[k] * z[:, k]
+            x, res = self._solve(method, f, g.step_block(g.steps[i]), r)
             result = RESULTS.where(result == RESULTS.successful, res, result)
             return (x, result), x
 
-        inputs = (coefficients, step_factors, z[1:], g.scales[1:])
-        (_, result), rest = lax.scan(body, (x0, res0), inputs)
-        return jnp.concatenate([x0[None], rest]), result
+        steps = jnp.arange(1, self.n_times)
+        (_, result), rest = lax.scan(body, (x0, res0), steps)
+        return jnp.concatenate([x0[:, None], jnp.moveaxis(rest, 0, 1)], 1), result
 
     def sample(
         self, key: Key, n: int | None = None, *, throw: bool = True
@@ -369,8 +393,10 @@ class SPDEPrior(eqx.Module):
         check_key("key", key)
         if n is not None:
             n = check_int("n", n, minimum=1)
-        z = jax.random.normal(key, (() if n is None else (n,)) + self.shape, self.dtype)
+        z = jax.random.normal(key, (1 if n is None else n, *self.shape), self.dtype)
         x, result = _sample(self, z)
+        if n is None:
+            x = x[0]
         result = first_failure(
             (~self.params.values_valid(), RESULTS.invalid_input),
             (result != RESULTS.successful, result),
@@ -389,6 +415,13 @@ class SPDEPrior(eqx.Module):
         return x.astype(jnp.result_type(x.dtype, self.dtype))
 
 
+def _first_failure(results):
+    """The first failed item of a batch of results, else success."""
+    failed = results != RESULTS.successful
+    first = jax.tree.map(lambda v: v[jnp.argmax(failed)], results)
+    return RESULTS.where(jnp.any(failed), first, RESULTS.successful)
+
+
 @eqx.filter_jit
 def _color(prior: SPDEPrior, z):
     return prior._color(z, *prior._prepared())
@@ -396,14 +429,7 @@ def _color(prior: SPDEPrior, z):
 
 @eqx.filter_jit
 def _sample(prior: SPDEPrior, z):
-    """Samples for innovations `z` `(T, ny, nx)` or `(n, T, ny, nx)`: the factors
-    once, the recursion per member."""
-    method, g, factors = prior._prepared()
-    if z.ndim == 3:
-        x, result = prior._color(z, method, g, factors)
-    else:
-        x, results = jax.vmap(lambda zi: prior._color(zi, method, g, factors))(z)
-        failed = results != RESULTS.successful
-        first = jax.tree.map(lambda v: v[jnp.argmax(failed)], results)
-        result = RESULTS.where(jnp.any(failed), first, RESULTS.successful)
+    """Samples for innovations `z` `(n, T, ny, nx)`: the factors once, then the
+    recursion for every member at once."""
+    x, result = prior._color(z, *prior._prepared())
     return x + prior.mean, result
