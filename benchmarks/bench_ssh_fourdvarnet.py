@@ -3,7 +3,12 @@ mapping, near-real-time and short-forecast tasks of a 9-day window (seed 002).
 
     python benchmarks/run.py --suite full --only ssh_fourdvarnet \
         --out benchmarks/results/cpu-2core-x86_64.full-ssh-fourdvarnet.json
+    python benchmarks/bench_ssh_fourdvarnet.py --suite full --per-task mapping \
+        --no-shared --out per_task.json     # the per-task mapping network
     python benchmarks/bench_ssh_fourdvarnet.py --suite quick     # a quick look
+
+(the results file holds the first command's records and the second's
+`4dvarnet-unet-task/mapping` row; its OI rows are the same numbers).
 
 The OSSE (`problem="ssh-qg<n>-nadir"`): `jaxda.models.qg_turbulence`'s 1.5-layer QG
 model on an `n` x `n` doubly periodic square of 1000 km; every window starts from
