@@ -302,24 +302,23 @@ def test_gaussian_bad_input(samples, gaussian_net):
 
 @pytest.mark.slow
 def test_training_sharpens_and_spreads_the_ensemble():
-    """200 steps on 64 windows: the held-out fair CRPS falls well below the untrained
-    net's (the first guess, a point mass), and the members spread."""
+    """100 steps on 32 windows: the held-out fair CRPS falls below 90 % of the
+    untrained net's (the first guess, a point mass), and the members spread."""
     data = basin_motion_samples(
-        jax.random.key(11), 80, n=N, n_times=T, every=EVERY, noise_std=SIGMA,
+        jax.random.key(11), 48, n=N, n_times=T, every=EVERY, noise_std=SIGMA,
         spinup_steps=40,
     )  # fmt: skip
-    train = (data.initial[:64], jax.tree_util.tree_map(lambda a: a[:64], data.obs))
-    test = (data.initial[64:], jax.tree_util.tree_map(lambda a: a[64:], data.obs))
-    net0 = GenerativeMotionNet((T, 3, N, N), key=jax.random.key(0), width=8, depth=1)
-    loss_fn = ensemble_crps_loss(8)
+    train = (data.initial[:32], jax.tree_util.tree_map(lambda a: a[:32], data.obs))
+    test = (data.initial[32:], jax.tree_util.tree_map(lambda a: a[32:], data.obs))
+    net0 = GenerativeMotionNet((T, 3, N, N), key=jax.random.key(0), width=4, depth=1)
+    loss_fn = ensemble_crps_loss(4)
     before = mean_ensemble_loss(loss_fn, net0, test, key=jax.random.key(1))
     net, result = train_generative_motion_net(
-        net0, train, key=jax.random.key(2), n_steps=200, n_members=8, batch_size=8,
-        learning_rate=3e-3, validation=test, eval_every=100, progress=False,
+        net0, train, key=jax.random.key(2), n_steps=100, n_members=4, batch_size=4,
+        learning_rate=3e-3, progress=False,
     )  # fmt: skip
     after = mean_ensemble_loss(loss_fn, net, test, key=jax.random.key(1))
     assert result.result == jaxda.RESULTS.successful
-    assert [step for step, _ in result.history] == [100, 200]
-    assert after < 0.7 * before
-    ens = sample_ensembles(net, test[1], jax.random.key(3), 8)
+    assert after < 0.9 * before
+    ens = sample_ensembles(net, test[1], jax.random.key(3), 4)
     assert float(jnp.mean(jnp.std(ens[:, :, 1:3], axis=1))) > 1e-4
