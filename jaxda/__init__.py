@@ -4,6 +4,7 @@ Subpackages: `models` (dynamics, `simulate`, flow maps), `obs` (observations, pa
 operators, noise), `data` (twin-experiment datasets, presets, first guesses), `grid`
 (regular 2-D grids for gridded fields), `metrics`, `linalg` (banded and
 block-tridiagonal SPD algebra), `gaussian` (Gaussian MAP / optimal interpolation),
+`spde` (SPDE / GMRF priors on grids, SPDE OI, conditional ensembles, [BF24]),
 `var` (4DVar costs and solvers), `ensemble` (EnKF, ETKF, LETKF, EnKS, iEnKS),
 `cycling` (one driver for every cycled method), `fourdvarnet` (4DVarNet, [F21]),
 `incremental` (neural incremental DA, [B24]), `motion` (motion fields from image
@@ -28,6 +29,7 @@ from . import (
     obs as obs,
     plot as plot,
     sharding as sharding,
+    spde as spde,
     train as train,
     var as var,
 )

@@ -62,8 +62,10 @@ def _call(fn, *args, **kwargs):
 
 
 def _block_precision(prior):
-    """Q from [BF24]'s blocks, with dense M_k = B_k^-1 and S_k = T_k T_k^T."""
+    """Q from [BF24]'s blocks, with dense M_k = B_k^-1 and S_k = T_k T_k^T
+    (B_k = I + dt A_k^(alpha/2), P_0^-1 = K_0^(alpha/2)T K_0^(alpha/2) / tau_0^2)."""
     grid, p, t = prior.grid, prior.params, prior.n_times
+    power = prior.alpha // 2
     kap, adv, dif, tau = p.stacked()
     n = grid.size
     k0 = _dense(
@@ -72,15 +74,17 @@ def _block_precision(prior):
         ),
         grid,
     )
+    k0 = np.linalg.matrix_power(k0, power)
     s0 = np.broadcast_to(np.asarray(p.initial_tau), grid.shape).reshape(-1)
-    m = [None] + [
-        np.linalg.inv(
-            _dense(
-                lambda x, k=k: step_operator(x, grid, DT, kap[k], adv[k], dif[k]), grid
-            )
+    eye = np.eye(n)
+
+    def b(k):  # I + dt A_k^(alpha/2)
+        step = _dense(
+            lambda x: step_operator(x, grid, DT, kap[k], adv[k], dif[k]), grid
         )
-        for k in range(1, t)
-    ]
+        return eye + DT * np.linalg.matrix_power((step - eye) / DT, power)
+
+    m = [None] + [np.linalg.inv(b(k)) for k in range(1, t)]
     s_inv = [None]
     for k in range(1, t):
         sk = np.broadcast_to(np.asarray(tau[k]) * np.sqrt(DT), grid.shape).reshape(-1)
@@ -98,9 +102,10 @@ def _block_precision(prior):
     return q
 
 
-@pytest.fixture(scope="module", params=["closed", "periodic"])
+@pytest.fixture(scope="module", params=[("closed", 2), ("periodic", 2), ("closed", 4)])
 def prior(request):
-    return _prior(request.param)
+    boundary, alpha = request.param
+    return _prior(boundary, alpha=alpha)
 
 
 def test_stencil_is_the_operator_and_the_diffusion_is_flux_form():
@@ -274,7 +279,7 @@ def test_log_probability_and_parameter_gradients_against_finite_differences():
 
 @pytest.fixture(scope="module")
 def problem():
-    prior = _prior("closed", n_times=3, mean=0.3)
+    prior = _prior("closed", n_times=3, mean=0.3, solver="banded")
     k1, k2, k3 = jax.random.split(jax.random.key(12), 3)
     truth = prior.sample(k1)
     mask = jax.random.uniform(k2, prior.shape) < 0.35
@@ -290,9 +295,10 @@ def problem():
 
 def test_spde_map_is_the_dense_map(problem):
     prior, y, mask, a, xd = problem
-    sol = spde.spde_map(prior, y, mask, 0.01)
-    assert sol.result == RESULTS.successful
-    np.testing.assert_allclose(sol.mean.reshape(-1), xd, atol=1e-8)
+    for form in ("control", "precision"):
+        sol = spde.spde_map(prior, y, mask, 0.01, form=form)
+        assert sol.result == RESULTS.successful
+        np.testing.assert_allclose(sol.mean.reshape(-1), xd, atol=1e-8)
     dense = gaussian.map_dense(
         jnp.full(a.shape[0], 0.3),
         y.reshape(-1),
@@ -303,7 +309,9 @@ def test_spde_map_is_the_dense_map(problem):
     np.testing.assert_allclose(dense.mean, xd, atol=1e-10)
 
 
-@pytest.mark.parametrize("method", ["perturbation", "kriging"])
+@pytest.mark.parametrize(
+    "method", ["perturbation", pytest.param("kriging", marks=pytest.mark.slow)]
+)
 def test_conditional_ensemble_has_the_posterior_mean_and_covariance(problem, method):
     prior, y, mask, a, xd = problem
     n = 2000
@@ -326,6 +334,8 @@ def test_cg_that_does_not_converge_is_reported(problem):
     assert sol.result == RESULTS.max_steps_reached
     with pytest.raises(eqx.EquinoxRuntimeError, match="maximum number of solver"):
         spde.spde_map(prior, y, mask, 0.01, max_steps=2)
+    with pytest.raises(ValueError, match="form"):
+        spde.spde_map(prior, y, mask, 0.01, form="dual")
 
 
 def test_bad_input_is_refused_with_clear_errors():
@@ -344,6 +354,8 @@ def test_bad_input_is_refused_with_clear_errors():
         spde.SPDEPrior(params, Grid(5, 4, 1.0, 1.0, "closed"), 1.0)
     with pytest.raises(ValueError, match="fft"):
         spde.SPDEPrior(params, grid, 1.0, solver="fft")
+    with pytest.raises(ValueError, match="alpha"):
+        spde.SPDEPrior(params, grid, 1.0, alpha=3)
     prior = spde.SPDEPrior(params, grid, 1.0)
     y = jnp.zeros(prior.shape)
     with pytest.raises(ValueError, match="mask"):
