@@ -24,6 +24,7 @@ FAST_PAGES = [
     "scaling.md",
     "tutorials/var_lorenz63.md",
     "api/motion.md",
+    "api/spde.md",
 ]
 SLOW_PAGES = [
     "tutorials/gaussian_map.md",
