@@ -30,6 +30,7 @@ def _load(name):
         "fourdvarnet_lorenz",
         "ssh_mapping",
         "motion_shallow_water",
+        "ssh_spde_ensembles",
     ],
 )
 def test_example_is_short(name):
@@ -106,6 +107,23 @@ def test_ssh_mapping_runs(tmp_path):
         assert row["resolved_km"] > 0 and row["time_s"] > 0
     assert (out / "maps.png").stat().st_size > 0
     assert (out / "psd_score.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ssh_spde_ensembles_runs(tmp_path):
+    example = _load("ssh_spde_ensembles")
+    out = tmp_path / "out"
+    argv = ["--n", "16", "--members", "8", "--fit-steps", "20", "--history-days", "30"]
+    res = example.main([*argv, "--out", str(out)])
+    assert list(res["rows"]) == ["SPDE OI", "kernel OI"] and res["n_obs"] > 0
+    for row in res["rows"].values():
+        assert 0 < row["rmse_cm"] < 100 and row["time_s"] > 0
+    ens = res["ensemble"]
+    assert ens["crps_cm"] > 0 and ens["spread_skill"] > 0
+    assert 0 <= ens["coverage_90"] <= 1
+    assert (out / "maps.png").stat().st_size > 0
+    assert (out / "ensemble.png").stat().st_size > 0
 
 
 @pytest.mark.slow
