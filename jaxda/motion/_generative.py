@@ -41,7 +41,7 @@ from ..obs import Observations
 from ..train import TrainResult, fit
 from ._fourdvar import first_guess
 from ._learned import _check_samples
-from ._networks import DEFAULT_CONTROL_SCALE, MotionNet, _pool2
+from ._networks import DEFAULT_CONTROL_SCALE, MotionNet
 
 
 def _widened(conv: Conv, extra: int, key: Key) -> Conv:
@@ -51,25 +51,6 @@ def _widened(conv: Conv, extra: int, key: Key) -> Conv:
         n_spatial=2, periodic=conv.periodic, use_bias=conv.bias is not None,
         dtype=conv.weight.dtype, method=conv.method,
     )  # fmt: skip
-
-
-def _unet_encode(net: MotionNet, z):
-    """`net`'s encoder on the input channels `z`: the bottom level's input and the
-    skip connections."""
-    skips = []
-    for enc in net.encoders:
-        z = enc(z)
-        skips.append(z)
-        z = _pool2(z)
-    return z, skips
-
-
-def _unet_decode(net: MotionNet, z, skips):
-    """`net`'s bottom level and decoder: the input of its output layer."""
-    z = net.bottom(z)
-    for up, dec, skip in zip(net.ups, net.decoders, reversed(skips)):
-        z = dec(jnp.concatenate([skip, up(z)], axis=0))
-    return z
 
 
 class GenerativeMotionNet(eqx.Module):
@@ -189,11 +170,11 @@ class GenerativeMotionNet(eqx.Module):
 
     def _encode(self, obs, noise_in):
         z = self.backbone.features(obs).astype(self.backbone.head.weight.dtype)
-        return _unet_encode(self.backbone, jnp.concatenate([z, noise_in], axis=0))
+        return self.backbone.encode(jnp.concatenate([z, noise_in], axis=0))
 
     def _decode(self, obs, z, skips, noise_bottom):
         net = self.backbone
-        h = _unet_decode(net, jnp.concatenate([z, noise_bottom], axis=0), skips)
+        h = net.decode(jnp.concatenate([z, noise_bottom], axis=0), skips)
         scale = jnp.asarray(net.control_scale, h.dtype)[:, None, None]
         return (first_guess(obs) + scale * net.head(h)).astype(obs.values.dtype)
 
@@ -320,7 +301,7 @@ class GaussianMotionNet(eqx.Module):
         self.check_obs("obs", obs)
         net = self.backbone
         z = net.features(obs).astype(net.head.weight.dtype)
-        out = net.head(_unet_decode(net, *_unet_encode(net, z)))
+        out = net.head(net.decode(*net.encode(z)))
         c = out.shape[0] // 2
         scale = jnp.asarray(net.control_scale, out.dtype)[:, None, None]
         mean = first_guess(obs) + scale * out[:c]

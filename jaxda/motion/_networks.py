@@ -220,17 +220,26 @@ class MotionNet(eqx.Module):
         _, _, ny, nx = self.obs_shape
         return jnp.concatenate([values, mask], axis=1).reshape(-1, ny, nx)
 
-    def __call__(self, obs: Observations) -> Float[Array, "C ny nx"]:
-        self.check_obs("obs", obs)
-        z = self.features(obs).astype(self.head.weight.dtype)
+    def encode(self, z: Array) -> tuple[Array, list[Array]]:
+        """The encoder on input channels `z`: the bottom level's input and the skip
+        connections (the generative nets stack noise channels on either)."""
         skips = []
         for enc in self.encoders:
             z = enc(z)
             skips.append(z)
             z = _pool2(z)
+        return z, skips
+
+    def decode(self, z: Array, skips: list[Array]) -> Array:
+        """The bottom level and the decoder: the input of the output layer."""
         z = self.bottom(z)
         for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
             z = dec(jnp.concatenate([skip, up(z)], axis=0))
+        return z
+
+    def __call__(self, obs: Observations) -> Float[Array, "C ny nx"]:
+        self.check_obs("obs", obs)
+        z = self.decode(*self.encode(self.features(obs).astype(self.head.weight.dtype)))
         scale = jnp.asarray(self.control_scale, z.dtype)[:, None, None]
         increment = scale * self.head(z)
         guess = first_guess(obs)
