@@ -63,8 +63,10 @@ def daily_ssh(key, n, n_days):
 def prior_from(theta, grid, alpha):
     """The stationary SPDE prior of log-parameters `theta` (kappa, tau, h)."""
     kappa, tau, h = jnp.exp(theta)
-    params = spde.SPDEParameters(grid, N_TIMES, kappa=kappa, tau=tau, diffusion=h, dt=1)
-    return spde.SPDEPrior(params, grid, 1.0, alpha=alpha)
+    params = spde.SPDEParameters(
+        grid, N_TIMES, kappa=kappa, tau=tau, diffusion=h, dt=1, alpha=alpha
+    )
+    return spde.SPDEPrior(params, grid, 1.0)
 
 
 def fit_prior(windows, grid, steps, alpha):

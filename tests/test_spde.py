@@ -33,7 +33,7 @@ def _fields(key, grid, n_times):
     return kappa, advection, diffusion
 
 
-def _prior(boundary="closed", n_times=3, shape=(4, 5), mean=0.0, **kw):
+def _prior(boundary="closed", n_times=3, shape=(4, 5), mean=0.0, alpha=2, **kw):
     grid = Grid(*shape, 1.0, 1.3, boundary)
     kappa, advection, diffusion = _fields(jax.random.key(0), grid, n_times)
     params = spde.SPDEParameters(
@@ -44,6 +44,7 @@ def _prior(boundary="closed", n_times=3, shape=(4, 5), mean=0.0, **kw):
         advection=advection,
         diffusion=diffusion,
         dt=DT,
+        alpha=alpha,
         dtype=jnp.float64,
     )
     return spde.SPDEPrior(params, grid, DT, mean=mean, **kw)
@@ -108,6 +109,7 @@ def prior(request):
     return _prior(boundary, alpha=alpha)
 
 
+@pytest.mark.slow  # the block-formula test checks the stencils against the operator
 def test_stencil_is_the_operator_and_the_diffusion_is_flux_form():
     for boundary in ("closed", "periodic"):
         grid = Grid(5, 6, 1.1, 0.9, boundary)
@@ -222,6 +224,7 @@ def test_samples_whiten_exactly_and_their_covariance_is_the_inverse_precision():
     assert np.all(np.abs(np.cov(x.T) - cov) < 5 * se_cov)
 
 
+@pytest.mark.slow  # GMRES compiles slowly; the direct recursions are tested above
 def test_iterative_sampling_solves_the_recursion():
     prior = _prior("periodic", n_times=3, solver="iterative")
     z = jax.random.normal(jax.random.key(9), prior.shape, jnp.float64)
@@ -293,12 +296,14 @@ def problem():
     return prior, y, mask, a, xd
 
 
-def test_spde_map_is_the_dense_map(problem):
+@pytest.mark.parametrize(
+    "form", ["control", pytest.param("precision", marks=pytest.mark.slow)]
+)
+def test_spde_map_is_the_dense_map(problem, form):
     prior, y, mask, a, xd = problem
-    for form in ("control", "precision"):
-        sol = spde.spde_map(prior, y, mask, 0.01, form=form)
-        assert sol.result == RESULTS.successful
-        np.testing.assert_allclose(sol.mean.reshape(-1), xd, atol=1e-8)
+    sol = spde.spde_map(prior, y, mask, 0.01, form=form)
+    assert sol.result == RESULTS.successful
+    np.testing.assert_allclose(sol.mean.reshape(-1), xd, atol=1e-8)
     dense = gaussian.map_dense(
         jnp.full(a.shape[0], 0.3),
         y.reshape(-1),
@@ -330,10 +335,11 @@ def test_conditional_ensemble_has_the_posterior_mean_and_covariance(problem, met
 
 def test_cg_that_does_not_converge_is_reported(problem):
     prior, y, mask, _, _ = problem
-    sol = spde.spde_map(prior, y, mask, 0.01, max_steps=2, throw=False)
+    kw = dict(max_steps=2, form="precision")  # Jacobi-preconditioned CG
+    sol = spde.spde_map(prior, y, mask, 0.01, throw=False, **kw)
     assert sol.result == RESULTS.max_steps_reached
     with pytest.raises(eqx.EquinoxRuntimeError, match="maximum number of solver"):
-        spde.spde_map(prior, y, mask, 0.01, max_steps=2)
+        spde.spde_map(prior, y, mask, 0.01, **kw)
     with pytest.raises(ValueError, match="form"):
         spde.spde_map(prior, y, mask, 0.01, form="dual")
 
@@ -355,7 +361,7 @@ def test_bad_input_is_refused_with_clear_errors():
     with pytest.raises(ValueError, match="fft"):
         spde.SPDEPrior(params, grid, 1.0, solver="fft")
     with pytest.raises(ValueError, match="alpha"):
-        spde.SPDEPrior(params, grid, 1.0, alpha=3)
+        spde.SPDEParameters(grid, 2, alpha=3, **ok)
     prior = spde.SPDEPrior(params, grid, 1.0)
     y = jnp.zeros(prior.shape)
     with pytest.raises(ValueError, match="mask"):

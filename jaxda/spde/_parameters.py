@@ -96,10 +96,16 @@ class SPDEParameters(eqx.Module):
       definite at every point (see `diffusion_from_anisotropy`).
     - `initial_tau` $> 0$: a scalar or `(ny, nx)` field, the amplitude of the initial
       state $x_0$ (see `jaxda.spde.SPDEPrior`); default
-      $\tau_0 = \tau\kappa / \sqrt{2 + \Delta t\,\kappa^2}$ at time 0, which makes the
-      variance of $x_0$ the process's stationary variance when $\mathbf m = 0$,
-      $\mathbf H = 0$ (`dt` is then needed).
+      $\tau_0 = \tau\kappa^{\alpha/2} / \sqrt{2 + \Delta t\,\kappa^\alpha}$ at time
+      0, which makes the variance of $x_0$ the process's stationary variance when
+      $\mathbf m = 0$, $\mathbf H = 0$ (`dt` is then needed).
     - `dt`: the time step, only to form the default `initial_tau`.
+    - `alpha`: 2 (default, [BF24]) or 4, the power $\alpha/2$ of the operator:
+      $B_k = I + \Delta t\,\mathcal A_k^{\alpha/2}$ and $K_0^{\alpha/2}$ for the
+      initial state. With noise white in space, $\alpha = 2$ gives fields as rough as
+      a Matérn field of smoothness 0 at equilibrium (spectrum $\propto 1/(2a +
+      \Delta t\,a^2)$, $a = \kappa^2 + h k^2$), $\alpha = 4$ one of smoothness 1
+      ($\propto 1/(2a^2 + \Delta t\,a^4)$), for smooth fields such as SSH.
     - `dtype`: floating dtype (default JAX's default float).
 
     Value checks (positivity, a positive definite $\mathbf H$) run on concrete values
@@ -114,6 +120,7 @@ class SPDEParameters(eqx.Module):
     initial_tau: Float[Array, "y0 x0"]
     n_times: int = eqx.field(static=True)
     grid_shape: tuple[int, int] = eqx.field(static=True)
+    alpha: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -126,6 +133,7 @@ class SPDEParameters(eqx.Module):
         diffusion=1.0,
         initial_tau=None,
         dt: float | None = None,
+        alpha: int = 2,
         dtype=None,
     ):
         if not isinstance(grid, Grid):
@@ -135,6 +143,9 @@ class SPDEParameters(eqx.Module):
         if n_times < 1:
             raise ValueError(f"`n_times` must be >= 1; got {n_times}.")
         dtype = jnp.result_type(float) if dtype is None else dtype
+        if alpha not in (2, 4) or isinstance(alpha, bool):
+            raise ValueError(f"`alpha` must be 2 or 4; got {alpha!r}.")
+        self.alpha = int(alpha)
         self.n_times = int(n_times)
         self.grid_shape = grid.shape
         check_positive("kappa", kappa)
@@ -153,11 +164,12 @@ class SPDEParameters(eqx.Module):
             if dt is None:
                 raise ValueError(
                     "`initial_tau` was not given: pass it, or pass `dt` to use the "
-                    "stationary default tau kappa / sqrt(2 + dt kappa^2)."
+                    "stationary default tau kappa^(alpha/2) / sqrt(2 + dt kappa^alpha)."
                 )
             check_positive("dt", dt)
             k0, t0 = self.kappa[0], self.tau[0]
-            initial_tau = t0 * k0 / jnp.sqrt(2 + dt * k0**2)
+            p = self.alpha // 2
+            initial_tau = t0 * k0**p / jnp.sqrt(2 + dt * k0 ** (2 * p))
         else:
             check_positive("initial_tau", initial_tau)
             initial_tau = jnp.asarray(initial_tau, dtype)

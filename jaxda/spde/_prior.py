@@ -78,13 +78,6 @@ class SPDEPrior(eqx.Module):
       `"fft"`, `"banded"` (closed grids) or `"iterative"` (GMRES, restart 20).
     - `rtol`, `max_steps`: GMRES's relative tolerance (default `1e-5` in
       float32, `1e-10` in float64) and cap on its restarts.
-    - `alpha`: 2 (default, [BF24]) or 4: the power $\alpha/2$ of the operator,
-      $B_k = I + \Delta t\,\mathcal A_k^{\alpha/2}$ and $K_0^{\alpha/2}$ for the
-      initial state. With white noise in space, $\alpha = 2$ gives fields as rough
-      as a Matérn field of smoothness 0 at equilibrium (spectrum $\propto
-      1/(2a + \Delta t\,a^2)$, $a = \kappa^2 + h k^2$); $\alpha = 4$ one of
-      smoothness 1 ($\propto 1/(2a^2 + \Delta t\,a^4)$), for smooth fields such as
-      SSH. Stencils of radius $\alpha/2$ cells.
 
     Every method is a pure function of the prior's arrays (`jit`, `vmap` and
     gradients with respect to the parameter fields apply).
@@ -97,7 +90,6 @@ class SPDEPrior(eqx.Module):
     solver: str = eqx.field(static=True)
     rtol: float | None = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
-    alpha: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -109,7 +101,6 @@ class SPDEPrior(eqx.Module):
         solver: str = "auto",
         rtol: float | None = None,
         max_steps: int = 500,
-        alpha: int = 2,
     ):
         if not isinstance(params, SPDEParameters):
             raise TypeError(
@@ -125,8 +116,6 @@ class SPDEPrior(eqx.Module):
             )
         check_positive("dt", dt)
         check_choice("solver", solver, SOLVERS)
-        check_choice("alpha", alpha, (2, 4))
-        self.alpha = int(alpha)
         if rtol is not None:
             check_positive("rtol", rtol)
         self.max_steps = check_int("max_steps", max_steps, minimum=1)
@@ -168,6 +157,11 @@ class SPDEPrior(eqx.Module):
     @property
     def dtype(self):
         return self.params.dtype
+
+    @property
+    def alpha(self) -> int:
+        """The operator's power $\\alpha$ (`params.alpha`: 2 or 4)."""
+        return self.params.alpha
 
     # ------------------------------------------------------- the blocks of G
     def whitening(self) -> Whitening:
