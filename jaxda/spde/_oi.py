@@ -12,6 +12,14 @@ with the Jacobi preconditioner $\mathrm{diag}(Q) + \mathrm{diag}(H^\top R^{-1} H
 (`SPDEPrior.precision_diagonal`; the second term exact for selection operators, $H^\top
 R^{-1}\mathbf 1$ for an interpolation, whose weights are $\le 1$).
 
+**Control form.** A smooth, persistent prior makes $A$ too ill-conditioned for CG in
+float32 (slow time modes have eigenvalues of $Q$ near zero). With $w = G(x - \mu)$
+the system becomes $(I + G^{-\top} H^\top R^{-1} H G^{-1})\,w = G^{-\top} H^\top
+R^{-1}(y - H\mu)$, whose eigenvalues are $\ge 1$: each iteration runs the recursion
+$G^{-1}$ and its transpose once, cheap when the recursion is a direct solve (FFT or
+banded), which is when `form="auto"` chooses it. The ensembles' perturbations become
+$G^{-\top} H^\top R^{-1}\eta_i + z_i$.
+
 **Conditional ensembles** (posterior samples), two constructions, both exact for a
 linear-Gaussian problem solved exactly:
 
