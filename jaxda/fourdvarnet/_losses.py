@@ -36,7 +36,7 @@ def supervised_loss(
     With `steps` $S$ (an int or a sequence of time steps, negative from the end;
     `None`: the whole window) the first term is restricted to those steps,
     $\frac{1}{|S|\,|x_t|}\sum_{t \in S}\|\hat x_t - x^{true}_t\|^2$: the loss of
-    one task of the window (seed 002 trains mapping on the centre step, near real
+    one task of the window ([BF24] train mapping on the centre step, near real
     time and forecasts on the last one; see `jaxda.fourdvarnet.window_steps`). The
     prior term stays on the whole window."""
     x = model(obs, x_init)

@@ -1,7 +1,7 @@
-r"""The tasks of a window ([F21]; Beauchamp et al., seed 002): which steps a loss
+r"""The tasks of a window ([F21], [BF24]): which steps a loss
 scores and which observations the network sees.
 
-A window has $T$ steps $t = 0, \dots, T - 1$. Seed 002's tasks on a 9-step window:
+A window has $T$ steps $t = 0, \dots, T - 1$. [BF24]'s tasks on a 9-step window:
 
 - mapping: the step at the centre, $t = \lfloor T / 2 \rfloor$ (4 of 9), all
   observations in;
