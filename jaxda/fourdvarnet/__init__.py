@@ -14,6 +14,11 @@ r"""4DVarNet ([F21]): a learnable variational cost and its unrolled learned solv
 - Tasks of a window (mapping, near real time, short forecast): `window_steps` (the
   steps a loss scores: `supervised_loss(..., steps=...)`), `forecast_observations`
   (the observations of the last steps removed).
+- The generative 4DVarNet with an SPDE prior ([BF24]): `SPDEFourDVarNet` (augmented
+  state $\{x, \Theta\}$, cost `SPDECost`, parameter fields `SPDEFieldMap`, solvers
+  `AugmentedConvLSTMSolver`, `AugmentedGradientDescent`), its training loss
+  `generative_loss` / `make_generative_loss` (reconstruction + the truth's negative
+  log-likelihood `truth_nll`), `spde_reconstruct` and `spde_conditional_ensemble`.
 - Curriculum training: `fit_fourdvarnet`, `CurriculumStage`, `default_curriculum`,
   `FitResult`.
 
@@ -42,6 +47,23 @@ from ._solvers import (
     ConvLSTMSolver as ConvLSTMSolver,
     TrainableStepGradient as TrainableStepGradient,
 )
+from ._spde_ensemble import (
+    SPDEEnsemble as SPDEEnsemble,
+    SPDEReconstruction as SPDEReconstruction,
+    generative_loss as generative_loss,
+    make_generative_loss as make_generative_loss,
+    spde_conditional_ensemble as spde_conditional_ensemble,
+    spde_reconstruct as spde_reconstruct,
+    truth_nll as truth_nll,
+)
+from ._spde_fields import SPDEFieldMap as SPDEFieldMap
+from ._spde_net import (
+    AbstractAugmentedSolver as AbstractAugmentedSolver,
+    AugmentedConvLSTMSolver as AugmentedConvLSTMSolver,
+    AugmentedGradientDescent as AugmentedGradientDescent,
+    SPDECost as SPDECost,
+    SPDEFourDVarNet as SPDEFourDVarNet,
+)
 from ._tasks import (
     forecast_observations as forecast_observations,
     window_steps as window_steps,
@@ -59,7 +81,10 @@ del _register
 
 __all__ = [
     "GENN",
+    "AbstractAugmentedSolver",
     "AbstractGradientSolver",
+    "AugmentedConvLSTMSolver",
+    "AugmentedGradientDescent",
     "CNNSolver",
     "ConvLSTMSolver",
     "CurriculumStage",
@@ -67,6 +92,11 @@ __all__ = [
     "FourDVarNet",
     "FourDVarNetSolution",
     "ODEPrior",
+    "SPDECost",
+    "SPDEEnsemble",
+    "SPDEFieldMap",
+    "SPDEFourDVarNet",
+    "SPDEReconstruction",
     "TrainableStepGradient",
     "UNetPrior",
     "VariationalCost",
@@ -75,10 +105,15 @@ __all__ = [
     "default_curriculum",
     "fit_fourdvarnet",
     "forecast_observations",
+    "generative_loss",
+    "make_generative_loss",
     "make_fourdvarnet_loss",
     "make_training_data",
     "semisupervised_loss",
+    "spde_conditional_ensemble",
+    "spde_reconstruct",
     "supervised_loss",
+    "truth_nll",
     "unsupervised_loss",
     "window_steps",
 ]
