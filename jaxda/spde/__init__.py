@@ -18,8 +18,15 @@ and in space by a 9-point stencil on a `jaxda.grid.Grid`.
 - `spde_map`, `conditional_ensemble`: the MAP $(Q + H^\top R^{-1} H)\,x = Q\mu +
   H^\top R^{-1} y$ by preconditioned conjugate gradients, and posterior samples by
   perturbation-optimisation.
+- `fit_maximum_likelihood`, `negative_log_likelihood`, `MaximumLikelihoodFit`: the
+  parameters by maximum likelihood on training windows (exact log-determinant).
 """
 
+from ._fit import (
+    MaximumLikelihoodFit as MaximumLikelihoodFit,
+    fit_maximum_likelihood as fit_maximum_likelihood,
+    negative_log_likelihood as negative_log_likelihood,
+)
 from ._oi import (
     ConditionalEnsemble as ConditionalEnsemble,
     conditional_ensemble as conditional_ensemble,
@@ -35,10 +42,13 @@ from ._prior import SPDEPrior as SPDEPrior
 
 __all__ = [
     "ConditionalEnsemble",
+    "MaximumLikelihoodFit",
     "SPDEParameters",
     "SPDEPrior",
     "conditional_ensemble",
     "diffusion_from_anisotropy",
+    "fit_maximum_likelihood",
+    "negative_log_likelihood",
     "spatial_operator",
     "spde_map",
 ]
