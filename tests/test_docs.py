@@ -27,6 +27,7 @@ FAST_PAGES = [
     "api/spde.md",
 ]
 SLOW_PAGES = [
+    "api/fourdvarnet.md",
     "tutorials/gaussian_map.md",
     "tutorials/neural_incremental.md",
     "tutorials/fourdvarnet_lorenz96.md",

@@ -150,6 +150,14 @@ def test_generative_loss_gradient_against_finite_differences(problem):
         np.testing.assert_allclose(jnp.vdot(grad, v), fd, rtol=1e-6)
     # the NLL term trains the parameter fields: its gradient is not zero
     assert float(jnp.max(jnp.abs(grad))) > 1e-3
+    # with update_theta=False the fields stay theta_init and x moves
+    fixed = eqx.tree_at(lambda m: m.theta_init, model, theta + 0.1)
+    fixed = fdn.SPDEFourDVarNet(
+        fixed.cost, fixed.solver, fixed.theta_init, n_iter=2, update_theta=False
+    )
+    rec = fdn.spde_reconstruct(fixed, obs)
+    np.testing.assert_array_equal(rec.theta, theta + 0.1)
+    assert not np.allclose(rec.x, fixed.first_guess(obs))
 
 
 def test_bad_input_is_refused_and_failures_are_reported(problem):

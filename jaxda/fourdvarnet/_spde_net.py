@@ -224,6 +224,9 @@ class SPDEFourDVarNet(eqx.Module):
       `field_map.fields(...)` of a fitted stationary prior).
     - `n_iter`: the number of iterations $K \ge 1$ (static).
     - `checkpoint`: rematerialise each iteration in the backward pass.
+    - `update_theta`: when False, $\theta$ stays at $\theta^{(0)}$ (the solver's
+      update of it is dropped and $\nabla_\theta J$ not computed): a 4DVarNet with a
+      fixed Gaussian prior, whose converged solver is the SPDE OI ([BF24], Fig. 6).
     """
 
     cost: SPDECost
@@ -231,6 +234,7 @@ class SPDEFourDVarNet(eqx.Module):
     theta_init: Float[Array, "P ny nx"]
     n_iter: int = eqx.field(static=True, default=10)
     checkpoint: bool = eqx.field(static=True, default=False)
+    update_theta: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         if not isinstance(self.cost, SPDECost):
@@ -292,6 +296,7 @@ class SPDEFourDVarNet(eqx.Module):
         return unroll_augmented(
             self.cost, self.solver, obs, x0, theta0, self.n_iter,
             checkpoint=self.checkpoint, return_path=return_path,
+            update_theta=self.update_theta,
         )  # fmt: skip
 
 
@@ -305,10 +310,13 @@ def unroll_augmented(
     *,
     checkpoint=False,
     return_path=False,
+    update_theta=True,
 ):
     r"""$K$ updates of $(x, \theta)$ with $(\nabla_x J, \nabla_\theta J)$ (one
-    `lax.scan`, exactly $K$ gradient evaluations, no checks)."""
-    if solver.uses_theta_gradient:
+    `lax.scan`, exactly $K$ gradient evaluations, no checks). With `update_theta`
+    False, $\theta$ stays `theta_init` and the solver gets a zero $\nabla_\theta
+    J$."""
+    if update_theta and solver.uses_theta_gradient:
         grad_fn = jax.grad(lambda x, th: cost(x, th, obs), argnums=(0, 1))
     else:
         whitening = cost.whitening(theta_init)  # theta stays at theta_init
@@ -320,9 +328,13 @@ def unroll_augmented(
     gx, gt = grad_fn(x_init, theta_init)
     s0 = solver.init(x_init, theta_init, gx, gt)
 
+    def update(x, th, gx, gt, s):
+        x, th_new, s = solver.step(x, th, gx, gt, s, n_iter)
+        return x, (th_new if update_theta else theta_init), s
+
     def body(carry, _):
         x, th, gx, gt, s = carry
-        x, th, s = solver.step(x, th, gx, gt, s, n_iter)
+        x, th, s = update(x, th, gx, gt, s)
         gx, gt = grad_fn(x, th)
         return (x, th, gx, gt, s), (x if return_path else None)
 
@@ -330,7 +342,7 @@ def unroll_augmented(
         body = jax.checkpoint(body)
     carry = (x_init, theta_init, gx, gt, s0)
     (x, th, gx, gt, s), path = jax.lax.scan(body, carry, None, length=n_iter - 1)
-    x, th, _ = solver.step(x, th, gx, gt, s, n_iter)
+    x, th, _ = update(x, th, gx, gt, s)
     if not return_path:
         return x, th
     return x, th, jnp.concatenate([x_init[None], path, x[None]], axis=0)
