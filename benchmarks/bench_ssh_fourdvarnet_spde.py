@@ -31,7 +31,15 @@ Methods (`method`), all SPDE priors with $\alpha = 4$ in km and days:
 - `4dvarnet-spde`: the generative 4DVarNet, $\Theta$ estimated by the solver from
   $\Theta^{(0)}$, trained on the window's MSE plus the truth's negative
   log-likelihood under the estimated prior (`nll_weight`); 200-member conditional
-  ensembles through the trained network (`spde_conditional_ensemble`).
+  ensembles through the trained network (`spde_conditional_ensemble`);
+- `spde-oi-learned-fields`: the exact SPDE OI with the fields the network estimated
+  for each window (a non-stationary prior per window).
+
+Figures in `benchmarks/results/ssh-fourdvarnet-spde/`: a test window's truth,
+observations, ensemble mean, members, std and estimated $\log\kappa$; the RMSE per
+solver iteration of the true-prior network against gradient descent ($10K$ steps of
+$1/L$) and the OI, and its validation RMSE during training (`rmse_by_iteration`
+fields hold the curves).
 
 Fields: `rmse` (centre step, metres), `rmse_nrt` (last step), `rmse_window`;
 ensemble rows `crps`, `spread_skill`, `coverage_90` (centre step, pooled over
@@ -46,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import time
 from collections.abc import Iterator
@@ -56,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from _common import record, time_call
-from bench_ssh_fourdvarnet import N_TIMES, NOISE_STD, make_ssh_osse
+from bench_ssh_fourdvarnet import N_TIMES, NOISE_STD, _resolution_km, make_ssh_osse
 from bench_ssh_spde import _km_grid, _true_prior, oi_row
 
 from jaxda import RESULTS, fourdvarnet as fdn, metrics, spde, train
@@ -149,10 +158,15 @@ def fit_start(field_map, truths, steps):
         return plain.prior(plain.fields(kappa=k, tau=t, diffusion=h))
 
     start = jnp.log(jnp.array([0.3, 1.0, 1000.0]))
-    fit = spde.fit_maximum_likelihood(build, start, truths, steps=steps)
+    # a run that meets a non-finite value keeps its best finite iterate (recorded)
+    fit = spde.fit_maximum_likelihood(build, start, truths, steps=steps, throw=False)
     k, t, h = (float(v) for v in jnp.exp(fit.theta))
     theta = field_map.fields(kappa=k, tau=t, diffusion=h)
-    return theta, dict(kappa=k, tau=t, h_km2_per_day=h, fit_nll=float(fit.nll))
+    return theta, dict(
+        kappa=k, tau=t, h_km2_per_day=h, fit_nll=float(fit.nll),
+        fit_steps=int(fit.num_steps),
+        fit_successful=bool(fit.result == RESULTS.successful),
+    )  # fmt: skip
 
 
 # -------------------------------------------------------------- estimators
@@ -162,9 +176,12 @@ def _banded(field_map, theta):
     return field_map.prior(theta, solver="banded")
 
 
-def _rmse_fields(est, truth, std) -> dict:
+def _rmse_fields(est, truth, std, grid=None) -> dict:
+    """RMSEs (metres) and, with the data `grid`, the effective resolution of the
+    centre step."""
     sq = (est - truth) ** 2
-    return dict(
+    extra = {} if grid is None else _resolution_km(est * std, truth * std, grid, CENTRE)
+    return extra | dict(
         rmse=float(jnp.sqrt(jnp.mean(sq[:, CENTRE]))) * std,
         rmse_nrt=float(jnp.sqrt(jnp.mean(sq[:, -1]))) * std,
         rmse_window=float(jnp.sqrt(jnp.mean(sq))) * std,
@@ -222,7 +239,9 @@ def oi_rows(name, prob, prior, method, cfg, extra) -> dict:
     energy = jnp.mean(jax.vmap(prior.energy)(test["truth"]))
     nll = (energy - 0.5 * prior.logdet_precision()) / prior.size
     return record(
-        name, method, **_rmse_fields(jnp.stack(maps), test["truth"], std), **scores,
+        name, method,
+        **_rmse_fields(jnp.stack(maps), test["truth"], std, prob["data_grid"]),
+        **scores,
         time_s=time_s, members=cfg["members"], n_test=n_test, nll=float(nll),
         successful=ok, cg_rtol=OI_RTOL, **extra,
     )  # fmt: skip
@@ -265,7 +284,7 @@ def network_row(name, prob, model, method, cfg, extra, *, ensembles=True) -> dic
     first = jax.tree.map(lambda a: a[0], test["obs"])
     _, time_s = time_call(one, model, first, repeats=3)
     fields = dict(
-        _rmse_fields(rec.x, test["truth"], std), time_s=time_s,
+        _rmse_fields(rec.x, test["truth"], std, prob["data_grid"]), time_s=time_s,
         successful=bool(jnp.all(rec.result == RESULTS.successful)),
         n_iter=model.n_iter, n_test=int(test["truth"].shape[0]), **extra,
     )  # fmt: skip
@@ -303,6 +322,69 @@ def network_row(name, prob, model, method, cfg, extra, *, ensembles=True) -> dic
             members=cfg["members"],
         )
     return record(name, method, **fields)
+
+
+def learned_oi_row(name, prob, model, cfg) -> dict:
+    """The exact SPDE OI with the network's estimated fields of each window."""
+    test, std = prob["splits"]["test"], prob["std"]
+    var = (NOISE_STD / std) ** 2
+    rec = fdn.spde_reconstruct(model, test["obs"], throw=False)
+
+    @eqx.filter_jit
+    def run(theta, o):
+        prior = model.field_map.prior(theta, solver="banded")
+        sol = spde.spde_map(prior, o.values, o.mask, var, rtol=OI_RTOL, throw=False)
+        return sol.mean, sol.result
+
+    maps, ok = [], True
+    for i in range(test["truth"].shape[0]):
+        x, result = run(rec.theta[i], jax.tree.map(lambda a: a[i], test["obs"]))
+        maps.append(x)
+        ok &= bool(result == RESULTS.successful)
+    return record(
+        name, "spde-oi-learned-fields",
+        **_rmse_fields(jnp.stack(maps), test["truth"], std, prob["data_grid"]),
+        successful=ok, cg_rtol=OI_RTOL, n_test=int(test["truth"].shape[0]),
+    )  # fmt: skip
+
+
+def rmse_by_iteration(prob, model) -> list[float]:
+    """Centre-step RMSE (metres) of the iterates $x^{(0)}, \dots, x^{(K)}$."""
+    test, std = prob["splits"]["test"], prob["std"]
+    paths = eqx.filter_jit(jax.vmap(lambda o: model(o, return_path=True)[2]))(
+        test["obs"]
+    )  # (N, K + 1, T, ny, nx)
+    sq = (paths[:, :, CENTRE] - test["truth"][:, None, CENTRE]) ** 2
+    return [float(v) * std for v in jnp.sqrt(jnp.mean(sq, axis=(0, 2, 3)))]
+
+
+def plot_convergence(name, curves: dict, oi_rmse: float, history) -> None:
+    """RMSE per solver iteration, and validation RMSE during training, against the
+    OI with the true prior ([BF24], Fig. 6)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxda import plot
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for label, curve in curves.items():
+        a.plot(range(len(curve)), 100 * np.asarray(curve), marker="o", label=label)
+    a.axhline(100 * oi_rmse, color="k", ls="--", label="SPDE OI, true prior")
+    a.set_xlabel("solver iteration k")
+    a.set_ylabel("RMSE, centre day (cm)")
+    a.legend(fontsize=7)
+    steps = [h["step"] for h in history]
+    b.plot(steps, [100 * h["val_rmse"] for h in history], marker="o", label="4DVarNet")
+    b.axhline(100 * oi_rmse, color="k", ls="--", label="SPDE OI, true prior")
+    b.set_xlabel("training step")
+    b.set_ylabel("validation RMSE (cm)")
+    b.legend(fontsize=7)
+    fig.suptitle(f"{name}: 4DVarNet with the true Gaussian prior", fontsize=9)
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    plot.save_figure(fig, FIGURES / f"{name}-convergence-to-oi.png")
+    plt.close(fig)
 
 
 def _learning_rate(lr, n_steps):
@@ -368,7 +450,11 @@ def plot_window(name, method, prob, o, truth, ens) -> None:
     ]  # fmt: skip
     if prob["true_prior"] is not None:
         panels.append(("true log kappa", jnp.log(prob["true_prior"].params.kappa[0])))
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.6))
+    cols = math.ceil(len(panels) / 2)
+    fig, axes = plt.subplots(2, cols, figsize=(2.8 * cols, 5.4), squeeze=False)
+    axes = axes.reshape(-1)
+    for ax in axes[len(panels) :]:
+        ax.axis("off")
     lim = float(np.nanmax(np.abs(np.asarray(truth[CENTRE] * std))))
     for ax, (title, field) in zip(axes, panels):
         kw = (
@@ -423,30 +509,45 @@ def records(
                 kappa=p.kappa[0], tau=p.tau[0], diffusion=2000.0,
                 advection=p.advection[0],
             )  # fmt: skip
-            yield oi_rows(name, prob, _banded(fm, theta_true), "spde-oi-true", cfg, {})
+            true_row = oi_rows(
+                name, prob, _banded(fm, theta_true), "spde-oi-true", cfg, {}
+            )
+            yield true_row
         # the untrained solver: K gradient steps on the start prior's cost
         model = make_model(prob, cfg, theta0)
         first = jax.tree.map(lambda a: a[0], prob["splits"]["test"]["obs"])
         lam = _lambda_max(model.cost, theta0, first, model.first_guess(first))
         gd = make_model(prob, cfg, theta0, solver=fdn.AugmentedGradientDescent(1 / lam))
+        gd_curve = rmse_by_iteration(prob, gd)
         yield network_row(
-            name, prob, gd, "gd-spde-start", cfg, {"step": 1 / lam}, ensembles=False
-        )
+            name, prob, gd, "gd-spde-start", cfg,
+            {"step": 1 / lam, "rmse_by_iteration": gd_curve}, ensembles=False,
+        )  # fmt: skip
         if prob["true_prior"] is not None:
             fixed = make_model(prob, cfg, theta_true, update_theta=False)
             fixed, info = fit_model(
                 prob, fixed, cfg, nll_weight=0.0,
                 checkpoint=ckpt(name, "4dvarnet-spde-true-prior"),
             )  # fmt: skip
-            yield network_row(
-                name,
-                prob,
-                fixed,
-                "4dvarnet-spde-true-prior",
-                cfg,
-                info,
-                ensembles=False,
+            curve = rmse_by_iteration(prob, fixed)
+            lam_true = _lambda_max(
+                fixed.cost, theta_true, first, fixed.first_guess(first)
             )
+            gd_true = make_model(
+                prob, cfg, theta_true, update_theta=False,
+                solver=fdn.AugmentedGradientDescent(1 / lam_true),
+                n_iter=10 * cfg["n_iter"],
+            )  # fmt: skip
+            gd_true_curve = rmse_by_iteration(prob, gd_true)
+            yield network_row(
+                name, prob, fixed, "4dvarnet-spde-true-prior", cfg,
+                dict(info, rmse_by_iteration=curve), ensembles=False,
+            )  # fmt: skip
+            plot_convergence(
+                name, {"4DVarNet (trained ConvLSTM)": curve,
+                       "gradient descent, step 1/L": gd_true_curve},
+                true_row["rmse"], info["history"],
+            )  # fmt: skip
         model, info = fit_model(
             prob, model, cfg, nll_weight=cfg["nll_weight"],
             checkpoint=ckpt(name, "4dvarnet-spde"),
@@ -454,6 +555,7 @@ def records(
         yield network_row(
             name, prob, model, "4dvarnet-spde", cfg, dict(info, **fit_info)
         )
+        yield learned_oi_row(name, prob, model, cfg)
 
 
 def main(argv=None) -> int:
