@@ -11,8 +11,10 @@ import pytest
 
 from jaxda import RESULTS, gaussian, spde
 from jaxda.grid import Grid, weighted_laplacian
+from jaxda.linalg import _band_kernels as K
 from jaxda.spde._operator import (
     apply_stencil,
+    operator_band,
     spatial_operator,
     stencil,
     step_operator,
@@ -222,6 +224,86 @@ def test_samples_whiten_exactly_and_their_covariance_is_the_inverse_precision():
     var = np.diag(cov)
     se_cov = np.sqrt((np.outer(var, var) + cov**2) / n)
     assert np.all(np.abs(np.cov(x.T) - cov) < 5 * se_cov)
+
+
+def test_band_lu_solves_general_band_matrices_and_reports_a_zero_pivot(problem):
+    rng = np.random.default_rng(0)
+    d, b = 40, 6
+    offsets = np.subtract.outer(np.arange(d), np.arange(d))
+    a = np.where(np.abs(offsets) <= b, rng.normal(size=(d, d)), 0.0)
+    a += np.diag(np.abs(a).sum(1))  # diagonally dominant, not symmetric
+    band = K.dense_to_general_band(jnp.asarray(a), b)
+    np.testing.assert_array_equal(K.general_band_to_dense(band), a)
+    factor, pivots = K.band_lu(band)
+    r = rng.normal(size=(d, 3))
+    np.testing.assert_allclose(K.lu_solve(factor, r), np.linalg.solve(a, r), atol=1e-13)
+    # the probed band of an SPDE step block (not symmetric) is the block itself
+    prior = problem[0]
+    g = prior.whitening()
+    step = g.step_block(g.steps[0])
+    probed = _call(lambda: operator_band(step, prior.grid, jnp.float64, g.radius))
+    np.testing.assert_allclose(
+        K.general_band_to_dense(probed), _dense(step, prior.grid), atol=1e-13
+    )
+    # no row exchanges: a zero leading entry (of an invertible matrix) is a zero
+    # pivot, which the prior's banded solve reports
+    zero_lead = a.copy()
+    zero_lead[0, 0] = 0.0
+    assert np.linalg.matrix_rank(zero_lead) == d
+    factor, pivots = K.band_lu(K.dense_to_general_band(jnp.asarray(zero_lead), b))
+    assert pivots[0] == 0 and not np.all(np.isfinite(factor))
+    _, result = prior._solve("banded", factor, None, jnp.asarray(r.T))
+    assert result == RESULTS.singular
+
+
+def test_float32_banded_samples_whiten_back_to_their_innovations():
+    # a long-range alpha = 4 prior on a closed 16 x 16 km grid (the non-stationary
+    # truth of bench_ssh_spde): cond(K_0) = 177, cond(X_0 = K_0^2) = 3e4, which the
+    # normal equations squared to 1e9 (relative sample error 0.99 in float32)
+    n, t = 16, 3
+    grid = Grid(n, n, 62.5, 62.5, "closed")
+    yy, xx = np.meshgrid(np.arange(n) + 0.5, np.arange(n) + 0.5, indexing="ij")
+    u = -25 * np.sin(np.pi * yy / n) * np.cos(np.pi * xx / n)
+    v = 25 * np.cos(np.pi * yy / n) * np.sin(np.pi * xx / n)
+    params = spde.SPDEParameters(
+        grid,
+        t,
+        kappa=0.1 + 0.3 * (1 + np.tanh((xx - n / 2) / (n / 10))) / 2,
+        tau=1.0 + 0.5 * np.cos(2 * np.pi * yy / n),
+        advection=np.stack([u, v]),
+        diffusion=2000.0,
+        dt=1.0,
+        alpha=4,
+        dtype=jnp.float32,
+    )
+    prior = spde.SPDEPrior(params, grid, 1.0, solver="banded")
+    z = jax.random.normal(jax.random.key(14), prior.shape, jnp.float32)
+    x = _call(prior.color, z)
+    assert x.dtype == jnp.float32
+    # float64 references from the same (float32) coefficients, dense
+    g = jax.tree.map(lambda a: a.astype(jnp.float64), prior.whitening())
+    k0 = _dense(lambda p: apply_stencil(g.initial, p, grid), grid)
+    blocks = [k0 @ k0] + [_dense(g.step_block(g.steps[0]), grid)] * (t - 1)
+    s = np.asarray(g.scales).reshape(t, -1)
+    zv, xv = np.asarray(z, np.float64).reshape(t, -1), np.asarray(x, np.float64)
+    xv = xv.reshape(t, -1)
+    want = [np.linalg.solve(blocks[0], s[0] * zv[0])]
+    for k in range(1, t):
+        want.append(np.linalg.solve(blocks[k], want[-1] + s[k] * zv[k]))
+    want = np.stack(want)
+    eps = np.finfo(np.float32).eps
+    # forward error: two solves with K_0, then well-conditioned steps (cond(B) = 19)
+    error = np.abs(xv - want).max() / np.abs(want).max()
+    assert error < 4 * eps * np.linalg.cond(k0)
+    # the exact residual G x - z of the float32 sample is at float32's rounding of
+    # the solution, eps |G| |x| (backward stability; the normal equations: 0.7)
+    prev = np.vstack([np.zeros_like(xv[:1]), xv[:-1]])
+    residual = (np.einsum("kij,kj->ki", np.stack(blocks), xv) - prev) / s - zv
+    scale = np.einsum("kij,kj->ki", np.abs(np.stack(blocks)), np.abs(xv)) + np.abs(prev)
+    for k in range(t):
+        assert np.abs(residual[k]).max() < 4 * eps * (scale[k] / s[k]).max()
+    got = _call(prior.whiten, x)
+    np.testing.assert_allclose(got, z, atol=8 * eps * (scale / s).max())
 
 
 @pytest.mark.slow  # GMRES compiles slowly; the direct recursions are tested above

@@ -21,7 +21,9 @@ precision is built from Gram products $X^\top D X$, SPD whenever $X$ is invertib
 In the C-order flattening $i = j\,n_x + i_x$ of a field, the stencil reaches
 $\pm(n_x + 1)$: a closed grid's $X^\top X$ is a band of width $2(n_x + 1)$, which
 `band_gram` assembles from $4 n_x + 5$ products of $X$ with comb vectors (probing:
-no dense matrix) for `jaxda.linalg.SymmetricBandMatrix`.
+no dense matrix) for `jaxda.linalg.SymmetricBandMatrix`; $X$ itself is a band of
+half-width $n_x + 1$, which `operator_band` assembles from $2 n_x + 3$ products for
+the banded LU of the sampler (`jaxda.linalg._band_kernels.band_lu`).
 """
 
 import jax
@@ -213,6 +215,45 @@ def band_gram(
     rows = jnp.minimum(idx[None, :] + k, d - 1)
     band = products[idx[None, :] % w, rows]
     return jnp.where(idx[None, :] + k < d, band, 0.0)
+
+
+def operator_bandwidth(grid: Grid, radius: int = 1) -> int:
+    """The half-bandwidth $r(n_x + 1)$ of an operator $X$ of stencil radius $r$
+    cells (closed grid, C-order flattening)."""
+    return radius * (grid.nx + 1)
+
+
+def operator_band(apply, grid: Grid, dtype, radius: int = 1) -> Float[Array, "b2 d"]:
+    r"""The general band of $X$ itself (`(2b + 1, d)`, `band[b + k, j]` $= X_{j+k,
+    j}$, `band[b - k, j]` $= X_{j, j+k}$, $b$ = `operator_bandwidth(grid, radius)`;
+    the storage of `jaxda.linalg._band_kernels.band_lu`) for an operator of stencil
+    radius `radius` (`apply`, fields `(ny, nx)` to fields) on a closed grid.
+
+    Probing as in `band_gram`, without the transpose: with $w = 2b + 1$ colours, the
+    comb $p_c = \sum_{j \equiv c\ (w)} e_j$ gives $(X p_c)_i = X_{i, j}$ for the
+    one $j \equiv c$ within the band of row $i$, so $w$ products hold the band.
+    Linear in the stencil's coefficients: derivatives flow to them.
+    """
+    if grid.periodic:
+        raise ValueError(
+            "a periodic grid's operator is not banded (wrap-around entries); use "
+            "the 'fft' or 'iterative' solvers."
+        )
+    b = operator_bandwidth(grid, radius)
+    d = grid.size
+    w = min(2 * b + 1, d)
+    idx = jnp.arange(d)
+    combs = (idx[None, :] % w == jnp.arange(w)[:, None]).astype(dtype)
+    combs = combs.reshape(w, *grid.shape)
+    products = jax.vmap(lambda p: apply(p).reshape(-1))(combs)
+    # products[c, i] = X[i, j] for the j = c (mod w) in row i's band
+    k = jnp.arange(b + 1)[:, None]
+    below = jnp.minimum(idx[None, :] + k, d - 1)
+    lower = products[idx[None, :] % w, below]  # X[j + k, j]
+    upper = products[below % w, idx[None, :]]  # X[j, j + k]
+    inside = idx[None, :] + k < d
+    lower, upper = jnp.where(inside, lower, 0.0), jnp.where(inside, upper, 0.0)
+    return jnp.concatenate([upper[::-1], lower[1:]])
 
 
 def symbol(apply, grid: Grid, dtype) -> Array:
