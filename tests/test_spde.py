@@ -304,6 +304,14 @@ def test_float32_banded_samples_whiten_back_to_their_innovations():
         assert np.abs(residual[k]).max() < 4 * eps * (scale[k] / s[k]).max()
     got = _call(prior.whiten, x)
     np.testing.assert_allclose(got, z, atol=8 * eps * (scale / s).max())
+    # log|Q| in float32 from the Gram of K_0 (cond 3e4), not of K_0^2 (cond 1e9,
+    # which put it 2.3 off): within 1e-5 of the dense float64 value
+    logdet = 2 * np.linalg.slogdet(k0 @ k0)[1] + 2 * sum(
+        np.linalg.slogdet(b)[1] for b in blocks[1:]
+    )
+    logdet -= 2 * np.log(s).sum()
+    got = _call(lambda p: p.logdet_precision("banded"), prior)
+    np.testing.assert_allclose(got, logdet, rtol=1e-5)
 
 
 @pytest.mark.slow  # GMRES compiles slowly; the direct recursions are tested above
