@@ -21,7 +21,8 @@ Methods (`method`), all SPDE priors with $\alpha = 4$ in km and days:
 - `spde-oi-true` (Gaussian problem): `jaxda.spde.spde_map` with the true SPDE;
   `oi-kernel`: `bench_ssh_spde.oi_row` (kernel OI, scales chosen on validation);
 - `spde-oi-start`: the SPDE OI with the stationary prior fitted by maximum
-  likelihood on the training truths, $\Theta^{(0)}$ of the networks below;
+  likelihood on the first `fit_windows` training truths, $\Theta^{(0)}$ of the
+  networks below;
 - `gd-spde-start`: $K$ gradient steps (step $1/\lambda_{max}$ of the Hessian, by power
   iteration) on the cost of that prior: the untrained solver;
 - `4dvarnet-spde-true-prior` (Gaussian problem): `SPDEFourDVarNet` with the true
@@ -81,12 +82,12 @@ SUITES = {
     "quick": dict(
         n=16, spinup_days=30, n_train=8, n_val=2, n_test=2, steps=4, batch=2,
         n_iter=3, hidden=4, members=8, ens_windows=1, lr=2e-3, nll_weight=1.0,
-        fit_steps=20, eval_every=2,
+        fit_steps=20, fit_windows=8, eval_every=2,
     ),
     "full": dict(
-        n=32, spinup_days=180, n_train=128, n_val=16, n_test=32, steps=400, batch=4,
+        n=32, spinup_days=180, n_train=128, n_val=16, n_test=32, steps=300, batch=4,
         n_iter=10, hidden=32, members=200, ens_windows=8, lr=("cosine", 2e-3),
-        nll_weight=1.0, fit_steps=300, eval_every=100,
+        nll_weight=1.0, fit_steps=150, fit_windows=32, eval_every=100,
     ),
 }  # fmt: skip
 
@@ -171,7 +172,7 @@ def fit_start(field_map, truths, steps):
 
 # -------------------------------------------------------------- estimators
 def _banded(field_map, theta):
-    """The prior of `theta` with direct (banded Cholesky) solves: the SPDE OI then
+    """The prior of `theta` with direct (banded LU) solves: the SPDE OI then
     runs CG in the control-variable form."""
     return field_map.prior(theta, solver="banded")
 
@@ -500,8 +501,9 @@ def records(
         yield oi_row(name, data_grid, metres, cfg)
         fm = fdn.SPDEFieldMap(prob["grid"], N_TIMES, 1.0, alpha=4)
         theta0, fit_info = fit_start(
-            fm, prob["splits"]["train"]["truth"], cfg["fit_steps"]
-        )
+            fm, prob["splits"]["train"]["truth"][: cfg["fit_windows"]],
+            cfg["fit_steps"],
+        )  # fmt: skip
         yield oi_rows(name, prob, _banded(fm, theta0), "spde-oi-start", cfg, fit_info)
         if prob["true_prior"] is not None:
             p = prob["true_prior"].params

@@ -215,7 +215,7 @@ def spde_conditional_ensemble(
     `n_members` $\ge 2$; `chunk_size` (members reconstructed at once, bounding
     memory; None: all); `throw`.
 
-    The prior samples use the banded Cholesky on a closed grid, the FFT for constant
+    The prior samples use banded LU solves on a closed grid, the FFT for constant
     fields on a periodic one, GMRES otherwise (`jaxda.spde.SPDEPrior`).
     """
     check_key("key", key)
