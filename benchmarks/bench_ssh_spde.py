@@ -25,22 +25,30 @@ Methods (`method`):
   the RMSE of the centre step (`bench_ssh_fourdvarnet.make_oi`);
 - `spde-oi-stationary` (`-alpha4`, `-alpha2` on the QG problem):
   `jaxda.spde.spde_map` with an `SPDEPrior` of constant fields ($\kappa$, $\tau$,
-  isotropic $\mathbf H = h\mathbf I$, and on the closed problem a constant
-  $\mathbf m$), fitted by maximum likelihood on the training truths (Adam on the
-  log-parameters, the exact log-determinant: FFT on the periodic grid, banded
-  Cholesky on the closed one); $\alpha = 4$ for the smooth QG SSH, and [BF24]'s
-  $\alpha = 2$ for comparison (its white-in-space innovations make rough fields);
+  isotropic $\mathbf H = h\mathbf I$, the initial amplitude $\tau_0$, and on the
+  closed problem a constant $\mathbf m$), fitted by maximum likelihood on the
+  training truths (`jaxda.spde.fit_maximum_likelihood`: L-BFGS on unconstrained
+  parameters with $\kappa^2 \ge 0.05$ per day, see `_stationary`; the exact
+  log-determinant: FFT on the periodic grid, banded Cholesky on the closed one);
+  $\alpha = 4$ for the smooth QG SSH, and [BF24]'s $\alpha = 2$ for comparison
+  (its white-in-space innovations make rough fields);
 - `spde-oi-fields` (closed problem): $\log\kappa(s)$, $\log\tau(s)$ and
-  $\mathbf m(s)$ as fields on the grid, fitted the same way (banded log-det), from
-  the stationary fit;
+  $\mathbf m(s)$ as fields on the grid, fitted by Adam (banded log-det), from the
+  stationary fit;
 - `spde-oi-true` (closed problem): the SPDE that drew the truth (the optimum).
 
 SPDE rows also score `conditional_ensemble` (perturbation-optimisation, `members`
 members per window): `crps` (fair), `spread_skill`, `coverage_90`, all on the
 centre step pooled over test windows, in metres. Fields: `rmse` (centre step),
 `rmse_window` (all steps), `time_s` (one window's MAP, median, compile excluded),
-`ensemble_time_s` (one window's ensemble), `fit_s`, `fit_steps`, `nll` (per value,
-normalised units, on the test truths).
+`ensemble_time_s` (one window's ensemble), `fit_s`, `fit_steps` (updates taken),
+`fit_steps_allowed`, `fit_nll` and `fit_gradient_norm` (the objective of
+`fit_maximum_likelihood` on the training truths and its gradient's norm),
+`fit_result`, `nll` (the same objective on the test truths: mean negative
+log-density per value without 0.5 log 2 pi, normalised units).
+
+`fit-diagnosis-<tau_0>-<start>` records (`--parts diagnosis`, QG problem): the
+alpha = 4 fit of three forms of $\tau_0$ from two starts (`diagnosis_records`).
 
 `prior-sampling` records (`problem="spde-sampling-128x128x9"`): 200 prior samples of
 a 128 x 128 x 9 window (`SPDEPrior.sample`), `time_s` (median, compile excluded),
@@ -80,11 +88,11 @@ CENTRE = N_TIMES // 2
 SUITES = {
     "quick": dict(
         n=16, spinup_days=30, n_train=8, n_val=2, n_test=2, members=16,
-        fit_steps=10, sampling=(32, 8),
+        fit_steps=10, fields_fit_steps=30, sampling=(32, 8),
     ),
     "full": dict(
         n=32, spinup_days=180, n_train=64, n_val=16, n_test=32, members=100,
-        fit_steps=60, sampling=(128, 200),
+        fit_steps=60, fields_fit_steps=400, sampling=(128, 200),
     ),
 }  # fmt: skip
 
@@ -107,11 +115,11 @@ def _stationary(theta, grid, mean, alpha=2):
     default of `SPDEParameters`) the likelihood of the QG SSH has a no-memory basin
     that the fit ran into. The floor of kappa^2 keeps the prior variance of the
     spatial-mean mode, about tau_0^2 / kappa^(2 alpha), within what float32 conjugate
-    gradients resolve: on `ssh-qg32-nadir` (alpha = 4, float64 profile likelihood)
-    the maximum likelihood puts kappa^2 near 2e-4 / day, where that variance is about
-    1e11 (normalised units) and the OI's CG stops at its cap of 2000 steps; at the
-    floor the objective is 0.09 per value higher, the MAP's RMSE the same (0.94 cm
-    on 8 test windows), CG takes about 210 steps and a 100-member ensemble 15 s."""
+    gradients resolve: on `ssh-qg32-nadir` (alpha = 4) the maximum likelihood leaves
+    kappa^2 unidentified between 1e-6 and 2e-4 / day, where that variance is 1e11 or
+    more (normalised units), the OI's CG stops at its cap and the MAP breaks down
+    (the `fit-diagnosis-free-*` records); at the floor the objective is 0.09 per
+    value higher, CG takes about 210 steps and a 100-member ensemble 15 s."""
     kappa = jnp.sqrt(KAPPA2_MIN + jnp.exp(theta[0]))
     tau, h, tau0 = jnp.exp(theta[1]), jnp.exp(theta[2]), jnp.exp(theta[3])
     advection = theta[4:6] if not grid.periodic else jnp.zeros(2, theta.dtype)
@@ -164,10 +172,10 @@ def fit(build, theta, truths, steps, optimizer=LBFGS, logdet="auto"):
     return out, time.perf_counter() - t0
 
 
-def _fit_fields(out, fit_s, cfg):
+def _fit_fields(out, fit_s, allowed):
     """The record fields of a fit: its objective, gradient, steps and time."""
     return dict(
-        fit_s=fit_s, fit_steps=int(out.num_steps), fit_steps_allowed=cfg["fit_steps"],
+        fit_s=fit_s, fit_steps=int(out.num_steps), fit_steps_allowed=allowed,
         fit_nll=float(out.nll), fit_gradient_norm=float(out.gradient_norm),
         fit_result=next(
             name for name in ("successful", "nonfinite_loss", "max_steps_reached")
@@ -278,7 +286,7 @@ def qg_records(cfg, parts=("qg", "nonstationary")) -> Iterator[dict]:
         yield spde_rows(
             problem, f"spde-oi-stationary-alpha{alpha}", prior, test, std,
             cfg["members"],
-            dict(**_fit_fields(out, fit_s, cfg),
+            dict(**_fit_fields(out, fit_s, cfg["fit_steps"]),
                  nll=float(spde.negative_log_likelihood(prior, test["truth"])),
                  kappa=float(kappa.squeeze()), tau=float(tau.squeeze()),
                  h_km2_per_day=float(jnp.exp(h)),
@@ -341,7 +349,7 @@ def nonstationary_records(cfg, qg_grid, qg_data) -> Iterator[dict]:
     prior = _stationary(out.theta, kgrid, 0.0, 4)
     yield spde_rows(
         problem, "spde-oi-stationary", prior, test, std, cfg["members"],
-        dict(**_fit_fields(out, fit_s, cfg),
+        dict(**_fit_fields(out, fit_s, cfg["fit_steps"]),
              nll=float(spde.negative_log_likelihood(prior, test["truth"]))),
     )  # fmt: skip
     theta = out.theta
@@ -350,14 +358,14 @@ def nonstationary_records(cfg, qg_grid, qg_data) -> Iterator[dict]:
         [jnp.full(kgrid.shape, log_kappa), jnp.full(kgrid.shape, theta[1]),
          jnp.full(kgrid.shape, theta[4]), jnp.full(kgrid.shape, theta[5])]
     )  # fmt: skip
-    out_f, fit_f = fit(
+    out_f, fit_f = fit(  # Adam: L-BFGS's line search makes a long compilation here
         lambda th: _fields(th, kgrid, 0.0), (fields0, theta[2], theta[3]), train,
-        cfg["fit_steps"],
+        cfg["fields_fit_steps"], optimizer=optax.adam(0.01),
     )  # fmt: skip
     prior_f = _fields(out_f.theta, kgrid, 0.0)
     yield spde_rows(
         problem, "spde-oi-fields", prior_f, test, std, cfg["members"],
-        dict(**_fit_fields(out_f, fit_f, cfg),
+        dict(**_fit_fields(out_f, fit_f, cfg["fields_fit_steps"]),
              nll=float(spde.negative_log_likelihood(prior_f, test["truth"]))),
     )  # fmt: skip
     true = spde.SPDEPrior(truth_prior.params, kgrid, 1.0)
@@ -459,8 +467,9 @@ def diagnosis_records(cfg) -> Iterator[dict]:
             kappa, _, _, tau = prior.params.at(0)
             yield record(
                 problem, f"fit-diagnosis-{name}-{start_name}",
-                **_fit_fields(out, fit_s, cfg), kappa2=float(kappa.squeeze()) ** 2,
-                tau=float(tau.squeeze()), h_km2_per_day=float(jnp.exp(out.theta[2])),
+                **_fit_fields(out, fit_s, cfg["fit_steps"]),
+                kappa2=float(kappa.squeeze()) ** 2, tau=float(tau.squeeze()),
+                h_km2_per_day=float(jnp.exp(out.theta[2])),
                 initial_tau=float(prior.params.initial_tau.squeeze()),
                 rmse=float(jnp.sqrt(jnp.mean(err**2))), map_successful=ok, n_test=8,
             )  # fmt: skip
