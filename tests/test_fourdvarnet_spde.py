@@ -128,6 +128,7 @@ def test_truth_nll_is_the_dense_gaussian_negative_log_density(problem):
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
+@pytest.mark.slow  # second-order autodiff through the unroll compiles for ~15 s
 def test_generative_loss_gradient_against_finite_differences(problem):
     fm, theta, prior, truth, obs, q, a, _ = problem
     cost = fdn.SPDECost(fm, 1 / (2 * SIG2), 1.0, dtype=jnp.float64)
