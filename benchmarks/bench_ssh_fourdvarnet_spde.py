@@ -286,7 +286,12 @@ def make_model(prob, cfg, theta0, *, update_theta=True, solver=None, n_iter=None
             periodic_space=prob["periodic"],
         )  # fmt: skip
     return fdn.SPDEFourDVarNet(
-        cost, solver, theta0, n_iter=n_iter or cfg["n_iter"], update_theta=update_theta
+        cost,
+        solver,
+        theta0,
+        n_iter=n_iter or cfg["n_iter"],
+        update_theta=update_theta,
+        train_theta_init=update_theta,
     )
 
 

@@ -122,6 +122,18 @@ def test_conditional_ensemble_through_an_exact_solver_is_the_posterior(problem):
 def test_truth_nll_is_the_dense_gaussian_negative_log_density(problem):
     fm, theta, prior, truth, obs, q, a, _ = problem
     model = _gd_model(fm, theta, a, n_iter=2)
+    # train_theta_init=False stops the loss's gradient to theta_init
+    for train, nonzero in ((True, True), (False, False)):
+        m = fdn.SPDEFourDVarNet(
+            model.cost, model.solver, theta, n_iter=2, train_theta_init=train
+        )
+
+        def loss(th, m=m):
+            m = eqx.tree_at(lambda m: m.theta_init, m, th)
+            return fdn.generative_loss(m, obs, truth, nll_weight=0.0)
+
+        g = eqx.filter_jit(jax.grad(loss))(theta)
+        assert bool(jnp.any(g != 0)) == nonzero
     e = np.asarray(truth).reshape(-1) - 0.2
     want = (0.5 * e @ q @ e - 0.5 * np.linalg.slogdet(q)[1]) / e.size
     got = eqx.filter_jit(fdn.truth_nll)(model, theta, truth)

@@ -227,6 +227,8 @@ class SPDEFourDVarNet(eqx.Module):
     - `update_theta`: when False, $\theta$ stays at $\theta^{(0)}$ (the solver's
       update of it is dropped and $\nabla_\theta J$ not computed): a 4DVarNet with a
       fixed Gaussian prior, whose converged solver is the SPDE OI ([BF24], Fig. 6).
+    - `train_theta_init`: when False, gradients to $\theta^{(0)}$ are stopped (with
+      `update_theta=False`: a prior held fixed during training too).
     """
 
     cost: SPDECost
@@ -235,6 +237,7 @@ class SPDEFourDVarNet(eqx.Module):
     n_iter: int = eqx.field(static=True, default=10)
     checkpoint: bool = eqx.field(static=True, default=False)
     update_theta: bool = eqx.field(static=True, default=True)
+    train_theta_init: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         if not isinstance(self.cost, SPDECost):
@@ -293,6 +296,8 @@ class SPDEFourDVarNet(eqx.Module):
         self.check_obs(obs)
         x0 = self.first_guess(obs)
         theta0 = jnp.asarray(self.theta_init, x0.dtype)
+        if not self.train_theta_init:
+            theta0 = jax.lax.stop_gradient(theta0)
         return unroll_augmented(
             self.cost, self.solver, obs, x0, theta0, self.n_iter,
             checkpoint=self.checkpoint, return_path=return_path,
